@@ -1,0 +1,1 @@
+"""Avatar generation service: a REST layer in front of ComfyUI."""
