@@ -1,1 +1,41 @@
 """Avatar generation service: a REST layer in front of ComfyUI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from .config import Settings
+from .errors import register_error_handlers
+from .services import Services
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_SETTING_KEYS = frozenset(field.name.upper() for field in fields(Settings))
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings from env (overridden by ``config``), services, routes, errors."""
+    config = dict(config or {})
+    instance_path = config.pop("INSTANCE_PATH", None)
+    overrides = {key: config.pop(key) for key in list(config) if key.upper() in _SETTING_KEYS}
+    app = Flask(__name__, instance_path=str(instance_path) if instance_path else None)
+    app.config.update(config)
+    settings = Settings.from_env(overrides=overrides)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
+    app.json.sort_keys = False
+    services = Services.build(
+        settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path)
+    )
+    app.extensions["avatar_service"] = services
+    register_error_handlers(app)
+
+    from . import api, cli
+
+    app.register_blueprint(api.bp)
+    cli.init_app(app)
+    services.start()
+    return app

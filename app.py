@@ -1,0 +1,65 @@
+"""Entry point: ``python app.py`` serves the avatar service with a production WSGI server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from dotenv import load_dotenv
+
+load_dotenv()
+
+from avatar_service import create_app  # noqa: E402  (settings are read after .env is loaded)
+from avatar_service.config import ConfigError, Settings  # noqa: E402
+
+logger = logging.getLogger("avatar_service")
+
+
+def main() -> int:
+    """Start the service; debug mode (Flask's reloader and debugger) only when DEBUG=true."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
+    services = app.extensions["avatar_service"]
+    logger.info(
+        "avatar service on http://%s:%d, ComfyUI at %s, styles %s",
+        settings.host,
+        settings.port,
+        ", ".join(settings.comfyui_url),
+        ", ".join(sorted(services.workflows)),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if settings.debug:
+            logger.warning("DEBUG=true: Flask's development server with the debugger is on")
+            app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
+        else:
+            from waitress import serve
+
+            serve(
+                app,
+                host=settings.host,
+                port=settings.port,
+                threads=settings.threads,
+                channel_timeout=max(120, int(settings.sync_wait) + 30),
+                ident="avatar-service",
+            )
+    finally:
+        services.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

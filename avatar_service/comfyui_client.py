@@ -1,0 +1,426 @@
+"""ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
+
+The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
+thread routes each message to the watch registered for its ``prompt_id`` (the service chooses the
+prompt_id itself, so no event can reach the wrong job). When the socket drops it reconnects with
+backoff and tells every watch, so the job can reconcile through ``/history`` and ``/queue``.
+
+Exceptions::
+
+    ComfyUIError
+    ├── ComfyUIUnavailable     connection refused, reset or timed out
+    ├── ComfyUIProtocolError   an answer that is not what ComfyUI 0.3.x sends
+    └── PromptRejected         POST /prompt answered 400: ``error`` and ``node_errors`` kept
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import struct
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import websocket
+
+logger = logging.getLogger(__name__)
+
+# Binary websocket frames: a big-endian uint32 event type first.
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+_PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
+
+
+class ComfyUIError(Exception):
+    """Base of everything that can go wrong talking to ComfyUI."""
+
+    def __init__(self, message: str, *, server: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.server = server
+
+
+class ComfyUIUnavailable(ComfyUIError):
+    """ComfyUI could not be reached (refused, reset, timed out)."""
+
+
+class ComfyUIProtocolError(ComfyUIError):
+    """ComfyUI answered something unexpected."""
+
+    def __init__(self, message: str, *, server: str = "", status: int | None = None) -> None:
+        super().__init__(message, server=server)
+        self.status = status
+
+
+class PromptRejected(ComfyUIError):
+    """ComfyUI refused the graph at validation; ``error`` and ``node_errors`` are its own words."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str = "",
+        error: Mapping[str, Any] | None = None,
+        node_errors: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, server=server)
+        self.error = dict(error or {})
+        self.node_errors = dict(node_errors or {})
+
+
+@dataclass
+class Preview:
+    """The latest live preview image of a running prompt."""
+
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class PromptWatch:
+    """Events of one prompt, as the reader thread routes them; ``reconnected`` etc. are synthetic."""
+
+    prompt_id: str
+    events: queue.Queue[tuple[str, dict[str, Any]]] = field(default_factory=queue.Queue)
+    preview: Preview | None = None
+
+
+class ComfyUIClient:
+    """One ComfyUI server: HTTP with explicit timeouts, and a websocket reader thread."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout,
+        reconnect_max: float = 10.0,
+        ping_interval: float = 20.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = f"avatar-service-{uuid.uuid4().hex}"
+        self.timeout = timeout
+        self.reconnect_max = reconnect_max
+        self.ping_interval = ping_interval
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._watches: dict[str, PromptWatch] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._socket: websocket.WebSocket | None = None
+        self._thread: threading.Thread | None = None
+        self._running_prompt: str | None = None
+        self.last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the websocket reader thread (it connects, and reconnects, by itself)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._read_forever, name=f"comfyui-ws {self.base_url}", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the reader thread and close the socket and the HTTP pool."""
+        self._stopping.set()
+        sock = self._socket
+        if sock is not None:
+            sock.abort()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._http.close()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the websocket is up now."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the websocket; True when it is up."""
+        return self._connected.wait(timeout)
+
+    @property
+    def ws_url(self) -> str:
+        """The websocket address, with this client's clientId."""
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        path = parts.path.rstrip("/") + "/ws"
+        return urlunsplit((scheme, parts.netloc, path, f"clientId={self.client_id}", ""))
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def watch(self, prompt_id: str) -> PromptWatch:
+        """Register for the events of ``prompt_id``; do it before queueing the prompt."""
+        watch = PromptWatch(prompt_id)
+        with self._lock:
+            self._watches[prompt_id] = watch
+        return watch
+
+    def unwatch(self, prompt_id: str) -> None:
+        """Stop routing events of ``prompt_id``."""
+        with self._lock:
+            self._watches.pop(prompt_id, None)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        """GET /system_stats."""
+        return self._json("GET", "/system_stats")
+
+    def object_info(self) -> dict[str, Any]:
+        """GET /object_info: every node class the server can run, with its inputs."""
+        return self._json("GET", "/object_info")
+
+    def upload_image(self, data: bytes, filename: str, *, subfolder: str = "") -> str:
+        """POST /upload/image; return the LoadImage value for the name ComfyUI actually kept."""
+        answer = self._json(
+            "POST",
+            "/upload/image",
+            files={"image": (filename, data, "image/png")},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "false"},
+        )
+        name = answer.get("name")
+        if not isinstance(name, str) or not name:
+            raise ComfyUIProtocolError(
+                f"/upload/image answered without a name: {answer!r}", server=self.base_url
+            )
+        kept_subfolder = answer.get("subfolder") or ""
+        return f"{kept_subfolder}/{name}" if kept_subfolder else name
+
+    def queue_prompt(self, graph: Mapping[str, Any], *, prompt_id: str) -> dict[str, Any]:
+        """POST /prompt with our client_id and prompt_id; PromptRejected on a 400."""
+        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        response = self._request("POST", "/prompt", json=body)
+        if response.status_code == 400:
+            answer = _json_or_empty(response)
+            error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+            raise PromptRejected(
+                error.get("message") or "ComfyUI rejected the prompt",
+                server=self.base_url,
+                error=error,
+                node_errors=answer.get("node_errors") or {},
+            )
+        return self._decode(response, "/prompt")
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """GET /history/{prompt_id}: the entry once the prompt has ended, else None."""
+        answer = self._json("GET", f"/history/{prompt_id}")
+        entry = answer.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    def queue(self) -> dict[str, Any]:
+        """GET /queue."""
+        return self._json("GET", "/queue")
+
+    def queue_state(self, prompt_id: str) -> tuple[str, int | None]:
+        """Where a prompt is: ("running", 0), ("pending", position from 1), or ("absent", None)."""
+        answer = self.queue()
+        running = answer.get("queue_running") or []
+        if any(_item_id(item) == prompt_id for item in running):
+            return "running", 0
+        pending = sorted(
+            (item for item in answer.get("queue_pending") or [] if _item_id(item) is not None),
+            key=lambda item: (float(item[0]), str(item[1])),
+        )
+        for index, item in enumerate(pending):
+            if _item_id(item) == prompt_id:
+                return "pending", index + 1 + (1 if running else 0)
+        return "absent", None
+
+    def interrupt(self, prompt_id: str) -> None:
+        """POST /interrupt for this prompt only (a no-op if another prompt is running)."""
+        self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def delete_pending(self, prompt_ids: Sequence[str]) -> None:
+        """POST /queue {"delete": [...]}: remove pending prompts (running ones are untouched)."""
+        self._request("POST", "/queue", json={"delete": list(prompt_ids)})
+
+    def view(self, *, filename: str, subfolder: str, folder_type: str) -> tuple[bytes, str]:
+        """GET /view: the bytes and content type of an image ComfyUI produced."""
+        params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
+        response = self._request("GET", "/view", params=params)
+        if response.status_code != 200:
+            raise ComfyUIProtocolError(
+                f"/view of {filename!r} answered {response.status_code}",
+                server=self.base_url,
+                status=response.status_code,
+            )
+        return response.content, response.headers.get("content-type", "application/octet-stream")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._decode(self._request(method, path, **kwargs), path)
+
+    def _decode(self, response: httpx.Response, path: str) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise ComfyUIProtocolError(
+                f"{path} answered {response.status_code}: {response.text[:300]!r}",
+                server=self.base_url,
+                status=response.status_code,
+            )
+        answer = _json_or_empty(response)
+        if not isinstance(answer, dict):
+            raise ComfyUIProtocolError(f"{path} answered non-object JSON", server=self.base_url)
+        return answer
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ComfyUIUnavailable(
+                f"ComfyUI at {self.base_url} did not answer {method} {path} in time ({exc})",
+                server=self.base_url,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ComfyUIUnavailable(
+                f"cannot reach ComfyUI at {self.base_url} ({exc})", server=self.base_url
+            ) from exc
+        if response.status_code >= 500:
+            raise ComfyUIProtocolError(
+                f"{method} {path} answered {response.status_code}: {response.text[:300]!r}",
+                server=self.base_url,
+                status=response.status_code,
+            )
+        return response
+
+    # -- websocket reader ------------------------------------------------------------------
+
+    def _read_forever(self) -> None:
+        delay = 0.25
+        was_connected = False
+        while not self._stopping.is_set():
+            try:
+                sock = websocket.create_connection(
+                    self.ws_url,
+                    timeout=self.timeout.connect,
+                    suppress_origin=True,
+                    enable_multithread=True,
+                )
+            except (OSError, websocket.WebSocketException) as exc:
+                self.last_error = f"websocket connect failed: {exc}"
+                logger.debug("ComfyUI %s: %s", self.base_url, self.last_error)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            delay = 0.25
+            self._socket = sock
+            try:
+                sock.send(
+                    json.dumps(
+                        {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+                    )
+                )
+                self._connected.set()
+                self.last_error = None
+                logger.info("ComfyUI %s: websocket connected", self.base_url)
+                if was_connected:
+                    self._broadcast("reconnected")
+                was_connected = True
+                self._read_socket(sock)
+            except (OSError, websocket.WebSocketException) as exc:
+                self.last_error = f"websocket dropped: {exc}"
+            finally:
+                self._connected.clear()
+                self._socket = None
+                sock.close()
+            if not self._stopping.is_set():
+                logger.warning("ComfyUI %s: websocket lost (%s)", self.base_url, self.last_error)
+                self._broadcast("disconnected")
+
+    def _read_socket(self, sock: websocket.WebSocket) -> None:
+        sock.settimeout(self.ping_interval)
+        awaiting_pong = False
+        while not self._stopping.is_set():
+            try:
+                opcode, frame = sock.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                if awaiting_pong:
+                    raise websocket.WebSocketException("no answer to ping") from None
+                sock.ping()
+                awaiting_pong = True
+                continue
+            awaiting_pong = False
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self._on_text(frame.data)
+            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self._on_binary(frame.data)
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                self.last_error = "server closed the websocket"
+                return
+
+    def _on_text(self, raw: bytes | str) -> None:
+        try:
+            message = json.loads(raw)
+            kind = message["type"]
+            data = message.get("data") or {}
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ComfyUI %s: unreadable websocket message %.200r", self.base_url, raw)
+            return
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if kind == "status":
+            # The queue changed: queued jobs may want to re-read their position.
+            self._broadcast("status")
+            return
+        if kind == "execution_start":
+            self._running_prompt = prompt_id
+        elif kind == "executing" and data.get("node") is None and prompt_id:
+            if self._running_prompt == prompt_id:
+                self._running_prompt = None
+        if prompt_id is None:
+            return
+        with self._lock:
+            watch = self._watches.get(prompt_id)
+        if watch is not None:
+            watch.events.put((kind, data))
+
+    def _on_binary(self, raw: bytes) -> None:
+        if len(raw) < 8:
+            return
+        (event,) = struct.unpack(">I", raw[:4])
+        if event == PREVIEW_IMAGE:
+            (fmt,) = struct.unpack(">I", raw[4:8])
+            prompt_id, content_type, image = self._running_prompt, _PREVIEW_FORMATS.get(fmt), raw[8:]
+        elif event == PREVIEW_IMAGE_WITH_METADATA:
+            (length,) = struct.unpack(">I", raw[4:8])
+            try:
+                meta = json.loads(raw[8 : 8 + length])
+            except ValueError:
+                return
+            prompt_id, content_type = meta.get("prompt_id"), meta.get("image_type")
+            image = raw[8 + length :]
+        else:
+            return
+        if not prompt_id or not content_type:
+            return
+        with self._lock:
+            watch = self._watches.get(prompt_id)
+        if watch is not None:
+            watch.preview = Preview(content_type, image)
+            watch.events.put(("preview", {}))
+
+    def _broadcast(self, kind: str) -> None:
+        with self._lock:
+            watches = list(self._watches.values())
+        for watch in watches:
+            watch.events.put((kind, {}))
+
+
+def _item_id(item: Any) -> str | None:
+    if isinstance(item, list | tuple) and len(item) >= 2:
+        return str(item[1])
+    return None
+
+
+def _json_or_empty(response: httpx.Response) -> Any:
+    if not response.content:
+        return {}
+    try:
+        return response.json()
+    except ValueError:
+        return {}

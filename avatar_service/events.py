@@ -1,0 +1,97 @@
+"""Live job events in memory: what sync waits and Server-Sent Events streams block on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+# Events of ended jobs are kept this long for late SSE clients resuming with Last-Event-ID.
+RETENTION_SECONDS = 600.0
+RETENTION_JOBS = 2000
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One state change of a job; ``id`` counts from 1 per job."""
+
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+@dataclass
+class _Channel:
+    events: list[JobEvent]
+    ended_at: float | None = None
+
+
+class JobEvents:
+    """A per-job append-only log of events with blocking reads."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._channels: dict[str, _Channel] = {}
+        self._ended: deque[str] = deque()
+
+    def publish(self, job_id: str, event: str, data: dict[str, Any], *, final: bool = False) -> None:
+        """Append an event for a job and wake every reader; ``final`` marks the job's last event."""
+        with self._condition:
+            channel = self._channels.setdefault(job_id, _Channel([]))
+            channel.events.append(JobEvent(len(channel.events) + 1, event, data))
+            if final:
+                channel.ended_at = time.monotonic()
+                self._ended.append(job_id)
+                self._prune()
+            self._condition.notify_all()
+
+    def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
+        """Events with id > ``after``, waiting up to ``timeout`` for one; and whether the log ended."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                channel = self._channels.get(job_id)
+                if channel is not None:
+                    fresh = channel.events[after:] if after >= 0 else channel.events
+                    if fresh or channel.ended_at is not None:
+                        return list(fresh), channel.ended_at is not None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return [], False
+                self._condition.wait(remaining)
+
+    def last_id(self, job_id: str) -> int:
+        """The id of the newest event of a job (0 when none is known)."""
+        with self._condition:
+            channel = self._channels.get(job_id)
+            return len(channel.events) if channel else 0
+
+    def known(self, job_id: str) -> bool:
+        """Whether events of this job are held in memory."""
+        with self._condition:
+            return job_id in self._channels
+
+    def wait_ended(self, job_id: str, timeout: float) -> bool:
+        """Block until the job's final event or the timeout; True when it ended."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                channel = self._channels.get(job_id)
+                if channel is not None and channel.ended_at is not None:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        while self._ended:
+            oldest = self._channels.get(self._ended[0])
+            expired = oldest is None or oldest.ended_at is None
+            expired = expired or now - oldest.ended_at > RETENTION_SECONDS
+            if not expired and len(self._ended) <= RETENTION_JOBS:
+                break
+            self._channels.pop(self._ended.popleft(), None)

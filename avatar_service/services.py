@@ -1,0 +1,175 @@
+"""The services of one app, built once by create_app and kept in ``app.extensions``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .comfyui_client import ComfyUIClient, ComfyUIError
+from .config import ConfigError, Settings
+from .events import JobEvents
+from .images import PhotoStore
+from .jobs import JobRunner
+from .publish import Publisher
+from .storage import AvatarStore
+from .store import JobStore
+from .webhooks import WebhookDispatcher
+from .workflow import Workflow, WorkflowError, describe, load_workflows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything the routes call; built from Settings, closed at shutdown."""
+
+    settings: Settings
+    workflows: dict[str, Workflow]
+    photos: PhotoStore
+    avatars: AvatarStore
+    store: JobStore
+    events: JobEvents
+    clients: list[ComfyUIClient]
+    runner: JobRunner
+    publisher: Publisher | None = None
+    webhooks: WebhookDispatcher | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings, *, root: Path, instance_path: Path) -> Services:
+        """Create the folders, load the workflows, open the database and the ComfyUI clients."""
+        workflows_dir = _resolve(root, settings.workflows_dir)
+        try:
+            workflows = load_workflows(workflows_dir)
+        except WorkflowError as exc:
+            raise ConfigError(f"workflows in {workflows_dir}: {exc}") from exc
+        if settings.default_style not in workflows:
+            raise ConfigError(
+                f"DEFAULT_STYLE={settings.default_style!r} is not a workflow in {workflows_dir} "
+                f"(found: {sorted(workflows)})"
+            )
+        upload_dir = _resolve(root, settings.upload_dir)
+        output_dir = _resolve(root, settings.output_dir)
+        for directory in (upload_dir, output_dir, instance_path):
+            directory.mkdir(parents=True, exist_ok=True)
+        photos = PhotoStore(
+            upload_dir,
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+        )
+        avatars = AvatarStore(output_dir)
+        database = instance_path / "avatar_service.sqlite3"
+        store = JobStore(database)
+        events = JobEvents()
+        comfyui_timeout = httpx.Timeout(
+            settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout
+        )
+        clients = [
+            ComfyUIClient(url, timeout=comfyui_timeout, reconnect_max=settings.comfyui_reconnect_max)
+            for url in settings.comfyui_url
+        ]
+        publisher = None
+        if settings.upload_url:
+            publisher = Publisher(
+                url=settings.upload_url,
+                field_name=settings.upload_field_name,
+                timeout=httpx.Timeout(
+                    settings.upload_timeout, connect=settings.comfyui_connect_timeout
+                ),
+                max_attempts=settings.upload_max_attempts,
+            )
+        webhooks = None
+        if settings.webhook_url or settings.webhook_allowed_urls:
+            webhooks = WebhookDispatcher(
+                db_path=database,
+                secret=settings.webhook_secret or None,
+                timeout=httpx.Timeout(
+                    settings.webhook_timeout, connect=settings.comfyui_connect_timeout
+                ),
+                max_attempts=settings.webhook_max_attempts,
+            )
+        runner = JobRunner(
+            store=store,
+            events=events,
+            clients=clients,
+            workflows=workflows,
+            photos=photos,
+            avatars=avatars,
+            job_timeout=settings.job_timeout,
+            poll_interval=settings.comfyui_poll_interval,
+            public_base_url=settings.public_base_url,
+            publisher=publisher,
+            webhooks=webhooks,
+            webhook_url=settings.webhook_url,
+        )
+        return cls(
+            settings=settings,
+            workflows=workflows,
+            photos=photos,
+            avatars=avatars,
+            store=store,
+            events=events,
+            clients=clients,
+            runner=runner,
+            publisher=publisher,
+            webhooks=webhooks,
+        )
+
+    def start(self) -> None:
+        """Connect to ComfyUI, start webhook delivery, and take up jobs left in flight."""
+        for client in self.clients:
+            client.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
+        resumed = self.runner.resume_unfinished()
+        if resumed:
+            logger.info("resumed %d job(s) left in flight by the previous run", resumed)
+
+    def close(self) -> None:
+        """Stop background threads and close connections (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for client in self.clients:
+            client.close()
+        self.runner.join(timeout=5)
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        if self.publisher is not None:
+            self.publisher.close()
+        self.store.close()
+
+    def describe_styles(self) -> list[dict[str, Any]]:
+        """GET /styles: each workflow with its parameters."""
+        return [describe(workflow) for _, workflow in sorted(self.workflows.items())]
+
+    def readiness(self) -> dict[str, Any]:
+        """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is."""
+        servers = {}
+        for client in self.clients:
+            state: dict[str, Any] = {"websocket": client.connected}
+            try:
+                stats = client.system_stats()
+                state["http"] = True
+                state["version"] = (stats.get("system") or {}).get("comfyui_version")
+            except ComfyUIError as exc:
+                state["http"] = False
+                state["error"] = exc.message
+            if not client.connected and client.last_error:
+                state.setdefault("error", client.last_error)
+            state["ready"] = bool(state["websocket"] and state["http"])
+            servers[client.base_url] = state
+        ready = any(state["ready"] for state in servers.values())
+        report: dict[str, Any] = {"ready": ready, "servers": servers}
+        if not ready:
+            report["reason"] = "no ComfyUI server is reachable"
+        return report
+
+
+def _resolve(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
