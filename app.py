@@ -33,6 +33,7 @@ def main() -> int:
         logger.error("cannot start: %s", exc)
         return 2
     services = app.extensions["avatar_service"]
+    services.start()
     logger.info(
         "avatar service on http://%s:%d, ComfyUI at %s, styles %s",
         settings.host,

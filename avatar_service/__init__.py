@@ -27,9 +27,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings = Settings.from_env(overrides=overrides)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
     app.json.sort_keys = False
-    services = Services.build(
-        settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path)
-    )
+    services = Services.build(settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path))
     app.extensions["avatar_service"] = services
     register_error_handlers(app)
 
@@ -37,5 +35,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api.bp)
     cli.init_app(app)
-    services.start()
+    # Background work (websockets, resuming jobs, webhooks) starts with the server (app.py) or
+    # at the first request; CLI commands that never serve do not start it.
+    app.before_request(services.start)
     return app

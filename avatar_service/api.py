@@ -89,7 +89,9 @@ def job_events(job_id: str):
 def job_preview(job_id: str):
     """The latest live preview frame of a running job (404 when there is none)."""
     preview = services().runner.preview(job_id)
-    return Response(preview.data, mimetype=preview.content_type, headers={"Cache-Control": "no-store"})
+    return Response(
+        preview.data, mimetype=preview.content_type, headers={"Cache-Control": "no-store"}
+    )
 
 
 @bp.get("/avatars/<file_name>")

@@ -84,7 +84,7 @@ class Preview:
 
 @dataclass
 class PromptWatch:
-    """Events of one prompt, as the reader thread routes them; ``reconnected`` etc. are synthetic."""
+    """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...)."""
 
     prompt_id: str
     events: queue.Queue[tuple[str, dict[str, Any]]] = field(default_factory=queue.Queue)
@@ -369,9 +369,8 @@ class ComfyUIClient:
             return
         if kind == "execution_start":
             self._running_prompt = prompt_id
-        elif kind == "executing" and data.get("node") is None and prompt_id:
-            if self._running_prompt == prompt_id:
-                self._running_prompt = None
+        elif kind == "executing" and data.get("node") is None and self._running_prompt == prompt_id:
+            self._running_prompt = None
         if prompt_id is None:
             return
         with self._lock:
@@ -385,7 +384,11 @@ class ComfyUIClient:
         (event,) = struct.unpack(">I", raw[:4])
         if event == PREVIEW_IMAGE:
             (fmt,) = struct.unpack(">I", raw[4:8])
-            prompt_id, content_type, image = self._running_prompt, _PREVIEW_FORMATS.get(fmt), raw[8:]
+            prompt_id, content_type, image = (
+                self._running_prompt,
+                _PREVIEW_FORMATS.get(fmt),
+                raw[8:],
+            )
         elif event == PREVIEW_IMAGE_WITH_METADATA:
             (length,) = struct.unpack(">I", raw[4:8])
             try:

@@ -134,7 +134,7 @@ _CLASS_BY_STATUS: dict[int, type[ServiceError]] = {
 
 
 def error_from_record(record: Mapping[str, Any]) -> ServiceError:
-    """Rebuild the ServiceError of a stored job error ``{"status", "code", "message", "details"}``."""
+    """Rebuild the ServiceError of a stored job error (``status``, ``code``, ``message``...)."""
     cls = _CLASS_BY_STATUS.get(int(record.get("status", 500)), ServiceError)
     return cls(record["message"], code=record["code"], details=record.get("details"))
 

@@ -36,7 +36,9 @@ class JobEvents:
         self._channels: dict[str, _Channel] = {}
         self._ended: deque[str] = deque()
 
-    def publish(self, job_id: str, event: str, data: dict[str, Any], *, final: bool = False) -> None:
+    def publish(
+        self, job_id: str, event: str, data: dict[str, Any], *, final: bool = False
+    ) -> None:
         """Append an event for a job and wake every reader; ``final`` marks the job's last event."""
         with self._condition:
             channel = self._channels.setdefault(job_id, _Channel([]))
@@ -48,7 +50,7 @@ class JobEvents:
             self._condition.notify_all()
 
     def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
-        """Events with id > ``after``, waiting up to ``timeout`` for one; and whether the log ended."""
+        """Events with id > ``after`` (waiting up to ``timeout``), and whether the log has ended."""
         deadline = time.monotonic() + timeout
         with self._condition:
             while True:

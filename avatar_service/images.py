@@ -1,4 +1,4 @@
-"""Photo validation and normalisation: content-checked, EXIF-rotated, stored under a server-made name."""
+"""Photo validation and normalisation: checked by content, EXIF-rotated, stored under our name."""
 
 from __future__ import annotations
 
@@ -35,9 +35,7 @@ class StoredPhoto:
 class PhotoStore:
     """Validates uploaded photos and keeps them as normalised PNGs under unguessable names."""
 
-    def __init__(
-        self, directory: Path, *, max_bytes: int, max_pixels: int, min_side: int
-    ) -> None:
+    def __init__(self, directory: Path, *, max_bytes: int, max_pixels: int, min_side: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
@@ -85,7 +83,7 @@ class PhotoStore:
         return path
 
     def _decode(self, data: bytes) -> Image.Image:
-        """Open by content (not by name), refuse bombs and unsupported formats, apply EXIF orientation."""
+        """Open by content (not name), refuse bombs and unsupported formats, apply EXIF rotation."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -383,7 +383,10 @@ class JobRunner:
                 job = self._progress(job, workflow, node=str(data["node"]))
             elif kind == "progress":
                 job = self._progress(
-                    job, workflow, node=str(data.get("node")), value=data.get("value"),
+                    job,
+                    workflow,
+                    node=str(data.get("node")),
+                    value=data.get("value"),
                     maximum=data.get("max"),
                 )
             elif kind == "execution_error":
@@ -423,9 +426,11 @@ class JobRunner:
         messages = {name: payload for name, payload in status.get("messages") or []}
         failure = failure or messages.get("execution_error")
         interrupted = interrupted or "execution_interrupted" in messages
-        if self.get(job.id).cancel_requested and (interrupted or failure is None):
-            if interrupted or status.get("status_str") != "success":
-                raise _Cancelled
+        cancelled = self.get(job.id).cancel_requested
+        if cancelled and (
+            interrupted or (failure is None and status.get("status_str") != "success")
+        ):
+            raise _Cancelled
         if failure is not None:
             raise BadGateway(
                 f"ComfyUI failed while running node {failure.get('node_id')} "
@@ -482,7 +487,7 @@ class JobRunner:
         return self._submit_prompt(job, client, workflow)
 
     def _history(self, client: ComfyUIClient, prompt_id: str) -> dict[str, Any] | None:
-        """The history entry; written before ``executing`` null, but give a lagging server a moment."""
+        """The history entry (written before ``executing`` null; a lagging server gets a moment)."""
         for delay in (0.0, 0.1, 0.3, 0.6, 1.0):
             time.sleep(delay)
             entry = client.history(prompt_id)
@@ -587,7 +592,10 @@ class JobRunner:
             submitted = job.created_at + job.timings["prepareMs"] / 1000
             timings["queuedMs"] = _ms(max(0.0, now - submitted))
         job = self.store.update(
-            job, status="running", started_at=job.started_at or now, queue_position=None,
+            job,
+            status="running",
+            started_at=job.started_at or now,
+            queue_position=None,
             timings=timings,
         )
         self.events.publish(job.id, "running", job.to_dict())
@@ -695,7 +703,9 @@ def _ms(seconds: float) -> int:
 
 def _content_type(file_name: str) -> str:
     extension = file_name.rsplit(".", 1)[-1]
-    return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}.get(extension, "image/png")
+    return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}.get(
+        extension, "image/png"
+    )
 
 
 def _looks_like_job_id(job_id: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class Services:
     runner: JobRunner
     publisher: Publisher | None = None
     webhooks: WebhookDispatcher | None = None
+    _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
+    _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, root: Path, instance_path: Path) -> Services:
@@ -70,7 +73,9 @@ class Services:
             settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout
         )
         clients = [
-            ComfyUIClient(url, timeout=comfyui_timeout, reconnect_max=settings.comfyui_reconnect_max)
+            ComfyUIClient(
+                url, timeout=comfyui_timeout, reconnect_max=settings.comfyui_reconnect_max
+            )
             for url in settings.comfyui_url
         ]
         publisher = None
@@ -121,7 +126,11 @@ class Services:
         )
 
     def start(self) -> None:
-        """Connect to ComfyUI, start webhook delivery, and take up jobs left in flight."""
+        """Connect to ComfyUI, start webhook delivery, and take up jobs left in flight (once)."""
+        with self._start_lock:
+            if self._started or self._closed:
+                return
+            self._started = True
         for client in self.clients:
             client.start()
         if self.webhooks is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from comfyui_standin import StandIn
@@ -43,3 +47,115 @@ def standin(tmp_path: Path) -> Iterator[StandIn]:
         yield server
     finally:
         server.stop()
+
+
+# -- the service, served by waitress on a real socket ------------------------------------------
+
+
+class LiveService:
+    """The avatar service running under waitress on 127.0.0.1:<free port>, in a thread."""
+
+    def __init__(self, app) -> None:
+        from waitress.server import create_server
+
+        self.app = app
+        self.services = app.extensions["avatar_service"]
+        self._server = create_server(app, host="127.0.0.1", port=0, threads=24)
+        self.url = f"http://127.0.0.1:{self._server.effective_port}"
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(60, connect=5))
+
+    def start(self) -> LiveService:
+        self.services.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.http.close()
+        self._server.close()
+        self._thread.join(timeout=5)
+        self.services.close()
+
+    def upload(self, photo: bytes, *, field: str = "image", filename: str = "me.png") -> str:
+        """Upload a photo through the API and return its imageName."""
+        answer = self.http.post("/upload-image", files={field: (filename, photo, "image/png")})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["imageName"]
+
+    def wait_job(self, job_id: str, *, timeout: float = 30.0, until=None) -> dict:
+        """Poll GET /jobs/<id> until it ends (or ``until(record)`` holds), with a hard bound."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.http.get(f"/jobs/{job_id}").json()
+            if until(record) if until else record["status"] in TERMINAL:
+                return record
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {record['status']} after {timeout}s")
+            time.sleep(0.02)
+
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+def service_config(tmp_path: Path, standin: StandIn) -> dict:
+    """Settings for a service pointed at the stand-in, with every folder under tmp_path."""
+    return {
+        "INSTANCE_PATH": tmp_path / "instance",
+        "COMFYUI_URL": standin.url,
+        "UPLOAD_DIR": tmp_path / "uploads",
+        "OUTPUT_DIR": tmp_path / "generated_avatar",
+        "COMFYUI_CONNECT_TIMEOUT": 2.0,
+        "COMFYUI_READ_TIMEOUT": 5.0,
+        "COMFYUI_POLL_INTERVAL": 0.5,
+        "COMFYUI_RECONNECT_MAX": 0.5,
+        "JOB_TIMEOUT": 30.0,
+        "SYNC_WAIT": 20.0,
+    }
+
+
+@pytest.fixture
+def make_service(service_config: dict):
+    """Start a live service with settings overridden by keyword; all are stopped after the test."""
+    from avatar_service import create_app
+
+    started: list[LiveService] = []
+
+    def make(**overrides) -> LiveService:
+        config = {**service_config, **{key.upper(): value for key, value in overrides.items()}}
+        live = LiveService(create_app(config)).start()
+        started.append(live)
+        return live
+
+    yield make
+    for live in reversed(started):
+        live.stop()
+
+
+@pytest.fixture
+def service(make_service) -> LiveService:
+    """A live service with the default test settings."""
+    return make_service()
+
+
+def make_photo(
+    color: tuple[int, int, int], size: tuple[int, int] = (96, 96), fmt: str = "PNG"
+) -> bytes:
+    """A small recognisable photo: a plain colour with a lighter square in the middle."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, color)
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.rectangle(
+        (w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=tuple(min(255, c + 60) for c in color)
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photo() -> bytes:
+    """A valid 96x96 PNG photo."""
+    return make_photo((200, 80, 40))
