@@ -76,6 +76,10 @@ class _Cancelled(Exception):
     """The job was cancelled by its owner."""
 
 
+class _Shutdown(Exception):
+    """The service is stopping: leave the job as it is for the next start to take up."""
+
+
 class _PromptLost(Exception):
     """ComfyUI no longer knows the prompt (it restarted, or someone removed it)."""
 
@@ -126,6 +130,7 @@ class JobRunner:
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
 
     # -- public face -----------------------------------------------------------------------
 
@@ -210,8 +215,17 @@ class JobRunner:
             )
         return live.watch.preview
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop following jobs, leaving unfinished ones to be resumed by the next start."""
+        self._stopping.set()
+        with self._lock:
+            watches = [live.watch for live in self._live.values() if live.watch is not None]
+        for watch in watches:
+            watch.events.put(("shutdown", {}))
+        self.join(timeout)
+
     def join(self, timeout: float = 10.0) -> None:
-        """Wait for job threads to finish (used at shutdown and by tests)."""
+        """Wait for job threads to finish."""
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -231,6 +245,9 @@ class JobRunner:
         except _Cancelled:
             job = self._finish(job, "cancelled", None)
         except Exception as exc:  # every failure ends the job; none escapes the thread
+            if self._stopping.is_set():
+                logger.info("job %s left %s for the next start", job.id, job.status)
+                return
             error = _failure(exc, job)
             if not isinstance(exc, ServiceError | ComfyUIError | _PromptLost):
                 logger.exception("job %s failed unexpectedly", job.id)
@@ -352,6 +369,8 @@ class JobRunner:
         last_position_check = 0.0
         check_now = check_first
         while True:
+            if self._stopping.is_set():
+                raise _Shutdown
             remaining = job.deadline - self.clock()
             if remaining <= 0:
                 self._abandon(client, prompt_id)

@@ -144,9 +144,9 @@ class Services:
         if self._closed:
             return
         self._closed = True
+        self.runner.stop(timeout=5)
         for client in self.clients:
             client.close()
-        self.runner.join(timeout=5)
         if self.webhooks is not None:
             self.webhooks.stop()
         if self.publisher is not None:

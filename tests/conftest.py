@@ -64,6 +64,7 @@ class LiveService:
         self.url = f"http://127.0.0.1:{self._server.effective_port}"
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(60, connect=5))
+        self._stopped = False
 
     def start(self) -> LiveService:
         self.services.start()
@@ -71,6 +72,9 @@ class LiveService:
         return self
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self.http.close()
         self._server.close()
         self._thread.join(timeout=5)

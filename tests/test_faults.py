@@ -1,0 +1,205 @@
+"""ComfyUI misbehaving: down, killed, disconnected, failing, rejecting, hanging, slow."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import LiveService
+
+
+def generate(service: LiveService, name: str, **extra):
+    return service.http.post("/generate-avatar-by-image", json={"imageName": name, **extra})
+
+
+def wait_for(condition, timeout: float = 10.0, message: str = "condition"):
+    """Poll ``condition`` until true, with a hard bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.02)
+
+
+def test_comfyui_down_answers_503_with_retry_after(make_service, standin, photo):
+    """ComfyUI refusing connections: 503 comfyui_unavailable with Retry-After; job failed."""
+    standin.set_faults(refuse_connections=True)
+    service = make_service()
+    name = service.upload(photo)
+    answer = generate(service, name)
+    assert answer.status_code == 503
+    assert int(answer.headers["retry-after"]) > 0
+    error = answer.json()["error"]
+    assert error["code"] == "comfyui_unavailable"
+    job = service.http.get(f"/jobs/{error['details']['jobId']}").json()
+    assert job["status"] == "failed"
+    ready = service.http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["servers"][standin.url]["ready"] is False
+
+
+def test_comfyui_coming_up_after_start_is_used(make_service, standin, photo):
+    """A service started while ComfyUI is down works once ComfyUI comes up."""
+    standin.set_faults(refuse_connections=True)
+    service = make_service()
+    name = service.upload(photo)
+    standin.set_faults(refuse_connections=False)
+    wait_for(lambda: service.http.get("/readyz").status_code == 200, message="readiness")
+    assert generate(service, name).status_code == 200
+
+
+def test_execution_error_is_502_with_node(service, standin, photo):
+    """A node failing in ComfyUI: 502 comfyui_execution_error naming the node id and type."""
+    standin.set_faults(fail_at_node="KSampler")
+    name = service.upload(photo)
+    answer = generate(service, name)
+    assert answer.status_code == 502
+    error = answer.json()["error"]
+    assert error["code"] == "comfyui_execution_error"
+    assert error["details"]["nodeId"] == "4"
+    assert error["details"]["nodeType"] == "KSampler"
+    assert error["details"]["exceptionMessage"]
+    job = service.http.get(f"/jobs/{error['details']['jobId']}").json()
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "comfyui_execution_error"
+
+
+def test_rejected_graph_is_502_with_node_errors(service, standin, photo):
+    """ComfyUI rejecting the graph: 502 comfyui_rejected_prompt carrying its node_errors."""
+    standin.set_faults(reject_prompts=True)
+    name = service.upload(photo)
+    answer = generate(service, name)
+    assert answer.status_code == 502
+    error = answer.json()["error"]
+    assert error["code"] == "comfyui_rejected_prompt"
+    assert error["details"]["node_errors"]
+    assert error["details"]["error"]["type"]
+
+
+def test_hang_past_deadline_is_504_and_prompt_removed(make_service, standin, photo):
+    """A prompt hanging past JOB_TIMEOUT: 504, and the service interrupts that prompt."""
+    service = make_service(job_timeout=1.5)
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    answer = generate(service, name)
+    assert answer.status_code == 504
+    error = answer.json()["error"]
+    assert error["code"] == "job_timeout"
+    prompt_id = error["details"]["promptId"]
+    assert {"prompt_id": prompt_id} in standin.interrupts
+    assert any(prompt_id in (body.get("delete") or []) for body in standin.queue_requests)
+    standin.wait_idle(timeout=5)
+
+
+def test_queued_prompt_past_deadline_is_deleted_from_queue(make_service, standin, photo):
+    """A job still queued at its deadline is removed from ComfyUI's queue."""
+    service = make_service(job_timeout=1.5)
+    name = service.upload(photo)
+    standin.set_faults(hang=True)
+    blocker = generate(service, name, **{"async": True}).json()
+    wait_for(lambda: service.http.get(f"/jobs/{blocker['jobId']}").json()["status"] == "running")
+    second = generate(service, name)
+    assert second.status_code == 504
+    prompt_id = second.json()["error"]["details"]["promptId"]
+    assert any(prompt_id in (body.get("delete") or []) for body in standin.queue_requests)
+    assert all(item[1] != prompt_id for item in standin.queue_snapshot()["queue_pending"])
+
+
+def test_websocket_dropped_mid_job_still_completes(make_service, standin, photo):
+    """Every websocket dropped mid-run: the service reconnects, reconciles, and succeeds."""
+    service = make_service()
+    standin.set_faults(step_delay=0.05, drop_websockets=True)
+    name = service.upload(photo)
+    answer = generate(service, name)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "succeeded"
+
+
+def test_comfyui_restarted_mid_job_requeues_once(make_service, standin, photo):
+    """ComfyUI restarting mid-job (queue and history forgotten): the prompt is queued again."""
+    service = make_service()
+    standin.set_faults(step_delay=0.1)
+    name = service.upload(photo)
+    job = generate(service, name, **{"async": True}).json()
+    service.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
+    standin.restart()
+    standin.set_faults(step_delay=0.0)
+    record = service.wait_job(job["jobId"])
+    assert record["status"] == "succeeded"
+    assert len(standin.prompts) == 2
+    first, second = (body["prompt_id"] for body in standin.prompts)
+    assert first != second
+
+
+def test_comfyui_restarted_twice_fails_clearly(make_service, standin, photo):
+    """A prompt lost twice ends failed with comfyui_lost_prompt, not waiting forever."""
+    service = make_service()
+    standin.set_faults(step_delay=0.1)
+    name = service.upload(photo)
+    job = generate(service, name, **{"async": True}).json()
+    for expected_prompts in (1, 2):
+        wait_for(lambda n=expected_prompts: len(standin.prompts) == n, message="prompt queued")
+        service.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
+        standin.restart()
+    record = service.wait_job(job["jobId"])
+    assert record["status"] == "failed"
+    assert record["error"]["code"] == "comfyui_lost_prompt"
+    assert record["error"]["status"] == 502
+
+
+def test_comfyui_stopped_mid_job_fails_at_deadline(make_service, standin, photo):
+    """ComfyUI gone for good mid-job: the job ends at its deadline with 503, not never."""
+    service = make_service(job_timeout=2.0)
+    standin.set_faults(step_delay=0.2)
+    name = service.upload(photo)
+    job = generate(service, name, **{"async": True}).json()
+    service.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
+    standin.stop()
+    record = service.wait_job(job["jobId"], timeout=15)
+    assert record["status"] == "failed"
+    assert record["error"]["code"] == "comfyui_unavailable"
+
+
+@pytest.mark.parametrize("fault", [{"view_status": 500}, {"view_delay": 8.0}])
+def test_view_failing_is_502_and_logged(make_service, standin, photo, fault, caplog):
+    """/view failing or too slow: 502 avatar_fetch_failed, and the failure is logged."""
+    service = make_service(comfyui_read_timeout=1.0)
+    standin.set_faults(**fault)
+    name = service.upload(photo)
+    answer = generate(service, name)
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "avatar_fetch_failed"
+    assert any("fetching" in record.getMessage() for record in caplog.records)
+
+
+def test_service_restart_reconciles_job_in_flight(make_service, standin, photo):
+    """A job in flight when the service stops is taken up by the next start and succeeds."""
+    first = make_service()
+    standin.set_faults(step_delay=0.1)
+    name = first.upload(photo)
+    job = generate(first, name, **{"async": True}).json()
+    first.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
+    first.stop()
+    standin.set_faults(step_delay=0.0)
+    second = make_service()
+    record = second.wait_job(job["jobId"])
+    assert record["status"] == "succeeded"
+    assert len(standin.prompts) == 1
+    assert second.http.get(record["avatars"][0]["url"]).status_code == 200
+
+
+def test_service_restart_after_comfyui_finished(make_service, standin, photo):
+    """A job whose prompt finished while the service was down is completed from history."""
+    first = make_service()
+    standin.set_faults(step_delay=0.05)
+    name = first.upload(photo)
+    job = generate(first, name, **{"async": True}).json()
+    first.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
+    first.stop()
+    standin.set_faults(step_delay=0.0)
+    standin.wait_idle(timeout=10)
+    second = make_service()
+    record = second.wait_job(job["jobId"])
+    assert record["status"] == "succeeded"
+    assert len(standin.prompts) == 1

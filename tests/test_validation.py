@@ -1,0 +1,200 @@
+"""Every bad input gets a clear JSON error with an honest status, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_photo
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def test_upload_without_file_field(service):
+    """A multipart body without ``image`` or ``file`` is a 400 naming the fields received."""
+    answer = service.http.post("/upload-image", data={"photo": "x"})
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "code": "missing_file",
+            "message": "send the photo as multipart/form-data in the field 'image' (or 'file')",
+            "details": {"receivedFields": ["photo"]},
+        }
+    }
+
+
+UPLOAD_CASES = [
+    pytest.param(
+        b"just some text, not a picture", 415, "unsupported_image_type", id="text-named-png"
+    ),
+    pytest.param(
+        encoded(Image.new("RGB", (100, 100), "red"), "GIF"), 415, "unsupported_image_type", id="gif"
+    ),
+    pytest.param(
+        encoded(Image.new("RGB", (100, 100), "red"), "BMP"), 415, "unsupported_image_type", id="bmp"
+    ),
+    pytest.param(make_photo((1, 2, 3), size=(63, 200)), 400, "image_too_small", id="63px-wide"),
+    pytest.param(make_photo((1, 2, 3))[:200], 400, "invalid_image", id="truncated-png"),
+    pytest.param(b"", 400, "empty_file", id="empty"),
+    pytest.param(
+        encoded(Image.new("L", (3000, 2000)), "PNG"), 400, "image_too_many_pixels", id="bomb"
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "status", "code"), UPLOAD_CASES)
+def test_bad_uploads(make_service, tmp_path, data, status, code):
+    """Bad photos are refused by content (not name) and nothing is stored."""
+    service = make_service(max_image_pixels=5_000_000)
+    answer = service.http.post("/upload-image", files={"image": ("photo.png", data, "image/png")})
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_upload_over_size_limit_is_413(make_service, tmp_path):
+    """A photo over MAX_UPLOAD_MB answers 413 with the limit."""
+    service = make_service(max_upload_mb=0.01)
+    noisy = Image.effect_noise((200, 200), 100).convert("RGB")
+    answer = service.http.post(
+        "/upload-image", files={"image": ("big.png", encoded(noisy, "PNG"), "image/png")}
+    )
+    assert answer.status_code == 413
+    assert answer.json()["error"]["code"] in {"photo_too_large", "payload_too_large"}
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_upload_applies_exif_orientation_and_hides_client_name(service, tmp_path):
+    """EXIF orientation 6 (rotate 90) is applied; the stored name is the server's, not the client's."""
+    image = Image.new("RGB", (160, 80), "blue")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encoded(image, "JPEG", exif=exif.tobytes())
+    answer = service.http.post("/upload-image", files={"image": ("../../etc/x.jpg", data)})
+    assert answer.status_code == 201
+    body = answer.json()
+    assert (body["width"], body["height"]) == (80, 160)
+    assert "etc" not in body["imageName"] and "x.jpg" not in body["imageName"]
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [body["imageName"]]
+
+
+def test_webp_is_accepted(service):
+    """WebP photos are accepted."""
+    data = encoded(Image.new("RGB", (80, 80), "green"), "WEBP")
+    answer = service.http.post("/upload-image", files={"image": ("a.webp", data)})
+    assert answer.status_code == 201
+
+
+RULE = "must be an integer from 64 to 2048 and a multiple of 8"
+GENERATE_CASES = [
+    pytest.param({"width": 100}, {"width": RULE}, id="width-not-multiple-of-8"),
+    pytest.param({"height": 32}, {"height": RULE}, id="height-too-small"),
+    pytest.param({"width": 4096}, {"width": RULE}, id="width-too-big"),
+    pytest.param({"width": "512"}, {"width": RULE}, id="width-string"),
+    pytest.param({"width": 512.5}, {"width": RULE}, id="width-float"),
+    pytest.param({"height": True}, {"height": RULE}, id="height-bool"),
+    pytest.param(
+        {"gender": "robot"}, {"gender": "must be one of ['female', 'male', 'neutral']"}, id="gender"
+    ),
+    pytest.param(
+        {"seed": -1}, {"seed": "must be an integer from 0 to 18446744073709551615"}, id="seed-neg"
+    ),
+    pytest.param(
+        {"seed": 2**64}, {"seed": "must be an integer from 0 to 18446744073709551615"}, id="seed-big"
+    ),
+    pytest.param({"async": "yes"}, {"async": "must be true or false"}, id="async-not-bool"),
+    pytest.param(
+        {"style": "nope"}, {"style": "unknown style; one of ['avatar', 'cartoon']"}, id="style"
+    ),
+    pytest.param(
+        {"callbackUrl": "http://evil.example/"},
+        {"callbackUrl": "not accepted: WEBHOOK_ALLOWED_URLS allows no callback URL"},
+        id="callback-not-allowed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "fields"), GENERATE_CASES)
+def test_bad_generate_fields(service, standin, photo, change, fields):
+    """Each bad field is a 400 that states the rule; nothing reaches ComfyUI."""
+    name = service.upload(photo)
+    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name, **change})
+    assert answer.status_code == 400
+    [(field, message)] = fields.items()
+    assert answer.json() == {
+        "error": {
+            "code": "invalid_fields",
+            "message": f"{field}: {message}",
+            "details": {"fields": fields},
+        }
+    }
+    assert standin.prompts == []
+
+
+def test_several_bad_fields_are_reported_together(service, photo):
+    """All bad fields are named in one answer."""
+    name = service.upload(photo)
+    answer = service.http.post(
+        "/generate-avatar-by-image", json={"imageName": name, "width": 1, "gender": "x"}
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["message"] == "several fields are invalid"
+    assert set(error["details"]["fields"]) == {"width", "gender"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b""],
+    ids=["garbage", "array", "empty"],
+)
+def test_generate_body_must_be_a_json_object(service, body):
+    """A body that is not a JSON object is a 400 invalid_json."""
+    answer = service.http.post(
+        "/generate-avatar-by-image", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_json"
+
+
+def test_missing_image_name(service):
+    """imageName is required."""
+    answer = service.http.post("/generate-avatar-by-image", json={"gender": "male"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["details"]["fields"] == {
+        "imageName": "required: the imageName returned by POST /upload-image"
+    }
+
+
+@pytest.mark.parametrize("name", ["AAAAAAAAAAAAAAAAAAAAAA.png", "../uploads/x.png", "me.jpg"])
+def test_unknown_image_name_is_404(service, standin, name):
+    """An imageName this service did not make is 404 image_not_found, and no job is created."""
+    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    assert answer.status_code == 404
+    assert answer.json() == {
+        "error": {
+            "code": "image_not_found",
+            "message": "unknown imageName; upload the photo first with POST /upload-image",
+            "details": {"imageName": name},
+        }
+    }
+    assert standin.prompts == []
+
+
+def test_unknown_route_and_method_are_json(service):
+    """Unknown routes and wrong methods answer the same JSON error shape."""
+    missing = service.http.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = service.http.get("/generate-avatar-by-image")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
