@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -198,6 +199,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     # Many concurrent senders must not overflow the listen backlog (a dropped SYN costs 1s).
     request_queue_size = 128
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Stay quiet when a client hangs up (timeouts, closed pools); report anything else."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def free_port() -> int:
