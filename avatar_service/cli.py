@@ -1,9 +1,191 @@
-"""Flask CLI commands (``flask --app app workflows ...``)."""
+"""Flask CLI: `flask --app app workflows check|import|list` for workflows captured from ComfyUI."""
 
 from __future__ import annotations
 
-from flask import Flask
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from .comfyui_client import ComfyUIClient, ComfyUIError
+from .storage import write_atomic
+from .workflow import (
+    Problem,
+    Roles,
+    WorkflowError,
+    check_against_object_info,
+    find_roles,
+    prepare_import,
+)
+
+workflows_cli = AppGroup("workflows", help="Check, import and list ComfyUI workflows (styles).")
+
+STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+EXIT_PROBLEMS = 1
+EXIT_INVALID = 2
 
 
 def init_app(app: Flask) -> None:
     """Register the command groups."""
+    app.cli.add_command(workflows_cli)
+
+
+def _services():
+    return current_app.extensions["avatar_service"]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{path}: cannot read JSON ({exc})") from None
+
+
+def _bindings_next_to(path: Path) -> dict[str, Any] | None:
+    side = path.with_name(f"{path.stem}.bindings.json")
+    return _read_json(side) if side.is_file() else None
+
+
+def _print_roles(graph: dict[str, Any], roles: Roles) -> None:
+    def label(node_id: str) -> str:
+        return f"{node_id} ({graph[node_id]['class_type']})"
+
+    click.echo("roles:")
+    click.echo(f"  photo input    : node {label(roles.image)}")
+    node_id, name = roles.positive_text
+    click.echo(f"  positive text  : node {label(node_id)} input {name!r} (gender text goes here)")
+    for node_id, name in roles.seeds:
+        click.echo(f"  sampler seed   : node {label(node_id)} input {name!r}")
+    for node_id, width, height in roles.size:
+        click.echo(f"  size           : node {label(node_id)} inputs {width!r}/{height!r}")
+    click.echo(f"  outputs        : {', '.join(label(n) for n in roles.outputs)}")
+
+
+def _server_problems(graph: dict[str, Any], server: str | None) -> list[Problem] | None:
+    """Problems against a server's /object_info, or None when no server could be asked."""
+    url = server or _services().settings.comfyui_url[0]
+    client = ComfyUIClient(url, timeout=httpx.Timeout(30, connect=5))
+    try:
+        object_info = client.object_info()
+    except ComfyUIError as exc:
+        click.echo(f"ComfyUI at {url} is not reachable ({exc}); server checks skipped", err=True)
+        return None
+    finally:
+        client.close()
+    click.echo(f"checked against ComfyUI at {url} ({len(object_info)} node classes)")
+    return check_against_object_info(graph, object_info)
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        where = f"node {problem.node_id} ({problem.class_type})"
+        if problem.input:
+            where += f" input {problem.input!r}"
+        click.echo(f"PROBLEM {where}: {problem.message}\n        fix: {problem.fix}")
+
+
+def _load_and_find_roles(path: Path, data: Any, **fixes: Any) -> tuple[dict[str, Any], Roles]:
+    try:
+        result = prepare_import(data, **fixes)
+        for change in result.changes:
+            click.echo(f"changed: {change}")
+        return result.graph, find_roles(result.graph, _bindings_next_to(path))
+    except WorkflowError as exc:
+        click.echo(f"error: {path}: {exc}", err=True)
+        if exc.details:
+            click.echo(f"details: {json.dumps(exc.details, default=str)}", err=True)
+        sys.exit(EXIT_INVALID)
+
+
+@workflows_cli.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--server", help="ComfyUI URL to check against (default: the first COMFYUI_URL).")
+@click.option("--offline", is_flag=True, help="Only check the file; do not ask a ComfyUI.")
+def check_command(file: Path, server: str | None, offline: bool) -> None:
+    """Load FILE (captured /prompt body or API graph), show its roles, check it on a server.
+
+    Exit status: 0 fine, 1 problems on the server, 2 the file itself is unusable.
+    """
+    graph, roles = _load_and_find_roles(file, _read_json(file))
+    click.echo(f"{file}: {len(graph)} nodes, API format")
+    _print_roles(graph, roles)
+    problems = None if offline else _server_problems(graph, server)
+    if problems:
+        _print_problems(problems)
+        click.echo(f"{len(problems)} problem(s)")
+        sys.exit(EXIT_PROBLEMS)
+    click.echo("ok" if problems is not None else "ok (file only)")
+
+
+@workflows_cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Style name: workflows/<name>.json.")
+@click.option(
+    "--presets-from",
+    default=None,
+    help="Copy <style>.presets.json from this style (default: DEFAULT_STYLE).",
+)
+@click.option(
+    "--fix/--no-fix",
+    default=True,
+    show_default=True,
+    help="Insert an ImageScale so the size takes effect; swap the Impact Pack concat for core.",
+)
+@click.option("--server", help="ComfyUI URL to check against (default: the first COMFYUI_URL).")
+@click.option("--offline", is_flag=True, help="Do not ask a ComfyUI.")
+@click.option("--force", is_flag=True, help="Overwrite an existing style; store despite problems.")
+def import_command(
+    file: Path,
+    name: str,
+    presets_from: str | None,
+    fix: bool,
+    server: str | None,
+    offline: bool,
+    force: bool,
+) -> None:
+    """Check FILE and store it as a style under workflows/ with its presets and bindings."""
+    if not STYLE_NAME.fullmatch(name):
+        raise click.BadParameter("letters, digits, '-' and '_' only (max 64)", param_hint="--name")
+    services = _services()
+    directory = services.settings.workflows_dir
+    if not directory.is_absolute():
+        directory = Path(current_app.root_path).parent / directory
+    target = directory / f"{name}.json"
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; use --force to replace it")
+    graph, roles = _load_and_find_roles(
+        file, _read_json(file), insert_image_scale=fix, replace_impact_concat=fix
+    )
+    _print_roles(graph, roles)
+    problems = None if offline else _server_problems(graph, server)
+    if problems:
+        _print_problems(problems)
+        if not force:
+            click.echo(f"{len(problems)} problem(s); not imported (use --force to store anyway)")
+            sys.exit(EXIT_PROBLEMS)
+    source_style = presets_from or services.settings.default_style
+    presets = directory / f"{name}.presets.json"
+    if not presets.exists():
+        source = directory / f"{source_style}.presets.json"
+        if not source.is_file():
+            raise click.ClickException(f"no presets to copy: {source} does not exist")
+        write_atomic(presets, source.read_bytes())
+        click.echo(f"wrote {presets} (copied from style {source_style!r}; edit the prompt texts)")
+    bindings = directory / f"{name}.bindings.json"
+    write_atomic(bindings, (json.dumps(roles.to_dict(), indent=2) + "\n").encode())
+    write_atomic(target, (json.dumps(graph, indent=2, ensure_ascii=False) + "\n").encode())
+    click.echo(f"wrote {bindings}")
+    click.echo(f"wrote {target}; restart the service to offer style {name!r}")
+
+
+@workflows_cli.command("list")
+def list_command() -> None:
+    """List the styles the service loads, with their roles."""
+    for style in _services().describe_styles():
+        click.echo(json.dumps(style, indent=2))

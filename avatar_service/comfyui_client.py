@@ -21,7 +21,7 @@ import queue
 import struct
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -101,12 +101,14 @@ class ComfyUIClient:
         timeout: httpx.Timeout,
         reconnect_max: float = 10.0,
         ping_interval: float = 20.0,
+        on_connect: Callable[[ComfyUIClient], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = f"avatar-service-{uuid.uuid4().hex}"
         self.timeout = timeout
         self.reconnect_max = reconnect_max
         self.ping_interval = ping_interval
+        self.on_connect = on_connect
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
         self._watches: dict[str, PromptWatch] = {}
         self._lock = threading.Lock()
@@ -170,9 +172,11 @@ class ComfyUIClient:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def system_stats(self) -> dict[str, Any]:
-        """GET /system_stats."""
-        return self._json("GET", "/system_stats")
+    def system_stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """GET /system_stats (optionally with a shorter timeout, for health checks)."""
+        if timeout is None:
+            return self._json("GET", "/system_stats")
+        return self._json("GET", "/system_stats", timeout=httpx.Timeout(timeout))
 
     def object_info(self) -> dict[str, Any]:
         """GET /object_info: every node class the server can run, with its inputs."""
@@ -322,6 +326,10 @@ class ComfyUIClient:
                 if was_connected:
                     self._broadcast("reconnected")
                 was_connected = True
+                if self.on_connect is not None:
+                    threading.Thread(
+                        target=self.on_connect, args=(self,), name="comfyui-on-connect", daemon=True
+                    ).start()
                 self._read_socket(sock)
             except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket dropped: {exc}"

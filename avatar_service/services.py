@@ -19,7 +19,13 @@ from .publish import Publisher
 from .storage import AvatarStore
 from .store import JobStore
 from .webhooks import WebhookDispatcher
-from .workflow import Workflow, WorkflowError, describe, load_workflows
+from .workflow import (
+    Workflow,
+    WorkflowError,
+    check_against_object_info,
+    describe,
+    load_workflows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,8 @@ class Services:
     runner: JobRunner
     publisher: Publisher | None = None
     webhooks: WebhookDispatcher | None = None
+    # server URL -> style -> problems found in that server's /object_info (absent: not checked)
+    workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -132,6 +140,7 @@ class Services:
                 return
             self._started = True
         for client in self.clients:
+            client.on_connect = self.check_workflows
             client.start()
         if self.webhooks is not None:
             self.webhooks.start()
@@ -153,6 +162,29 @@ class Services:
             self.publisher.close()
         self.store.close()
 
+    def check_workflows(self, client: ComfyUIClient) -> None:
+        """Check every style against a server's /object_info (run each time it connects)."""
+        try:
+            object_info = client.object_info()
+        except ComfyUIError as exc:
+            logger.warning("could not read /object_info of %s: %s", client.base_url, exc)
+            return
+        report = {}
+        for name, workflow in sorted(self.workflows.items()):
+            problems = check_against_object_info(workflow.graph, object_info)
+            report[name] = [problem.to_dict() for problem in problems]
+            for problem in problems:
+                logger.warning(
+                    "style %r cannot run on %s: node %s (%s): %s; fix: %s",
+                    name,
+                    client.base_url,
+                    problem.node_id,
+                    problem.class_type,
+                    problem.message,
+                    problem.fix,
+                )
+        self.workflow_problems[client.base_url] = report
+
     def describe_styles(self) -> list[dict[str, Any]]:
         """GET /styles: each workflow with its parameters."""
         return [describe(workflow) for _, workflow in sorted(self.workflows.items())]
@@ -163,7 +195,7 @@ class Services:
         for client in self.clients:
             state: dict[str, Any] = {"websocket": client.connected}
             try:
-                stats = client.system_stats()
+                stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
                 state["version"] = (stats.get("system") or {}).get("comfyui_version")
             except ComfyUIError as exc:
@@ -171,12 +203,25 @@ class Services:
                 state["error"] = exc.message
             if not client.connected and client.last_error:
                 state.setdefault("error", client.last_error)
-            state["ready"] = bool(state["websocket"] and state["http"])
+            checked = self.workflow_problems.get(client.base_url)
+            if checked is not None:
+                state["workflows"] = {
+                    name: {"ok": not problems, "problems": problems}
+                    for name, problems in checked.items()
+                }
+            default_ok = not (checked or {}).get(self.settings.default_style)
+            state["ready"] = bool(state["websocket"] and state["http"] and default_ok)
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
         report: dict[str, Any] = {"ready": ready, "servers": servers}
         if not ready:
-            report["reason"] = "no ComfyUI server is reachable"
+            reachable = any(state["websocket"] and state["http"] for state in servers.values())
+            report["reason"] = (
+                f"no reachable ComfyUI server can run the default style "
+                f"{self.settings.default_style!r}"
+                if reachable
+                else "no ComfyUI server is reachable"
+            )
         return report
 
 
