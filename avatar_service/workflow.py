@@ -566,6 +566,7 @@ def find_roles(graph: Mapping[str, Any], bindings: Mapping[str, Any] | None = No
         # output nodes that show something else (e.g. the scaled photo) are not avatars
         outputs = tuple(_sorted_ids(with_sampler or all_outputs))
     samplers = _sorted_ids(s for o in outputs for s in samplers_of[o])
+    _check_bound_nodes_used(graph, bound, outputs)
 
     if "seeds" in bound:
         seeds = tuple(bound["seeds"])
@@ -771,6 +772,29 @@ def _bound_list(role: str, value: Any, width: int | None) -> list[Any]:
             if not isinstance(item, list) or len(item) != width:
                 raise _binding_error(role, f"each item must be a list of {width}, got {item!r}")
     return value
+
+
+def _check_bound_nodes_used(
+    graph: Mapping[str, Any], bound: Mapping[str, Any], outputs: tuple[str, ...]
+) -> None:
+    """Reject bound nodes that feed no output: values set there would be silently ignored."""
+    used = _upstream(graph, outputs)
+    bound_ids = {
+        "image": [bound["image"]] if "image" in bound else [],
+        "positive_text": [bound["positive_text"][0]] if "positive_text" in bound else [],
+        "seeds": [n for n, _name in bound.get("seeds", ())],
+        "size": [n for n, _w, _h in bound.get("size", ())],
+    }
+    for role, ids in bound_ids.items():
+        for node_id in ids:
+            if node_id not in used:
+                raise _binding_error(
+                    role,
+                    f"node {node_id} ({_class(graph, node_id)}) feeds no output node, so the "
+                    "values set there would be ignored",
+                    node_id=node_id,
+                    class_type=_class(graph, node_id),
+                )
 
 
 def _validate_bindings(graph: Mapping[str, Any], bindings: Mapping[str, Any]) -> dict[str, Any]:
