@@ -49,11 +49,13 @@ class Settings:
     upload_field_name: str = "file"
     upload_timeout: float = 30.0
     upload_max_attempts: int = 3
+    upload_backoff: float = 0.5
     webhook_url: str = ""
     webhook_secret: str = ""
     webhook_allowed_urls: tuple[str, ...] = ()
     webhook_timeout: float = 10.0
     webhook_max_attempts: int = 6
+    webhook_backoff: float = 1.0
     host: str = "127.0.0.1"
     port: int = 5000
     threads: int = 32
@@ -109,8 +111,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
-        if self.sync_wait < 0:
-            raise ConfigError("SYNC_WAIT must be 0 or more")
+        if self.sync_wait < 0 or self.upload_backoff < 0 or self.webhook_backoff < 0:
+            raise ConfigError("SYNC_WAIT, UPLOAD_BACKOFF and WEBHOOK_BACKOFF must be 0 or more")
         if self.threads < 4:
             raise ConfigError("THREADS must be at least 4")
         if self.upload_max_attempts < 1 or self.webhook_max_attempts < 1:

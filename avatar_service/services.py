@@ -18,7 +18,7 @@ from .jobs import JobRunner
 from .publish import Publisher
 from .storage import AvatarStore
 from .store import JobStore
-from .webhooks import WebhookDispatcher
+from .webhooks import WebhookDispatcher, WebhookError
 from .workflow import (
     Workflow,
     WorkflowError,
@@ -95,17 +95,22 @@ class Services:
                     settings.upload_timeout, connect=settings.comfyui_connect_timeout
                 ),
                 max_attempts=settings.upload_max_attempts,
+                backoff=settings.upload_backoff,
             )
         webhooks = None
         if settings.webhook_url or settings.webhook_allowed_urls:
-            webhooks = WebhookDispatcher(
-                db_path=database,
-                secret=settings.webhook_secret or None,
-                timeout=httpx.Timeout(
-                    settings.webhook_timeout, connect=settings.comfyui_connect_timeout
-                ),
-                max_attempts=settings.webhook_max_attempts,
-            )
+            try:
+                webhooks = WebhookDispatcher(
+                    db_path=database,
+                    secret=settings.webhook_secret or None,
+                    timeout=httpx.Timeout(
+                        settings.webhook_timeout, connect=settings.comfyui_connect_timeout
+                    ),
+                    max_attempts=settings.webhook_max_attempts,
+                    backoff=settings.webhook_backoff,
+                )
+            except WebhookError as exc:
+                raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
         runner = JobRunner(
             store=store,
             events=events,

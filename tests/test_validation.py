@@ -108,7 +108,9 @@ GENERATE_CASES = [
         {"seed": -1}, {"seed": "must be an integer from 0 to 18446744073709551615"}, id="seed-neg"
     ),
     pytest.param(
-        {"seed": 2**64}, {"seed": "must be an integer from 0 to 18446744073709551615"}, id="seed-big"
+        {"seed": 2**64},
+        {"seed": "must be an integer from 0 to 18446744073709551615"},
+        id="seed-big",
     ),
     pytest.param({"async": "yes"}, {"async": "must be true or false"}, id="async-not-bool"),
     pytest.param(

@@ -1,0 +1,272 @@
+"""Long jobs: queue position, progress over SSE, cancellation, previews, signed webhooks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from avatar_service.webhooks import verify
+from comfyui_standin import StandIn
+from tests.conftest import LiveService
+from tests.receivers import Receiver, Reply
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def start_job(service: LiveService, name: str, **extra) -> str:
+    answer = service.http.post(
+        "/generate-avatar-by-image", json={"imageName": name, "async": True, **extra}
+    )
+    assert answer.status_code == 202, answer.text
+    return answer.json()["jobId"]
+
+
+def read_sse(service: LiveService, job_id: str, headers: dict | None = None) -> list[dict]:
+    """Read the whole SSE stream of a job (it ends with the job)."""
+    events, current = [], {}
+    with service.http.stream(
+        "GET", f"/jobs/{job_id}/events", headers=headers or {}, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if current:
+                    events.append(current)
+                current = {}
+            elif line.startswith(":"):
+                continue
+            else:
+                key, _, value = line.partition(": ")
+                current[key] = json.loads(value) if key == "data" else value
+    return events
+
+
+def test_sse_shows_ordered_progress_then_result(service, standin, photo):
+    """An SSE client sees the state, running, every sampler step in order, then succeeded."""
+    standin.set_faults(step_delay=0.03)
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    events = read_sse(service, job_id)
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "state"
+    assert kinds[-1] == "succeeded"
+    assert "running" in kinds
+    steps = [
+        event["data"]["value"]
+        for event in events
+        if event["event"] == "progress" and event["data"]["value"] is not None
+    ]
+    assert steps == sorted(steps)
+    assert steps[-1] == events[-1]["data"]["progress"]["max"]
+    assert len(events[-1]["data"]["avatars"]) == 1
+    ids = [int(event["id"]) for event in events[1:]]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_sse_late_client_gets_current_state_and_resume(service, standin, photo):
+    """A client connecting after the end gets the final state; Last-Event-ID replays the rest."""
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    service.wait_job(job_id)
+    [only] = read_sse(service, job_id)
+    assert only["event"] == "state"
+    assert only["data"]["status"] == "succeeded"
+    replay = read_sse(service, job_id, headers={"Last-Event-ID": "1"})
+    assert replay[0]["id"] == "2"
+    assert replay[-1]["event"] == "succeeded"
+
+
+def test_job_shows_queue_position_and_progress(service, standin, photo):
+    """While queued a job carries its queue position; while running, sampler value/max."""
+    standin.set_faults(step_delay=0.05)
+    name = service.upload(photo)
+    first = start_job(service, name)
+    second = start_job(service, name)
+    queued = service.wait_job(second, until=lambda r: r["queuePosition"] is not None)
+    assert queued["status"] == "queued"
+    assert queued["queuePosition"] == 2
+    running = service.wait_job(first, until=lambda r: (r["progress"] or {}).get("value"))
+    assert running["status"] == "running"
+    assert running["progress"]["nodeType"] == "KSampler"
+    assert running["progress"]["max"] >= running["progress"]["value"] >= 1
+    standin.set_faults(step_delay=0.0)
+    assert service.wait_job(first)["status"] == "succeeded"
+    assert service.wait_job(second)["status"] == "succeeded"
+
+
+def test_cancel_queued_job_removes_only_its_prompt(service, standin, photo):
+    """Cancelling a queued job deletes its prompt from ComfyUI's queue; the running one goes on."""
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    first = start_job(service, name)
+    service.wait_job(first, until=lambda r: r["status"] == "running")
+    second = start_job(service, name)
+    service.wait_job(second, until=lambda r: r["queuePosition"] is not None)
+    second_prompt = standin.prompts[-1]["prompt_id"]
+
+    answer = service.http.delete(f"/jobs/{second}")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "cancelled"
+    assert {"delete": [second_prompt]} in standin.queue_requests
+    assert standin.interrupts in ([], [{"prompt_id": second_prompt}])
+    assert service.http.get(f"/jobs/{first}").json()["status"] == "running"
+    standin.set_faults(hang=False)
+    assert service.wait_job(first)["status"] == "succeeded"
+
+
+def test_cancel_running_job_interrupts_only_it(service, standin, photo):
+    """Cancelling a running job interrupts its prompt_id only; the job ends cancelled; 409 after."""
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    service.wait_job(job_id, until=lambda r: r["status"] == "running")
+    prompt_id = standin.prompts[-1]["prompt_id"]
+    answer = service.http.post(f"/jobs/{job_id}/cancel")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "cancelled"
+    assert standin.interrupts == [{"prompt_id": prompt_id}]
+    again = service.http.delete(f"/jobs/{job_id}")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "job_already_ended"
+
+
+def test_two_servers_cancel_one_other_completes(make_service, standin, tmp_path, photo):
+    """Two jobs running on two ComfyUI servers: cancelling one leaves the other to complete."""
+    other = StandIn(root=tmp_path / "comfyui-2").start()
+    try:
+        service = make_service(comfyui_url=f"{standin.url},{other.url}")
+        for server in (standin, other):
+            server.set_faults(step_delay=0.05)
+        name = service.upload(photo)
+        first = start_job(service, name)
+        second = start_job(service, name)
+        for job_id in (first, second):
+            service.wait_job(job_id, until=lambda r: r["status"] == "running")
+        assert len(standin.prompts) == len(other.prompts) == 1
+        assert service.http.delete(f"/jobs/{first}").json()["status"] == "cancelled"
+        record = service.wait_job(second)
+        assert record["status"] == "succeeded"
+        cancelled_server = standin if standin.interrupts else other
+        assert len(cancelled_server.interrupts) == 1
+        assert (standin if cancelled_server is other else other).interrupts == []
+    finally:
+        other.stop()
+
+
+def test_preview_of_running_job(make_service, standin, tmp_path, photo):
+    """With ComfyUI sending preview frames, the latest one is served at /jobs/<id>/preview."""
+    previewing = StandIn(root=tmp_path / "comfyui-previews", previews=True).start()
+    try:
+        service = make_service(comfyui_url=previewing.url)
+        previewing.set_faults(step_delay=0.1)
+        name = service.upload(photo)
+        job_id = start_job(service, name)
+        assert service.http.get(f"/jobs/{job_id}/preview").status_code == 404
+        service.wait_job(job_id, until=lambda r: (r["progress"] or {}).get("value"))
+        deadline = time.monotonic() + 10
+        while (preview := service.http.get(f"/jobs/{job_id}/preview")).status_code != 200:
+            assert time.monotonic() < deadline, preview.text
+            time.sleep(0.05)
+        assert preview.headers["content-type"] in {"image/jpeg", "image/png"}
+        assert len(preview.content) > 100
+    finally:
+        previewing.stop()
+
+
+def test_signed_webhook_to_real_receiver(make_service, standin, photo):
+    """A finished job POSTs its record once to WEBHOOK_URL, signed per Standard Webhooks."""
+    with Receiver() as receiver:
+        service = make_service(webhook_url=receiver.url(), webhook_secret=SECRET)
+        name = service.upload(photo)
+        job = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+        [delivery] = receiver.wait_for(1)
+        assert verify(SECRET, delivery.headers, delivery.body)
+        assert not verify(SECRET, delivery.headers, delivery.body + b" ")
+        body = delivery.json()
+        assert body["type"] == "job.succeeded"
+        assert body["data"]["jobId"] == job["jobId"]
+        assert body["data"]["avatars"] == job["avatars"]
+        record = service.wait_job(
+            job["jobId"], until=lambda r: r["webhooks"] and r["webhooks"][0]["state"] != "pending"
+        )
+        assert record["webhooks"][0]["state"] == "delivered"
+
+
+def test_webhook_receiver_failing_twice_gets_one_success(make_service, standin, photo):
+    """A receiver failing twice gets exactly one successful delivery, same webhook-id each time."""
+    with Receiver() as receiver:
+        receiver.script(Reply(status=500), Reply(status=502))
+        service = make_service(
+            webhook_url=receiver.url(), webhook_secret=SECRET, webhook_backoff=0.05
+        )
+        name = service.upload(photo)
+        job_id = start_job(service, name)
+        attempts = receiver.wait_for(3, timeout=15)
+        assert len({attempt.headers["webhook-id"] for attempt in attempts}) == 1
+        record = service.wait_job(
+            job_id, until=lambda r: r["webhooks"] and r["webhooks"][0]["state"] == "delivered"
+        )
+        assert [a["status"] for a in record["webhooks"][0]["attempts"]] == [500, 502, 200]
+        time.sleep(0.3)  # give a wrong extra delivery the chance to show up
+        assert len(receiver.received) == 3
+
+
+def test_callback_url_must_be_allowed(make_service, standin, photo):
+    """A per-request callbackUrl is used only when it matches WEBHOOK_ALLOWED_URLS."""
+    with Receiver() as receiver:
+        service = make_service(webhook_allowed_urls=receiver.url("/allowed/"))
+        name = service.upload(photo)
+        refused = service.http.post(
+            "/generate-avatar-by-image",
+            json={"imageName": name, "callbackUrl": receiver.url("/other")},
+        )
+        assert refused.status_code == 400
+        assert "callbackUrl" in refused.json()["error"]["details"]["fields"]
+        accepted = service.http.post(
+            "/generate-avatar-by-image",
+            json={"imageName": name, "callbackUrl": receiver.url("/allowed/job")},
+        )
+        assert accepted.status_code == 200
+        [delivery] = receiver.wait_for(1)
+        assert delivery.path == "/allowed/job"
+
+
+def test_pending_webhook_is_delivered_after_restart(make_service, standin, photo, tmp_path: Path):
+    """A delivery pending when the service stops is delivered by the next start."""
+    with Receiver() as receiver:
+        port = receiver.port
+        url = receiver.url()
+    first = make_service(webhook_url=url, webhook_secret=SECRET, webhook_backoff=0.05)
+    name = first.upload(photo)
+    job = first.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+    first.wait_job(job["jobId"], until=lambda r: r["webhooks"] and r["webhooks"][0]["attempts"])
+    first.stop()
+    with Receiver(port=port) as receiver:
+        second = make_service(webhook_url=url, webhook_secret=SECRET, webhook_backoff=0.05)
+        [delivery] = receiver.wait_for(1, timeout=15)
+        assert verify(SECRET, delivery.headers, delivery.body)
+        assert delivery.json()["data"]["jobId"] == job["jobId"]
+        record = second.wait_job(
+            job["jobId"], until=lambda r: r["webhooks"][0]["state"] == "delivered"
+        )
+        assert record["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("method", ["delete", "post"])
+def test_cancel_unknown_job_is_404(service, method):
+    """Cancelling an unknown job answers 404."""
+    path = "/jobs/" + "f" * 32 + ("/cancel" if method == "post" else "")
+    answer = getattr(service.http, method)(path)
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "job_not_found"
+
+
+def test_sse_of_unknown_job_is_404(service):
+    """The events stream of an unknown job answers a JSON 404, not an empty stream."""
+    answer = service.http.get("/jobs/" + "a" * 32 + "/events")
+    assert answer.status_code == 404
+    assert isinstance(answer.json()["error"], dict)
