@@ -73,7 +73,7 @@ def test_upload_over_size_limit_is_413(make_service, tmp_path):
 
 
 def test_upload_applies_exif_orientation_and_hides_client_name(service, tmp_path):
-    """EXIF orientation 6 (rotate 90) is applied; the stored name is the server's, not the client's."""
+    """EXIF orientation 6 is applied; the stored name is made by the server, not the client."""
     image = Image.new("RGB", (160, 80), "blue")
     exif = Image.Exif()
     exif[0x0112] = 6
