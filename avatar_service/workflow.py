@@ -1362,6 +1362,7 @@ def prepare_import(
     replace_impact_concat: bool = False,
     width: int = 512,
     height: int = 512,
+    bindings: Mapping[str, Any] | None = None,
 ) -> ImportResult:
     """Unwrap and validate a captured workflow for storage; optionally apply the documented fixes.
 
@@ -1369,6 +1370,7 @@ def prepare_import(
     ImageScale (lanczos, crop center, width x height) right after it, and drop EmptyLatentImage
     nodes that feed nothing. replace_impact_concat: swap ImpactConcatConditionings for core
     ConditioningConcat (conditioning1 -> conditioning_to, conditioning2 -> conditioning_from).
+    bindings: the style's explicit bindings; a bound 'size' means no ImageScale is needed.
     """
     graph = parse_captured(data)
     changes: list[str] = []
@@ -1395,7 +1397,7 @@ def prepare_import(
         _check_int("width", width, MIN_SIZE, MAX_SIZE)
         _check_int("height", height, MIN_SIZE, MAX_SIZE)
         try:
-            find_roles(graph)
+            find_roles(graph, bindings)
         except MissingRoleError as exc:
             if exc.details.get("role") != "size" or not exc.details.get("consumers"):
                 raise

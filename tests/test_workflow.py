@@ -1311,6 +1311,52 @@ def test_prepare_import_without_options_only_unwraps() -> None:
     assert result.changes == ()
 
 
+def _resize_and_pad() -> dict:
+    g = avatar_graph()
+    g["27"] = {
+        "class_type": "ResizeAndPadImage",
+        "inputs": {
+            "image": ["25", 0],
+            "target_width": 512,
+            "target_height": 512,
+            "padding_color": "white",
+            "interpolation": "lanczos",
+        },
+    }
+    return g
+
+
+@pytest.mark.parametrize(
+    ("bindings", "changes"),
+    [
+        ({"size": [["27", "target_width", "target_height"]]}, ()),
+        (
+            None,
+            (
+                "node 28: ImageScale inserted after LoadImage 25",
+                "node 27: image now comes from ImageScale 28",
+            ),
+        ),
+    ],
+)
+def test_prepare_import_respects_a_size_binding(bindings: dict | None, changes: tuple) -> None:
+    """A bound 'size' needs no ImageScale; without the binding one is inserted."""
+    result = prepare_import(_resize_and_pad(), insert_image_scale=True, bindings=bindings)
+    assert result.changes == changes
+    assert find_roles(result.graph, bindings).size == (
+        (("27", "target_width", "target_height"),) if bindings else (("28", "width", "height"),)
+    )
+
+
+def test_checks_accept_the_frozen_template(
+    styles: dict[str, Workflow], core_object_info: dict[str, Any]
+) -> None:
+    """check_against_object_info and find_roles work on a loaded, read-only template."""
+    avatar = styles["avatar"]
+    assert check_against_object_info(avatar.graph, core_object_info) == []
+    assert find_roles(avatar.graph) == AVATAR_ROLES
+
+
 def test_prepare_import_rejects_ui_format() -> None:
     """prepare_import raises the same UIFormatError for a UI-format file."""
     with pytest.raises(UIFormatError):
