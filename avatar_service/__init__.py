@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -20,7 +21,7 @@ _SETTING_KEYS = frozenset(field.name.upper() for field in fields(Settings))
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings from env (overridden by ``config``), services, routes, errors."""
     config = dict(config or {})
-    instance_path = config.pop("INSTANCE_PATH", None)
+    instance_path = config.pop("INSTANCE_PATH", None) or os.environ.get("INSTANCE_PATH")
     overrides = {key: config.pop(key) for key in list(config) if key.upper() in _SETTING_KEYS}
     app = Flask(__name__, instance_path=str(instance_path) if instance_path else None)
     app.config.update(config)

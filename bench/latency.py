@@ -1,0 +1,266 @@
+"""End-to-end latency of one generation: through the service vs a minimal direct ComfyUI client.
+
+Both sides run against the same stand-in ComfyUI (its own process, zero render delay) and make
+the same ComfyUI calls: upload the photo, POST /prompt, wait for ``executing`` null on the
+websocket, GET /history, GET /view. The service (its own process, waitress) adds its HTTP layer,
+validation, the job record in SQLite, the avatar file and its answer. Runs alternate between the
+two sides so machine noise hits both alike. Usage::
+
+    python -m bench.latency [--runs 200] [--size 512] [--update-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import websocket
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MARK_START, MARK_END = "<!-- bench:latency:start -->", "<!-- bench:latency:end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_http(ready_url)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def photo_bytes() -> bytes:
+    image = Image.new("RGB", (256, 256), (180, 120, 90))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class DirectClient:
+    """The least a client must do to get one avatar out of ComfyUI: the baseline."""
+
+    def __init__(self, base_url: str, graph: dict) -> None:
+        self.base_url = base_url
+        self.graph = graph
+        self.client_id = uuid.uuid4().hex
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        ws_url = base_url.replace("http://", "ws://") + f"/ws?clientId={self.client_id}"
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+
+    def close(self) -> None:
+        self.ws.close()
+        self.http.close()
+
+    def generate(self, photo: bytes, seed: int, size: int) -> bytes:
+        upload = self.http.post(
+            "/upload/image",
+            files={"image": ("bench.png", photo, "image/png")},
+            data={"overwrite": "true"},
+        ).json()
+        graph = json.loads(json.dumps(self.graph))
+        for node in graph.values():
+            inputs = node["inputs"]
+            if node["class_type"] == "LoadImage":
+                inputs["image"] = upload["name"]
+            elif node["class_type"] == "KSampler":
+                inputs["seed"] = seed
+            elif node["class_type"] == "ImageScale":
+                inputs["width"] = inputs["height"] = size
+        prompt_id = str(uuid.uuid4())
+        self.http.post(
+            "/prompt", json={"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        ).raise_for_status()
+        while True:
+            message = self.ws.recv()
+            if isinstance(message, bytes):
+                continue
+            data = json.loads(message)
+            if (
+                data["type"] == "executing"
+                and data["data"].get("node") is None
+                and data["data"].get("prompt_id") == prompt_id
+            ):
+                break
+        entry = self.http.get(f"/history/{prompt_id}").json()[prompt_id]
+        image = next(iter(entry["outputs"].values()))["images"][0]
+        return self.http.get(
+            "/view",
+            params={
+                "filename": image["filename"],
+                "subfolder": image["subfolder"],
+                "type": image["type"],
+            },
+        ).content
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarise(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(samples, 0.50) * 1000, 2),
+        "p95_ms": round(percentile(samples, 0.95) * 1000, 2),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 2),
+    }
+
+
+def run(runs: int, size: int) -> dict:
+    graph = json.loads((ROOT / "workflows" / "avatar.json").read_text())
+    graph = graph.get("prompt", graph)
+    photo = photo_bytes()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_path = Path(scratch)
+        comfy_port, service_port = free_port(), free_port()
+        comfy_url = f"http://127.0.0.1:{comfy_port}"
+        service_url = f"http://127.0.0.1:{service_port}"
+        dirs = {name: scratch_path / name for name in ("input", "output", "temp")}
+        for path in dirs.values():
+            path.mkdir()
+        standin_args = [
+            sys.executable, "-m", "comfyui_standin", "--port", str(comfy_port),
+            "--input-dir", str(dirs["input"]), "--output-dir", str(dirs["output"]),
+            "--temp-dir", str(dirs["temp"]),
+        ]  # fmt: skip
+        service_env = {
+            "COMFYUI_URL": comfy_url,
+            "PORT": str(service_port),
+            "UPLOAD_DIR": str(scratch_path / "uploads"),
+            "OUTPUT_DIR": str(scratch_path / "generated_avatar"),
+            "LOG_LEVEL": "WARNING",
+            "INSTANCE_PATH": str(scratch_path / "instance"),
+        }
+        with (
+            process(standin_args, {}, f"{comfy_url}/system_stats"),
+            process([sys.executable, "app.py"], service_env, f"{service_url}/readyz"),
+        ):
+            direct = DirectClient(comfy_url, graph)
+            service = httpx.Client(base_url=service_url, timeout=60)
+            try:
+                image_name = service.post(
+                    "/upload-image", files={"image": ("bench.png", photo, "image/png")}
+                ).json()["imageName"]
+                timings: dict[str, list[float]] = {"service": [], "direct": []}
+                warmup = 10
+                for index in range(runs + warmup):
+                    seed = index + 1
+                    order = ("service", "direct") if index % 2 else ("direct", "service")
+                    for side in order:
+                        started = time.perf_counter()
+                        if side == "direct":
+                            direct.generate(photo, seed, size)
+                        else:
+                            answer = service.post(
+                                "/generate-avatar-by-image",
+                                json={
+                                    "imageName": image_name,
+                                    "seed": seed,
+                                    "width": size,
+                                    "height": size,
+                                },
+                            )
+                            answer.raise_for_status()
+                        elapsed = time.perf_counter() - started
+                        if index >= warmup:
+                            timings[side].append(elapsed)
+            finally:
+                service.close()
+                direct.close()
+    result = {
+        "runs": runs,
+        "size": size,
+        "direct": summarise(timings["direct"]),
+        "service": summarise(timings["service"]),
+    }
+    result["ratio_p50"] = round(result["service"]["p50_ms"] / result["direct"]["p50_ms"], 2)
+    result["ratio_p95"] = round(result["service"]["p95_ms"] / result["direct"]["p95_ms"], 2)
+    return result
+
+
+def as_markdown(result: dict) -> str:
+    direct, service = result["direct"], result["service"]
+    return "\n".join(
+        [
+            f"{result['runs']} runs each, {result['size']}x{result['size']} avatar, stand-in "
+            "ComfyUI with zero render delay, measured on "
+            f"{time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs):",
+            "",
+            "| path | p50 (ms) | p95 (ms) | mean (ms) |",
+            "|---|---:|---:|---:|",
+            f"| direct ComfyUI client (baseline) | {direct['p50_ms']} | {direct['p95_ms']} | "
+            f"{direct['mean_ms']} |",
+            f"| through the service | {service['p50_ms']} | {service['p95_ms']} | "
+            f"{service['mean_ms']} |",
+            f"| **ratio service / direct** | **{result['ratio_p50']}** | "
+            f"**{result['ratio_p95']}** | |",
+        ]
+    )
+
+
+def update_readme(markdown: str) -> None:
+    text = README.read_text(encoding="utf-8")
+    start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
+    README.write_text(text[:start] + "\n" + markdown + "\n" + text[end:], encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args()
+    result = run(args.runs, args.size)
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = as_markdown(result)
+    print(markdown)
+    if args.update_readme:
+        update_readme(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
