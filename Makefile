@@ -31,7 +31,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.latency --runs 200 --update-readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
