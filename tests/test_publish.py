@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from receivers import Drop, Receiver, Reply, Slow, free_port
+from receivers import Drop, Receiver, Reply, Slow, eventually, free_port
 
 from avatar_service.publish import Publisher, UploadOutcome
 from avatar_service.retry import backoff_delay, parse_retry_after, redact_url
@@ -243,14 +243,16 @@ def test_concurrent_publishes_all_arrive(receiver, avatar, make_publisher):
     assert job_ids == list(range(16))
 
 
-def test_close_ends_a_backoff_wait(receiver, avatar, make_publisher):
+def test_close_ends_a_backoff_wait(receiver, avatar, make_publisher, caplog):
     """close() during a long Retry-After wait makes publish return promptly, not raise."""
     receiver.script(Reply(503, b"", {"Retry-After": "60"}))
     publisher = make_publisher(receiver.url(), backoff_max=60.0)
     result: list[UploadOutcome] = []
     worker = threading.Thread(target=lambda: result.append(publisher.publish(avatar, filename="a")))
-    worker.start()
-    receiver.wait_for(1)
+    with caplog.at_level("WARNING", logger="avatar_service.publish"):
+        worker.start()
+        # The failed attempt is logged just before the backoff wait begins.
+        eventually(lambda: caplog.records)
 
     publisher.close()
     worker.join(timeout=5)
