@@ -4,7 +4,10 @@ Every delivery is a JSON ``POST`` with the headers ``webhook-id`` (the same on e
 ``webhook-timestamp`` (unix seconds of the attempt) and ``webhook-signature``
 (``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``). The secret is ``whsec_<base64 key>``;
 a secret without that prefix is used as is (its UTF-8 bytes are the key). Receivers check a
-delivery with ``verify``.
+delivery against the raw body bytes, before parsing them, and deduplicate on ``webhook-id``::
+
+    if not verify(secret, request.headers, request.get_data()):
+        abort(401)
 
 Delivery failures never raise: they are recorded per attempt and retried with backoff until
 ``max_attempts``. What does raise::
