@@ -813,9 +813,9 @@ class Routes:
         if not os.path.isfile(path):
             return _empty(404)
         disposition = {"Content-Disposition": f'filename="{filename}"'}
-        channel = query.get("channel") or "rgba"
         if "preview" in query:
-            return _preview_response(path, query["preview"], channel, disposition)
+            return _preview_response(path, query["preview"], query.get("channel", ""), disposition)
+        channel = query.get("channel") or "rgba"
         if channel in ("rgb", "a"):
             return _channel_response(path, channel, disposition)
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
