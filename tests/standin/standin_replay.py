@@ -183,8 +183,13 @@ class Socket:
         )
 
     def close(self) -> None:
-        """Close the connection and join the reader."""
-        self.ws.close()
+        """Close the connection (even a broken one) and join the reader."""
+        try:
+            self.ws.close(timeout=1)
+        except Exception:
+            pass
+        finally:
+            self.ws.shutdown()
         self._thread.join(5)
 
 
