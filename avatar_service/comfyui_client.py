@@ -116,6 +116,7 @@ class ComfyUIClient:
         self._stopping = threading.Event()
         self._socket: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
+        self._helpers: list[threading.Thread] = []
         self._running_prompt: str | None = None
         self.last_error: str | None = None
 
@@ -137,6 +138,9 @@ class ComfyUIClient:
             sock.abort()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        # on_connect callbacks use the HTTP pool: let them finish before closing it.
+        for helper in self._helpers:
+            helper.join(timeout=self.timeout.read or 30)
         self._http.close()
 
     @property
@@ -327,16 +331,19 @@ class ComfyUIClient:
                     self._broadcast("reconnected")
                 was_connected = True
                 if self.on_connect is not None:
-                    threading.Thread(
+                    helper = threading.Thread(
                         target=self.on_connect, args=(self,), name="comfyui-on-connect", daemon=True
-                    ).start()
+                    )
+                    self._helpers = [t for t in self._helpers if t.is_alive()] + [helper]
+                    helper.start()
                 self._read_socket(sock)
             except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket dropped: {exc}"
             finally:
                 self._connected.clear()
                 self._socket = None
-                sock.close()
+                sock.close(timeout=1)
+                sock.shutdown()  # close() skips the socket once the library saw it drop
             if not self._stopping.is_set():
                 logger.warning("ComfyUI %s: websocket lost (%s)", self.base_url, self.last_error)
                 self._broadcast("disconnected")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from waitress import wasyncore
 
 from comfyui_standin import StandIn
 
@@ -76,7 +77,9 @@ class LiveService:
             return
         self._stopped = True
         self.http.close()
-        self._server.close()
+        # Close the listening socket and every open connection from inside the serving loop;
+        # with nothing left to serve the loop ends (and shuts its worker threads down).
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
         self._thread.join(timeout=5)
         self.services.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -205,12 +206,17 @@ def test_unknown_job_is_404(service):
     }
 
 
-def test_health_and_readiness(service):
-    """/healthz is up; /readyz reports the stand-in as reachable."""
+def test_health_and_readiness(service, standin):
+    """/healthz is up; /readyz reports the stand-in reachable and able to run every style."""
     assert service.http.get("/healthz").json() == {"status": "ok"}
-    ready = service.http.get("/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["ready"] is True
+    deadline = time.monotonic() + 10
+    while (ready := service.http.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.02)
+    body = ready.json()
+    assert body["ready"] is True
+    server = body["servers"][standin.url]
+    assert server["websocket"] is True and server["http"] is True
 
 
 def test_styles_lists_workflows(service):
