@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from standin_replay import (
@@ -99,7 +101,11 @@ def test_replay_matches_recording(
                 lab_standin.wait_idle()
         lab_standin.wait_idle()
         if socket is not None:
-            assert _outline_with_binary(socket.frames) == _recorded_outline(rec)
+            expected = _recorded_outline(rec)
+            deadline = time.monotonic() + 5
+            while len(socket.frames) < len(expected) and time.monotonic() < deadline:
+                time.sleep(0.005)  # the reader thread may lag behind the server
+            assert _outline_with_binary(socket.frames) == expected
     finally:
         if socket is not None:
             socket.close()

@@ -113,7 +113,7 @@ def test_queue_matches_recording(
     status broadcasts follow every change, and prompts run in number order (07_queue.json)."""
     rec = recording("07_queue.json")
     warm_up(lab_standin, rec, b"")
-    lab_standin.set_faults(step_delay=0.05)
+    lab_standin.set_faults(hang=True)  # the first prompt holds at its first node
     socket = Socket(lab_standin.url, "c07")
     try:
         ids = [
@@ -129,6 +129,7 @@ def test_queue_matches_recording(
         assert client.get("/prompt").json() == {"exec_info": {"queue_remaining": 3}}
         assert client.post("/queue", json={"delete": [ids[2]]}).content == b""
         assert [i[1] for i in client.get("/queue").json()["queue_pending"]] == [ids[1]]
+        lab_standin.set_faults(hang=False, step_delay=0.2)
         socket.wait_for(
             lambda m: m["type"] == "execution_start" and m["data"]["prompt_id"] == ids[1]
         )
@@ -230,6 +231,8 @@ def test_websocket_edge_cases_match_recording(
         listener.wait_for(lambda m: m["type"] == "status")
         _submit(client, _with_steps(seed_prompt, 1, 10))
         lab_standin.wait_idle()
+        # connect, enqueue, dequeue and finish: the finish broadcast is the last frame
+        _poll(lambda: sum(m["type"] == "status" for m in listener.messages()) == 4)
         recorded_types = {m["type"] for m in recorded_ws_messages(rec, "listener")}
         assert {m["type"] for m in listener.messages()} == recorded_types
         assert any(isinstance(f, bytes) for f in listener.frames)
