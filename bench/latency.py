@@ -6,7 +6,7 @@ websocket, GET /history, GET /view. The service (its own process, waitress) adds
 validation, the job record in SQLite, the avatar file and its answer. Runs alternate between the
 two sides so machine noise hits both alike. Usage::
 
-    python -m bench.latency [--runs 200] [--size 512] [--update-readme]
+    python -m bench.latency [--runs 200] [--size 64] [--update-readme]
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def update_readme(markdown: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     result = run(args.runs, args.size)
