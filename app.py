@@ -27,6 +27,8 @@ def main() -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per outbound request is noise at INFO; failures are logged by the service itself.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         app = create_app()
     except ConfigError as exc:

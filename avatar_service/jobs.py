@@ -57,6 +57,8 @@ POSITION_REFRESH_SECONDS = 1.0
 MAX_RESUBMITS = 1
 UPLOAD_SUBFOLDER = "avatar_service"
 _IMAGE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+# Watch events after which the job asks ComfyUI itself where its prompt is.
+_CHECKS = frozenset({"check", "status", "reconnected", "disconnected", "cancel"})
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,9 @@ class JobRunner:
         unreachable_since: float | None = None
         last_position_check = 0.0
         check_now = check_first
+        # Set when /history says the prompt ended: the events already received are still
+        # applied (running, progress), then the loop ends.
+        ended = False
         while True:
             if self._stopping.is_set():
                 raise _Shutdown
@@ -388,11 +393,18 @@ class JobRunner:
             if check_now:
                 kind, data = "check", {}
                 check_now = False
+            elif ended:
+                try:
+                    kind, data = watch.events.get_nowait()
+                except queue.Empty:
+                    break
             else:
                 try:
                     kind, data = watch.events.get(timeout=min(remaining, self.poll_interval))
                 except queue.Empty:
                     kind, data = "check", {}
+            if ended and kind in _CHECKS:
+                continue
             if kind == "execution_start":
                 job = self._mark_running(job)
             elif kind == "executing":
@@ -420,7 +432,7 @@ class JobRunner:
                 ):
                     last_position_check = time.monotonic()
                     check_now = True
-            elif kind in {"check", "reconnected", "disconnected", "cancel"}:
+            elif kind in _CHECKS:
                 try:
                     state = self._reconcile(client, prompt_id)
                     unreachable_since = None
@@ -428,7 +440,7 @@ class JobRunner:
                     unreachable_since = unreachable_since or self.clock()
                     continue
                 if state == "ended":
-                    break
+                    ended = True
                 if state == "absent":
                     if self.get(job.id).cancel_requested:
                         raise _Cancelled

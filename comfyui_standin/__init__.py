@@ -241,6 +241,11 @@ class StandIn:
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
             self._reopen_handle = None
+        # Stop accepting first, so a client reconnecting while websockets close finds the port
+        # closed instead of getting a connection that the cleanup below would strand.
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
         if self._server is not None:
             await self._server.stop_tasks()
         if self._runner is not None:

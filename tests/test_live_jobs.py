@@ -175,6 +175,7 @@ def test_preview_of_running_job(make_service, standin, tmp_path, photo):
             time.sleep(0.05)
         assert preview.headers["content-type"] in {"image/jpeg", "image/png"}
         assert len(preview.content) > 100
+        service.stop()
     finally:
         previewing.stop()
 
