@@ -36,6 +36,7 @@ class Settings:
     comfyui_poll_interval: float = 5.0
     comfyui_reconnect_max: float = 10.0
     job_timeout: float = 600.0
+    max_active_jobs: int = 256
     sync_wait: float = 60.0
     max_upload_mb: float = 10.0
     max_image_pixels: int = 40_000_000
@@ -113,6 +114,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
         if self.sync_wait < 0 or self.upload_backoff < 0 or self.webhook_backoff < 0:
             raise ConfigError("SYNC_WAIT, UPLOAD_BACKOFF and WEBHOOK_BACKOFF must be 0 or more")
+        if self.max_active_jobs < 1:
+            raise ConfigError("MAX_ACTIVE_JOBS must be at least 1")
         if self.threads < 4:
             raise ConfigError("THREADS must be at least 4")
         if self.upload_max_attempts < 1 or self.webhook_max_attempts < 1:

@@ -113,6 +113,7 @@ class JobRunner:
         webhooks: WebhookDispatcher | None = None,
         webhook_url: str = "",
         connect_wait: float = 2.0,
+        max_active_jobs: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -128,6 +129,7 @@ class JobRunner:
         self.webhooks = webhooks
         self.webhook_url = webhook_url
         self.connect_wait = connect_wait
+        self.max_active_jobs = max_active_jobs
         self.clock = clock
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
@@ -147,6 +149,12 @@ class JobRunner:
     def submit(self, request: GenerateRequest, *, base_url: str) -> Job:
         """Record a new job and start it; the photo must exist."""
         self.photos.path_of(request.image_name)
+        if len(self._live) >= self.max_active_jobs:
+            raise ServiceUnavailable(
+                f"{len(self._live)} jobs are in flight (MAX_ACTIVE_JOBS); try again shortly",
+                code="service_busy",
+                details={"maxActiveJobs": self.max_active_jobs},
+            )
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
         now = self.clock()
         job = Job(

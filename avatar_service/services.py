@@ -124,6 +124,7 @@ class Services:
             publisher=publisher,
             webhooks=webhooks,
             webhook_url=settings.webhook_url,
+            max_active_jobs=settings.max_active_jobs,
         )
         return cls(
             settings=settings,

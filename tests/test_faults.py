@@ -204,3 +204,18 @@ def test_service_restart_after_comfyui_finished(make_service, standin, photo):
     record = second.wait_job(job["jobId"])
     assert record["status"] == "succeeded"
     assert len(standin.prompts) == 1
+
+
+def test_too_many_jobs_in_flight_is_503_busy(make_service, standin, photo):
+    """Past MAX_ACTIVE_JOBS a new job is refused with 503 service_busy, not queued without end."""
+    service = make_service(max_active_jobs=1)
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    first = generate(service, name, **{"async": True})
+    assert first.status_code == 202
+    refused = generate(service, name, **{"async": True})
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"]
+    assert refused.json()["error"]["code"] == "service_busy"
+    standin.set_faults(hang=False)
+    assert service.wait_job(first.json()["jobId"])["status"] == "succeeded"
