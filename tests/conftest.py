@@ -79,8 +79,14 @@ class LiveService:
         self.http.close()
         # Close the listening socket and every open connection from inside the serving loop;
         # with nothing left to serve the loop ends (and shuts its worker threads down).
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
+        try:
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
+        except OSError:  # the trigger is gone: the loop has already ended
+            pass
         self._thread.join(timeout=5)
+        if self._thread.is_alive() or self._server._map:
+            wasyncore.close_all(self._server._map)
+            self._thread.join(timeout=5)
         self.services.close()
 
     def upload(self, photo: bytes, *, field: str = "image", filename: str = "me.png") -> str:
