@@ -48,6 +48,23 @@ def avatar_graph() -> dict:
     return json.loads((REPO_ROOT / "workflows" / "avatar.json").read_text())
 
 
+def two_photo_graph() -> dict:
+    """The avatar graph with a second LoadImage blended into the photo: two photo candidates."""
+    graph = avatar_graph()
+    graph["30"] = {"class_type": "LoadImage", "inputs": {"image": "other.png"}}
+    graph["31"] = {
+        "class_type": "ImageBlend",
+        "inputs": {
+            "image1": ["27", 0],
+            "image2": ["30", 0],
+            "blend_factor": 0.5,
+            "blend_mode": "normal",
+        },
+    }
+    graph["26"]["inputs"]["pixels"] = ["31", 0]
+    return graph
+
+
 def test_check_shows_roles_and_passes_on_the_standin(cli, tmp_path):
     """`check` on a captured request body prints the roles and exits 0 against the stand-in."""
     path = write(tmp_path / "body.json", captured_body(avatar_graph()))
@@ -108,18 +125,7 @@ def test_check_seed_graph_names_the_missing_size_role(cli):
 
 def test_check_ambiguous_image_names_candidates(cli, tmp_path):
     """Two photos feeding the graph is an error naming both LoadImage candidates."""
-    graph = avatar_graph()
-    graph["30"] = {"class_type": "LoadImage", "inputs": {"image": "other.png"}}
-    graph["31"] = {
-        "class_type": "ImageBlend",
-        "inputs": {
-            "image1": ["27", 0],
-            "image2": ["30", 0],
-            "blend_factor": 0.5,
-            "blend_mode": "normal",
-        },
-    }
-    graph["26"]["inputs"]["pixels"] = ["31", 0]
+    graph = two_photo_graph()
     result = cli("check", str(write(tmp_path / "graph.json", graph)), "--offline")
     assert result.exit_code == 2
     assert "25" in result.output and "30" in result.output
@@ -127,18 +133,7 @@ def test_check_ambiguous_image_names_candidates(cli, tmp_path):
 
 def test_check_uses_explicit_bindings_next_to_the_file(cli, tmp_path):
     """A <name>.bindings.json next to the file settles an ambiguous graph."""
-    graph = avatar_graph()
-    graph["30"] = {"class_type": "LoadImage", "inputs": {"image": "other.png"}}
-    graph["31"] = {
-        "class_type": "ImageBlend",
-        "inputs": {
-            "image1": ["27", 0],
-            "image2": ["30", 0],
-            "blend_factor": 0.5,
-            "blend_mode": "normal",
-        },
-    }
-    graph["26"]["inputs"]["pixels"] = ["31", 0]
+    graph = two_photo_graph()
     path = write(tmp_path / "blend.json", graph)
     write(tmp_path / "blend.bindings.json", {"image": "30"})
     result = cli("check", str(path), "--offline")
