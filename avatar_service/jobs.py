@@ -267,8 +267,8 @@ class JobRunner:
         finally:
             with self._lock:
                 live = self._live.pop(job.id, None)
-            if live is not None and live.client is not None and job.prompt_id:
-                live.client.unwatch(job.prompt_id)
+            if live is not None and live.client is not None and live.watch is not None:
+                live.client.unwatch(live.watch.prompt_id)
             self._threads.discard(threading.current_thread())
 
     def _drive(self, job: Job) -> Job:
