@@ -376,7 +376,9 @@ class JobRunner:
         failure: dict[str, Any] | None = None
         interrupted = False
         unreachable_since: float | None = None
-        last_position_check = 0.0
+        # The broadcast right after queueing says nothing new: the first position check comes
+        # from a later queue change (at most once a second) or from the poll.
+        last_position_check = time.monotonic()
         check_now = check_first
         # Set when /history says the prompt ended: the events already received are still
         # applied (running, progress), then the loop ends.
