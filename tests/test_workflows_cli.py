@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from avatar_service import create_app
+from avatar_service.config import ConfigError
 from avatar_service.workflow import load_workflows
 from comfyui_standin import StandIn
 from tests.conftest import REPO_ROOT
@@ -219,3 +220,22 @@ def test_readyz_reports_a_style_the_server_cannot_run(make_service, tmp_path):
     finally:
         service.stop()
         bare.stop()
+
+
+def test_style_missing_a_role_stops_start_up(service_config, tmp_path):
+    """A style whose size cannot take effect stops create_app with a message naming the fix."""
+    styles = tmp_path / "broken_styles"
+    styles.mkdir()
+    shutil.copy(SEED_GRAPH, styles / "avatar.json")
+    shutil.copy(REPO_ROOT / "workflows" / "avatar.presets.json", styles / "avatar.presets.json")
+    with pytest.raises(ConfigError) as failure:
+        create_app({**service_config, "WORKFLOWS_DIR": styles})
+    message = str(failure.value)
+    assert "avatar.json" in message
+    assert "ImageScale" in message
+
+
+def test_unknown_default_style_stops_start_up(service_config):
+    """DEFAULT_STYLE naming no workflow stops create_app, listing the styles found."""
+    with pytest.raises(ConfigError, match=r"DEFAULT_STYLE='nope'.*'avatar', 'cartoon'"):
+        create_app({**service_config, "DEFAULT_STYLE": "nope"})
