@@ -282,7 +282,6 @@ class JobRunner:
             )
         client = self._client_for(job)
         live = self._live[job.id]
-        live.client = client
         if job.server != client.base_url:
             job = self.store.update(job, server=client.base_url)
         resumed = job.prompt_id is not None
@@ -303,10 +302,14 @@ class JobRunner:
         return self._finish(job, "succeeded", None, avatars=avatars)
 
     def _client_for(self, job: Job) -> ComfyUIClient:
-        """The server of a resumed job, or the least busy reachable server for a new one."""
+        """The server of a resumed job, or the least busy reachable server for a new one.
+
+        The choice is recorded on the job's live entry, so concurrent choices see each other.
+        """
         if job.server is not None:
             for client in self.clients:
                 if client.base_url == job.server:
+                    self._live[job.id].client = client
                     return client
             if job.prompt_id is not None:
                 raise BadGateway(
@@ -331,7 +334,9 @@ class JobRunner:
             for live in self._live.values():
                 if live.client is not None and live.client.base_url in load:
                     load[live.client.base_url] += 1
-        return min(candidates, key=lambda c: load[c.base_url])
+            chosen = min(candidates, key=lambda c: load[c.base_url])
+            self._live[job.id].client = chosen
+        return chosen
 
     def _submit_prompt(self, job: Job, client: ComfyUIClient, workflow: Workflow) -> Job:
         """Upload the photo, patch the workflow copy and queue it under a prompt_id of ours."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -79,10 +80,8 @@ class LiveService:
         self.http.close()
         # Close the listening socket and every open connection from inside the serving loop;
         # with nothing left to serve the loop ends (and shuts its worker threads down).
-        try:
+        with contextlib.suppress(OSError):  # no trigger: the loop has already ended
             self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
-        except OSError:  # the trigger is gone: the loop has already ended
-            pass
         self._thread.join(timeout=5)
         if self._thread.is_alive() or self._server._map:
             wasyncore.close_all(self._server._map)

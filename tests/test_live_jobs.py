@@ -141,6 +141,10 @@ def test_two_servers_cancel_one_other_completes(make_service, standin, tmp_path,
     other = StandIn(root=tmp_path / "comfyui-2").start()
     try:
         service = make_service(comfyui_url=f"{standin.url},{other.url}")
+        deadline = time.monotonic() + 10
+        while not all(s["ready"] for s in service.http.get("/readyz").json()["servers"].values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         for server in (standin, other):
             server.set_faults(step_delay=0.05)
         name = service.upload(photo)
