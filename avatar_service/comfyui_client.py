@@ -119,6 +119,9 @@ class ComfyUIClient:
         self._helpers: list[threading.Thread] = []
         self._running_prompt: str | None = None
         self.last_error: str | None = None
+        # Text and binary messages received (pongs excluded): a socket ComfyUI no longer
+        # sends to (see reconnect) stops counting even though it still answers pings.
+        self.messages_received = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -147,6 +150,19 @@ class ComfyUIClient:
     def connected(self) -> bool:
         """Whether the websocket is up now."""
         return self._connected.is_set()
+
+    def reconnect(self, reason: str) -> None:
+        """Drop the websocket so the reader opens a new one (and every watch reconciles).
+
+        ComfyUI keeps one socket per clientId and forgets the id when *any* socket with it
+        closes, so a stale earlier socket closing late leaves the current one registered to
+        nobody: it then receives nothing, not even broadcasts. A new connection heals that.
+        """
+        sock = self._socket
+        if sock is not None:
+            logger.warning("ComfyUI %s: reconnecting the websocket: %s", self.base_url, reason)
+            self.last_error = reason
+            sock.abort()
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the websocket; True when it is up."""
@@ -362,8 +378,10 @@ class ComfyUIClient:
                 continue
             awaiting_pong = False
             if opcode == websocket.ABNF.OPCODE_TEXT:
+                self.messages_received += 1
                 self._on_text(frame.data)
             elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self.messages_received += 1
                 self._on_binary(frame.data)
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
                 self.last_error = "server closed the websocket"

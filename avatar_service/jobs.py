@@ -92,6 +92,7 @@ class _Live:
 
     client: ComfyUIClient | None = None
     watch: PromptWatch | None = None
+    received_at_queue: int | None = None
 
 
 class JobRunner:
@@ -355,7 +356,10 @@ class JobRunner:
         prompt_id = str(uuid.uuid4())
         # Stored before queueing, so a restart can always find the prompt again.
         job = self.store.update(job, prompt_id=prompt_id, attempts=job.attempts + 1)
-        self._live[job.id].watch = client.watch(prompt_id)
+        live = self._live[job.id]
+        live.watch = client.watch(prompt_id)
+        # ComfyUI broadcasts a status message to every registered socket when it queues.
+        live.received_at_queue = client.messages_received
         answer = client.queue_prompt(graph, prompt_id=prompt_id)
         if answer.get("node_errors"):
             # Accepted with only some outputs valid: not the avatar that was asked for.
@@ -448,6 +452,7 @@ class JobRunner:
                     last_position_check = time.monotonic()
                     check_now = True
             elif kind in _CHECKS:
+                self._check_socket_heard(job, client)
                 try:
                     state = self._reconcile(client, prompt_id)
                     unreachable_since = None
@@ -504,6 +509,16 @@ class JobRunner:
                 details={"promptId": prompt_id, "status": status or None},
             )
         return entry
+
+    def _check_socket_heard(self, job: Job, client: ComfyUIClient) -> None:
+        """Reconnect a websocket that heard nothing, not even the broadcast of our own queueing."""
+        live = self._live[job.id]
+        mark, live.received_at_queue = live.received_at_queue, None
+        if mark is not None and client.connected and client.messages_received == mark:
+            client.reconnect(
+                f"no message since prompt {job.prompt_id} was queued; ComfyUI no longer "
+                "sends to this socket"
+            )
 
     def _reconcile(self, client: ComfyUIClient, prompt_id: str) -> str | int:
         """Ask ComfyUI where the prompt is: "ended", "running", a queue position, or "absent"."""

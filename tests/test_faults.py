@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import websocket
 
 from tests.conftest import LiveService
 
@@ -219,3 +220,22 @@ def test_too_many_jobs_in_flight_is_503_busy(make_service, standin, photo):
     assert refused.json()["error"]["code"] == "service_busy"
     standin.set_faults(hang=False)
     assert service.wait_job(first.json()["jobId"])["status"] == "succeeded"
+
+
+def test_orphaned_websocket_is_reconnected(service, standin, photo, caplog):
+    """A stale socket with the service's clientId closing late orphans the service's socket
+    (ComfyUI then sends it nothing); the service notices and reconnects, and events flow again."""
+    client = service.services.clients[0]
+    wait_for(lambda: client.connected, message="websocket up")
+    stale = websocket.create_connection(
+        f"{standin.url.replace('http', 'ws')}/ws?clientId={client.client_id}"
+    )
+    stale.close()  # ComfyUI now forgets the clientId: the service's own socket is orphaned
+    standin.set_faults(step_delay=0.05)
+    name = service.upload(photo)
+    job = generate(service, name, **{"async": True}).json()
+    record = service.wait_job(job["jobId"], until=lambda r: (r["progress"] or {}).get("value"))
+    assert record["status"] == "running"
+    assert any("reconnecting the websocket" in r.getMessage() for r in caplog.records)
+    standin.set_faults(step_delay=0.0)
+    assert service.wait_job(job["jobId"])["status"] == "succeeded"
