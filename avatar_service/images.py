@@ -15,6 +15,11 @@ from .errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from .storage import write_atomic
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+# Stored photos are scaled down to these bounds: enough for the largest avatar (2048 px) cropped
+# from any part of the photo, and small enough to stay well under ComfyUI's upload limit
+# (100 MB by default) however large the original was.
+STORED_SHORT_SIDE = 2048
+STORED_LONG_SIDE = 4096
 # Stored names are made here, never taken from the client: 22 url-safe characters + ".png".
 IMAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}\.png$")
 
@@ -45,9 +50,9 @@ class PhotoStore:
         """Validate the bytes of an uploaded photo and store it; raise a ServiceError if refused."""
         if len(data) > self.max_bytes:
             raise PayloadTooLarge(
-                f"the photo is {len(data)} bytes; the limit is {self.max_bytes} bytes",
+                f"the photo is larger than the limit of {self.max_bytes} bytes",
                 code="photo_too_large",
-                details={"maxBytes": self.max_bytes, "receivedBytes": len(data)},
+                details={"maxBytes": self.max_bytes},
             )
         if not data:
             raise BadRequest("the uploaded file is empty", code="empty_file")
@@ -59,6 +64,8 @@ class PhotoStore:
                 code="image_too_small",
                 details={"width": width, "height": height, "minSide": self.min_side},
             )
+        image = _bounded(image)
+        width, height = image.size
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         name = f"{secrets.token_urlsafe(16)}.png"
@@ -126,8 +133,24 @@ class PhotoStore:
         return image
 
 
+def _bounded(image: Image.Image) -> Image.Image:
+    """The photo scaled down (never up) to STORED_SHORT_SIDE / STORED_LONG_SIDE."""
+    short, long = sorted(image.size)
+    scale = min(1.0, STORED_SHORT_SIDE / short, STORED_LONG_SIDE / long)
+    if scale == 1.0:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
 def _flatten(image: Image.Image) -> Image.Image:
     """RGB copy; transparency becomes white, as a photo on a plain background."""
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        # 16-bit and float greyscale: scale to 8 bits (a plain convert would clip to white).
+        image = image.convert("F")
+        _, high = image.getextrema()
+        factor = 255.0 / 65535.0 if high > 255 else 1.0
+        return image.point(lambda value: value * factor).convert("L").convert("RGB")
     if image.mode in {"RGBA", "LA", "PA"} or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -200,3 +200,25 @@ def test_unknown_route_and_method_are_json(service):
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
     assert "POST" in wrong.headers["allow"]
+
+
+def test_sixteen_bit_greyscale_png_keeps_its_tones(service, tmp_path):
+    """A 16-bit greyscale PNG is scaled to 8 bits, not clipped to white."""
+    wide = Image.linear_gradient("L").resize((128, 128)).convert("I").point(lambda v: v * 257)
+    sixteen = wide.convert("I;16")
+    answer = service.http.post("/upload-image", files={"image": ("g.png", encoded(sixteen, "PNG"))})
+    assert answer.status_code == 201
+    with Image.open(tmp_path / "uploads" / answer.json()["imageName"]) as stored:
+        low, high = stored.convert("L").getextrema()
+    assert low < 10 and high > 245
+
+
+def test_huge_photo_is_stored_scaled_down(service, tmp_path):
+    """A photo above 2048 px on its short side is stored scaled down (ComfyUI upload limits)."""
+    big = Image.new("RGB", (5000, 3000), (10, 120, 200))
+    answer = service.http.post("/upload-image", files={"image": ("b.jpg", encoded(big, "JPEG"))})
+    assert answer.status_code == 201
+    body = answer.json()
+    assert (body["width"], body["height"]) == (3413, 2048)
+    with Image.open(tmp_path / "uploads" / body["imageName"]) as stored:
+        assert stored.size == (3413, 2048)
