@@ -75,8 +75,8 @@ def job_events(job_id: str):
     """Server-Sent Events of the job's state changes, ending when the job ends."""
     svc = services()
     svc.runner.get(job_id)
-    last_event_id = request.headers.get("Last-Event-ID", "")
-    after = int(last_event_id) if last_event_id.isdigit() else None
+    epoch, _, number = request.headers.get("Last-Event-ID", "").partition(".")
+    after = int(number) if epoch == svc.events.epoch and number.isdigit() else None
     stream = stream_with_context(sse_stream(svc, job_id, after))
     return Response(
         stream,
@@ -217,18 +217,19 @@ def job_response(job: Job, svc: Services):
 def sse_stream(svc: Services, job_id: str, after: int | None) -> Iterator[str]:
     """Yield SSE frames: the current state first (unless resuming), then each event to the end."""
     known = svc.events.known(job_id)
-    if after is None or not known:
+    if after is None or not known or after > svc.events.last_id(job_id):
+        # A new client, an id from another run of the service, or events no longer held.
         # Read the position before the record, so no event between the two is missed.
         after = svc.events.last_id(job_id)
         job = svc.runner.get(job_id)
-        yield _sse_frame(after, "state", job_body(job, svc))
+        yield _sse_frame(svc.events.epoch, after, "state", job_body(job, svc))
         if job.ended:
             return
     while True:
         fresh, ended = svc.events.read(job_id, after, SSE_KEEPALIVE_SECONDS)
         for event in fresh:
             after = event.id
-            yield _sse_frame(event.id, event.event, event.data)
+            yield _sse_frame(svc.events.epoch, event.id, event.event, event.data)
         if ended:
             return
         if not fresh:
@@ -237,5 +238,8 @@ def sse_stream(svc: Services, job_id: str, after: int | None) -> Iterator[str]:
             yield ": keep-alive\n\n"
 
 
-def _sse_frame(event_id: int, event: str, data: Mapping[str, Any]) -> str:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _sse_frame(epoch: str, number: int, event: str, data: Mapping[str, Any]) -> str:
+    # Ids are "<run>.<n>": a Last-Event-ID from an earlier run of the service is recognised.
+    return (
+        f"id: {epoch}.{number}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    )

@@ -32,6 +32,8 @@ class JobEvents:
     """A per-job append-only log of events with blocking reads."""
 
     def __init__(self) -> None:
+        # Names this run of the service in event ids (event numbers restart with the process).
+        self.epoch = format(time.time_ns() // 1_000_000, "x")
         self._condition = threading.Condition()
         self._channels: dict[str, _Channel] = {}
         self._ended: deque[str] = deque()

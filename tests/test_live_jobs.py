@@ -65,7 +65,7 @@ def test_sse_shows_ordered_progress_then_result(service, standin, photo):
     assert {step["nodeType"] for step in steps} == {"KSampler"}
     assert values[-1] == steps[-1]["max"] >= 1
     assert len(events[-1]["data"]["avatars"]) == 1
-    ids = [int(event["id"]) for event in events[1:]]
+    ids = [int(event["id"].split(".")[1]) for event in events[1:]]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
@@ -77,8 +77,9 @@ def test_sse_late_client_gets_current_state_and_resume(service, standin, photo):
     [only] = read_sse(service, job_id)
     assert only["event"] == "state"
     assert only["data"]["status"] == "succeeded"
-    replay = read_sse(service, job_id, headers={"Last-Event-ID": "1"})
-    assert replay[0]["id"] == "2"
+    epoch = only["id"].split(".")[0]
+    replay = read_sse(service, job_id, headers={"Last-Event-ID": f"{epoch}.1"})
+    assert replay[0]["id"] == f"{epoch}.2"
     assert replay[-1]["event"] == "succeeded"
 
 
@@ -277,3 +278,13 @@ def test_sse_of_unknown_job_is_404(service):
     answer = service.http.get("/jobs/" + "a" * 32 + "/events")
     assert answer.status_code == 404
     assert isinstance(answer.json()["error"], dict)
+
+
+def test_sse_resume_with_unknown_id_gets_state(service, standin, photo):
+    """A Last-Event-ID this process never sent (e.g. from before a restart) gets the state."""
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    service.wait_job(job_id)
+    [only] = read_sse(service, job_id, headers={"Last-Event-ID": "0.999"})
+    assert only["event"] == "state"
+    assert only["data"]["status"] == "succeeded"
