@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from .workflow import (
     WorkflowError,
     check_against_object_info,
     find_roles,
+    load_workflow,
     prepare_import,
+    sampler_steps,
 )
 
 workflows_cli = AppGroup("workflows", help="Check, import and list ComfyUI workflows (styles).")
@@ -169,19 +172,46 @@ def import_command(
         if not force:
             click.echo(f"{len(problems)} problem(s); not imported (use --force to store anyway)")
             sys.exit(EXIT_PROBLEMS)
-    source_style = presets_from or services.settings.default_style
-    presets = directory / f"{name}.presets.json"
-    if not presets.exists():
-        source = directory / f"{source_style}.presets.json"
-        if not source.is_file():
-            raise click.ClickException(f"no presets to copy: {source} does not exist")
-        write_atomic(presets, source.read_bytes())
-        click.echo(f"wrote {presets} (copied from style {source_style!r}; edit the prompt texts)")
-    bindings = directory / f"{name}.bindings.json"
-    write_atomic(bindings, (json.dumps(roles.to_dict(), indent=2) + "\n").encode())
-    write_atomic(target, (json.dumps(graph, indent=2, ensure_ascii=False) + "\n").encode())
-    click.echo(f"wrote {bindings}")
-    click.echo(f"wrote {target}; restart the service to offer style {name!r}")
+    files = {
+        f"{name}.json": graph,
+        f"{name}.bindings.json": roles.to_dict(),
+        f"{name}.presets.json": _presets_for(directory, name, presets_from, graph, roles),
+    }
+    # Load the style from a staging folder first: what is stored is known to load at start-up.
+    with tempfile.TemporaryDirectory(dir=directory) as staging:
+        for file_name, data in files.items():
+            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+            (Path(staging) / file_name).write_text(text, encoding="utf-8")
+        try:
+            load_workflow(Path(staging) / f"{name}.json", name=name)
+        except WorkflowError as exc:
+            raise click.ClickException(f"the style would not load: {exc}") from None
+        for file_name in files:
+            write_atomic(directory / file_name, (Path(staging) / file_name).read_bytes())
+            click.echo(f"wrote {directory / file_name}")
+    click.echo(f"restart the service to offer style {name!r}")
+
+
+def _presets_for(
+    directory: Path, name: str, presets_from: str | None, graph: dict[str, Any], roles: Roles
+) -> dict[str, Any]:
+    """The style's existing presets, or a copy of another style's with this graph's steps."""
+    existing = directory / f"{name}.presets.json"
+    if existing.is_file():
+        return _read_json(existing)
+    source_style = presets_from or _services().settings.default_style
+    source = directory / f"{source_style}.presets.json"
+    if not source.is_file():
+        raise click.ClickException(f"no presets to copy: {source} does not exist")
+    presets = _read_json(source)
+    defaults = presets.setdefault("defaults", {})
+    steps = sampler_steps(graph, roles)
+    if steps:
+        defaults["steps"] = steps[0]
+    else:
+        defaults.pop("steps", None)
+    click.echo(f"presets copied from style {source_style!r}: edit their prompt texts")
+    return presets
 
 
 @workflows_cli.command("list")

@@ -51,6 +51,7 @@ __all__ = [
     "parse_captured",
     "patch_workflow",
     "prepare_import",
+    "sampler_steps",
     "thaw",
 ]
 
@@ -935,8 +936,8 @@ def _parse_presets(data: Any) -> Presets:
     )
 
 
-def _graph_steps(graph: Mapping[str, Any], roles: Roles) -> list[int]:
-    """The literal 'steps' values of the samplers that own the seeds."""
+def sampler_steps(graph: Mapping[str, Any], roles: Roles) -> list[int]:
+    """The literal `steps` values of the samplers that own the seeds."""
     return [
         steps
         for node_id, _name in roles.seeds
@@ -973,7 +974,7 @@ def load_workflow(path: Path, *, name: str | None = None) -> Workflow:
             bindings = _read_json(bindings_path, InvalidBindingError)
         roles = find_roles(graph, bindings)
         steps = presets.defaults.get("steps")
-        actual = _graph_steps(graph, roles)
+        actual = sampler_steps(graph, roles)
         if steps is not None and actual and steps not in actual:
             raise InvalidPresetsError(
                 f"{presets_path.name}: defaults.steps is {steps} but the sampler runs "
@@ -1339,7 +1340,7 @@ def describe(workflow: Workflow) -> dict[str, Any]:
         "checkpoints": sorted(
             {v for n in graph if isinstance(v := _inputs(graph, n).get("ckpt_name"), str)}
         ),
-        "steps": _graph_steps(graph, roles),
+        "steps": sampler_steps(graph, roles),
         "file": workflow.path.name,
     }
 

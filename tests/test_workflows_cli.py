@@ -161,6 +161,17 @@ def test_import_fixes_and_stores_a_style(cli, workflows_dir):
     assert "exists" in again.output
 
 
+def test_import_takes_presets_steps_from_the_graph(cli, workflows_dir, tmp_path):
+    """A captured graph with 20 steps gets presets saying 20, so the style loads at start-up."""
+    graph = avatar_graph()
+    graph["4"]["inputs"]["steps"] = 20
+    result = cli("import", str(write(tmp_path / "g.json", graph)), "--name", "quick")
+    assert result.exit_code == 0, result.output
+    presets = json.loads((workflows_dir / "quick.presets.json").read_text())
+    assert presets["defaults"]["steps"] == 20
+    assert "quick" in load_workflows(workflows_dir)
+
+
 def test_import_refuses_a_graph_the_server_cannot_run(cli, workflows_dir, tmp_path):
     """A graph naming an unknown checkpoint is not imported (exit 1); nothing is written."""
     graph = avatar_graph()
