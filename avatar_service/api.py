@@ -63,10 +63,9 @@ def get_job(job_id: str):
 @bp.delete("/jobs/<job_id>")
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    """Cancel a queued or running job; 409 if it has already ended."""
+    """Cancel a queued or running job: 200 cancelled, 202 still ending, 409 already ended."""
     svc = services()
-    job = svc.runner.cancel(job_id)
-    job = svc.runner.wait(job.id, svc.settings.comfyui_read_timeout)
+    job = svc.runner.cancel(job_id, wait=svc.settings.comfyui_read_timeout)
     return job_body(job, svc), 200 if job.ended else 202
 
 

@@ -47,7 +47,11 @@ class ComfyUIError(Exception):
 
 
 class ComfyUIUnavailable(ComfyUIError):
-    """ComfyUI could not be reached (refused, reset, timed out)."""
+    """ComfyUI could not be reached (refused, reset), or did not answer in time (timed_out)."""
+
+    def __init__(self, message: str, *, server: str = "", timed_out: bool = False) -> None:
+        super().__init__(message, server=server)
+        self.timed_out = timed_out
 
 
 class ComfyUIProtocolError(ComfyUIError):
@@ -300,6 +304,7 @@ class ComfyUIClient:
             raise ComfyUIUnavailable(
                 f"ComfyUI at {self.base_url} did not answer {method} {path} in time ({exc})",
                 server=self.base_url,
+                timed_out=True,
             ) from exc
         except httpx.TransportError as exc:
             raise ComfyUIUnavailable(

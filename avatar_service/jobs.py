@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -48,6 +48,7 @@ from .webhooks import WebhookDispatcher
 from .workflow import Workflow, patch_workflow
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seeds chosen by the service stay below 2**53 so JavaScript clients read them exactly.
 RANDOM_SEED_LIMIT = 2**53
@@ -93,6 +94,8 @@ class _Live:
     client: ComfyUIClient | None = None
     watch: PromptWatch | None = None
     received_at_queue: int | None = None
+    # A cancel asked for but not yet delivered to ComfyUI (it was unreachable): sent again.
+    withdraw_pending: bool = False
 
 
 class JobRunner:
@@ -192,26 +195,24 @@ class JobRunner:
             job = self.get(job_id)
         return job
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a job: remove its prompt from ComfyUI's queue or interrupt it (only it)."""
+    def cancel(self, job_id: str, *, wait: float = 0.0) -> Job:
+        """Cancel a job: remove its prompt from ComfyUI's queue or interrupt it (only it).
+
+        Waits up to ``wait`` seconds for the job to end; Conflict if it ended otherwise.
+        """
         job = self.get(job_id)
         if job.ended:
-            raise Conflict(
-                f"the job has already ended ({job.status})",
-                code="job_already_ended",
-                details={"jobId": job_id, "status": job.status},
-            )
-        job = self.store.update(job, cancel_requested=True)
+            raise _already_ended(job)
+        if not job.cancel_requested:
+            job = self.store.update(job, cancel_requested=True)
         live = self._live.get(job_id)
-        client = live.client if live else None
-        if client is not None and job.prompt_id:
-            try:
-                client.delete_pending([job.prompt_id])
-                client.interrupt(job.prompt_id)
-            except ComfyUIError as exc:
-                logger.warning("job %s: cancel could not reach ComfyUI: %s", job_id, exc)
+        if live is not None and live.client is not None and job.prompt_id:
+            live.withdraw_pending = not self._withdraw(live.client, job.prompt_id)
         if live is not None and live.watch is not None:
             live.watch.events.put(("cancel", {}))
+        job = self.wait(job_id, wait)
+        if job.ended and job.status != "cancelled":
+            raise _already_ended(job)
         return job
 
     def preview(self, job_id: str) -> Preview:
@@ -363,16 +364,14 @@ class JobRunner:
         answer = client.queue_prompt(graph, prompt_id=prompt_id)
         if answer.get("node_errors"):
             # Accepted with only some outputs valid: not the avatar that was asked for.
-            client.delete_pending([prompt_id])
-            client.interrupt(prompt_id)
+            self._withdraw(client, prompt_id)
             raise PromptRejected(
                 "ComfyUI accepted only part of the graph",
                 server=client.base_url,
                 node_errors=answer["node_errors"],
             )
         if self.get(job.id).cancel_requested:
-            client.delete_pending([prompt_id])
-            client.interrupt(prompt_id)
+            self._withdraw(client, prompt_id)
         return job
 
     def _follow(
@@ -392,12 +391,13 @@ class JobRunner:
         # Set when /history says the prompt ended: the events already received are still
         # applied (running, progress), then the loop ends.
         ended = False
+        last_withdraw = 0.0
         while True:
             if self._stopping.is_set():
                 raise _Shutdown
             remaining = job.deadline - self.clock()
             if remaining <= 0:
-                self._abandon(client, prompt_id)
+                self._withdraw(client, prompt_id)
                 if unreachable_since is not None:
                     raise ServiceUnavailable(
                         "ComfyUI became unreachable during the job and did not come back "
@@ -409,6 +409,10 @@ class JobRunner:
                     "removed from ComfyUI",
                     details={"jobId": job.id, "promptId": prompt_id, "status": job.status},
                 )
+            live = self._live[job.id]
+            if live.withdraw_pending and time.monotonic() - last_withdraw > 1.0:
+                last_withdraw = time.monotonic()
+                live.withdraw_pending = not self._withdraw(client, prompt_id)
             if check_now:
                 kind, data = "check", {}
                 check_now = False
@@ -472,7 +476,7 @@ class JobRunner:
                     job = self._mark_running(job)
                 elif isinstance(state, int):
                     job = self._queued_at(job, state)
-        entry = self._history(client, prompt_id)
+        entry = self._history(job, client, prompt_id)
         status = (entry or {}).get("status") or {}
         messages = {name: payload for name, payload in status.get("messages") or []}
         failure = failure or messages.get("execution_error")
@@ -547,22 +551,45 @@ class JobRunner:
         self.events.publish(job.id, "queued", job.to_dict())
         return self._submit_prompt(job, client, workflow)
 
-    def _history(self, client: ComfyUIClient, prompt_id: str) -> dict[str, Any] | None:
+    def _history(self, job: Job, client: ComfyUIClient, prompt_id: str) -> dict[str, Any] | None:
         """The history entry (written before ``executing`` null; a lagging server gets a moment)."""
         for delay in (0.0, 0.1, 0.3, 0.6, 1.0):
             time.sleep(delay)
-            entry = client.history(prompt_id)
+            entry = self._patiently(job, lambda: client.history(prompt_id))
             if entry is not None:
                 return entry
         return None
 
-    def _abandon(self, client: ComfyUIClient, prompt_id: str) -> None:
-        """Remove a prompt we gave up on from ComfyUI, best effort."""
+    def _patiently(self, job: Job, call: Callable[[], T]) -> T:
+        """``call()``, retried while ComfyUI refuses connections, until the job's deadline.
+
+        A server that accepts but does not answer in time is not asked again: its read timeout
+        has already been waited for.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except ComfyUIUnavailable as exc:
+                if exc.timed_out or self._stopping.is_set() or self.clock() + delay > job.deadline:
+                    raise
+                logger.info("job %s: ComfyUI unreachable; retrying in %.1f s", job.id, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.poll_interval)
+
+    def _withdraw(self, client: ComfyUIClient, prompt_id: str) -> bool:
+        """Remove a prompt from ComfyUI's queue, or interrupt it if it runs; True when sent.
+
+        Deleting first means it cannot start between the two calls; the interrupt names the
+        prompt, so ComfyUI ignores it unless that very prompt is running.
+        """
         try:
             client.delete_pending([prompt_id])
             client.interrupt(prompt_id)
         except ComfyUIError as exc:
-            logger.warning("could not remove prompt %s from ComfyUI: %s", prompt_id, exc)
+            logger.warning("could not withdraw prompt %s from ComfyUI: %s", prompt_id, exc)
+            return False
+        return True
 
     # -- results ---------------------------------------------------------------------------
 
@@ -586,10 +613,13 @@ class JobRunner:
         avatars: list[dict[str, Any]] = []
         for index, image in enumerate(images):
             try:
-                data, _ = client.view(
-                    filename=image["filename"],
-                    subfolder=image.get("subfolder", ""),
-                    folder_type=image.get("type", "output"),
+                data, _ = self._patiently(
+                    job,
+                    lambda image=image: client.view(
+                        filename=image["filename"],
+                        subfolder=image.get("subfolder", ""),
+                        folder_type=image.get("type", "output"),
+                    ),
                 )
             except ComfyUIError as exc:
                 logger.error("job %s: fetching %s failed: %s", job.id, image.get("filename"), exc)
@@ -756,6 +786,14 @@ def _failure(exc: BaseException, job: Job) -> ServiceError:
     if isinstance(exc, ComfyUIError):
         return BadGateway(exc.message, code="comfyui_error", details={"server": exc.server})
     return ServiceError("internal error while running the job; see the service log")
+
+
+def _already_ended(job: Job) -> Conflict:
+    return Conflict(
+        f"the job has already ended ({job.status})",
+        code="job_already_ended",
+        details={"jobId": job.id, "status": job.status},
+    )
 
 
 def _ms(seconds: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,21 @@ def test_sse_resume_with_unknown_id_gets_state(service, standin, photo):
     [only] = read_sse(service, job_id, headers={"Last-Event-ID": "0.999"})
     assert only["event"] == "state"
     assert only["data"]["status"] == "succeeded"
+
+
+def test_cancel_during_comfyui_outage_is_sent_again(service, standin, photo):
+    """A cancel that cannot reach ComfyUI is sent again once it is back; the job ends cancelled."""
+    standin.set_faults(step_delay=0.1)
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    service.wait_job(job_id, until=lambda r: r["status"] == "running")
+    prompt_id = standin.prompts[-1]["prompt_id"]
+    standin.set_faults(refuse_connections=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cancelling = pool.submit(service.http.delete, f"/jobs/{job_id}")
+        time.sleep(0.5)  # the cancel meets a ComfyUI that refuses connections
+        standin.set_faults(refuse_connections=False)
+        assert cancelling.result().status_code in {200, 202}
+    record = service.wait_job(job_id)
+    assert record["status"] == "cancelled"
+    assert {"prompt_id": prompt_id} in standin.interrupts
