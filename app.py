@@ -35,6 +35,38 @@ def main() -> int:
         logger.error("cannot start: %s", exc)
         return 2
     services = app.extensions["avatar_service"]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if settings.debug:
+            logger.warning("DEBUG=true: Flask's development server with the debugger is on")
+            _start(services, settings)
+            app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
+        else:
+            from waitress import create_server
+
+            try:  # bind first: a second process on a busy port stops before touching any job
+                server = create_server(
+                    app,
+                    host=settings.host,
+                    port=settings.port,
+                    threads=settings.threads,
+                    channel_timeout=max(120, int(settings.sync_wait) + 30),
+                    ident="avatar-service",
+                )
+            except OSError as exc:
+                logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+                return 2
+            _start(services, settings)
+            server.run()
+    except ConfigError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
+    finally:
+        services.close()
+    return 0
+
+
+def _start(services, settings: Settings) -> None:
     services.start()
     logger.info(
         "avatar service on http://%s:%d, ComfyUI at %s, styles %s",
@@ -43,25 +75,6 @@ def main() -> int:
         ", ".join(settings.comfyui_url),
         ", ".join(sorted(services.workflows)),
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        if settings.debug:
-            logger.warning("DEBUG=true: Flask's development server with the debugger is on")
-            app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
-        else:
-            from waitress import serve
-
-            serve(
-                app,
-                host=settings.host,
-                port=settings.port,
-                threads=settings.threads,
-                channel_timeout=max(120, int(settings.sync_wait) + 30),
-                ident="avatar-service",
-            )
-    finally:
-        services.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -21,11 +20,13 @@ _SETTING_KEYS = frozenset(field.name.upper() for field in fields(Settings))
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings from env (overridden by ``config``), services, routes, errors."""
     config = dict(config or {})
-    instance_path = config.pop("INSTANCE_PATH", None) or os.environ.get("INSTANCE_PATH")
     overrides = {key: config.pop(key) for key in list(config) if key.upper() in _SETTING_KEYS}
-    app = Flask(__name__, instance_path=str(instance_path) if instance_path else None)
-    app.config.update(config)
     settings = Settings.from_env(overrides=overrides)
+    instance_path = settings.instance_path
+    if not instance_path.is_absolute():
+        instance_path = PROJECT_ROOT / instance_path
+    app = Flask(__name__, instance_path=str(instance_path))
+    app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
     app.json.sort_keys = False
     services = Services.build(settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,7 @@ class Settings:
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
     workflows_dir: Path = Path("workflows")
+    instance_path: Path = Path("instance")
     default_style: str = "avatar"
     public_base_url: str = ""
     upload_url: str = ""
@@ -98,38 +101,66 @@ class Settings:
         """Refuse settings the service cannot run with, naming the variable."""
         if not self.comfyui_url:
             raise ConfigError("COMFYUI_URL must name at least one ComfyUI server")
-        for url in self.comfyui_url:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"COMFYUI_URL entry {url!r} must start with http:// or https://")
-        for name in (
-            "comfyui_connect_timeout",
-            "comfyui_read_timeout",
-            "comfyui_poll_interval",
-            "job_timeout",
-            "max_upload_mb",
-            "upload_timeout",
-            "webhook_timeout",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be greater than 0")
-        if self.sync_wait < 0 or self.upload_backoff < 0 or self.webhook_backoff < 0:
-            raise ConfigError("SYNC_WAIT, UPLOAD_BACKOFF and WEBHOOK_BACKOFF must be 0 or more")
-        if self.max_active_jobs < 1:
-            raise ConfigError("MAX_ACTIVE_JOBS must be at least 1")
-        if self.threads < 4:
-            raise ConfigError("THREADS must be at least 4")
-        if self.upload_max_attempts < 1 or self.webhook_max_attempts < 1:
-            raise ConfigError("UPLOAD_MAX_ATTEMPTS and WEBHOOK_MAX_ATTEMPTS must be at least 1")
-        for name in ("upload_url", "webhook_url", "public_base_url"):
+        for name in ("comfyui_url", "upload_url", "webhook_url", "public_base_url"):
             value = getattr(self, name)
-            if value and not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{name.upper()} must start with http:// or https://")
+            for url in value if isinstance(value, tuple) else (value,) if value else ():
+                parts = urlsplit(url)
+                if parts.scheme not in {"http", "https"} or not parts.hostname:
+                    raise ConfigError(
+                        f"{name.upper()}: {url!r} is not an http:// or https:// URL with a host"
+                    )
+        for name, low in _NUMBER_MINIMUMS.items():
+            value = getattr(self, name)
+            too_small = value <= low if name in _POSITIVE else value < low
+            if not math.isfinite(value) or too_small:
+                rule = "greater than 0" if name in _POSITIVE else f"at least {low}"
+                raise ConfigError(f"{name.upper()}={value!r}: must be a finite number, {rule}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
+        if not self.host.strip():
+            raise ConfigError("HOST must not be empty (0.0.0.0 listens on every address)")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL={self.log_level!r}: one of {', '.join(_LOG_LEVELS)}")
 
     @property
     def max_upload_bytes(self) -> int:
         """The largest photo accepted, in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
 
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Numeric settings and their smallest allowed value (those in _POSITIVE must exceed 0).
+_NUMBER_MINIMUMS: dict[str, float] = {
+    "comfyui_connect_timeout": 0,
+    "comfyui_read_timeout": 0,
+    "comfyui_poll_interval": 0,
+    "comfyui_reconnect_max": 0,
+    "job_timeout": 0,
+    "sync_wait": 0,
+    "max_active_jobs": 1,
+    "max_upload_mb": 0,
+    "max_image_pixels": 4096,
+    "min_image_side": 1,
+    "upload_timeout": 0,
+    "upload_max_attempts": 1,
+    "upload_backoff": 0,
+    "webhook_timeout": 0,
+    "webhook_max_attempts": 1,
+    "webhook_backoff": 0,
+    "threads": 4,
+}
+_POSITIVE = frozenset(
+    {
+        "comfyui_connect_timeout",
+        "comfyui_read_timeout",
+        "comfyui_poll_interval",
+        "comfyui_reconnect_max",
+        "job_timeout",
+        "max_upload_mb",
+        "upload_timeout",
+        "webhook_timeout",
+    }
+)
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -49,6 +50,7 @@ class Services:
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock_file: TextIO | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, root: Path, instance_path: Path) -> Services:
@@ -144,6 +146,7 @@ class Services:
         with self._start_lock:
             if self._started or self._closed:
                 return
+            self._hold_instance_lock()
             self._started = True
         for client in self.clients:
             client.on_connect = self.check_workflows
@@ -153,6 +156,20 @@ class Services:
         resumed = self.runner.resume_unfinished()
         if resumed:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
+
+    def _hold_instance_lock(self) -> None:
+        """One running service per database: a second one would drive the same jobs."""
+        path = self.store.path.with_suffix(".lock")
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(
+                f"another avatar service process is running on {self.store.path} "
+                "(INSTANCE_PATH); stop it first, or give this one its own INSTANCE_PATH"
+            ) from None
+        self._lock_file = handle
 
     def close(self) -> None:
         """Stop background threads and close connections (idempotent)."""
@@ -167,6 +184,8 @@ class Services:
         if self.publisher is not None:
             self.publisher.close()
         self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the instance lock
 
     def check_workflows(self, client: ComfyUIClient) -> None:
         """Check every style against a server's /object_info (run each time it connects)."""

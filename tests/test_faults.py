@@ -239,3 +239,17 @@ def test_orphaned_websocket_is_reconnected(service, standin, photo, caplog):
     assert any("reconnecting the websocket" in r.getMessage() for r in caplog.records)
     standin.set_faults(step_delay=0.0)
     assert service.wait_job(job["jobId"])["status"] == "succeeded"
+
+
+def test_second_service_on_the_same_database_is_refused(make_service, service_config):
+    """Two service processes on one INSTANCE_PATH would drive the same jobs: the second stops."""
+    from avatar_service import create_app
+    from avatar_service.config import ConfigError
+
+    make_service()
+    second = create_app(service_config).extensions["avatar_service"]
+    try:
+        with pytest.raises(ConfigError, match="another avatar service process"):
+            second.start()
+    finally:
+        second.close()

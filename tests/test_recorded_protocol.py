@@ -166,7 +166,7 @@ def submit(service: LiveService, **fields) -> dict:
 def events_of(service: LiveService, job_id: str) -> list[tuple[str, dict]]:
     """Every SSE event of a job from its first, read until the job ends."""
     events = []
-    headers = {"Last-Event-ID": "0"}
+    headers = {"Last-Event-ID": f"{service.services.events.epoch}.0"}
     with service.http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as stream:
         kind = None
         for line in stream.iter_lines():
