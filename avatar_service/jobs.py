@@ -54,6 +54,7 @@ T = TypeVar("T")
 RANDOM_SEED_LIMIT = 2**53
 # How often a queued job may re-read its queue position when the queue changes.
 POSITION_REFRESH_SECONDS = 1.0
+FIRST_POSITION_CHECK_SECONDS = 0.3
 # A prompt that vanished from ComfyUI (restart) is queued again this many times.
 MAX_RESUBMITS = 1
 UPLOAD_SUBFOLDER = "avatar_service"
@@ -384,9 +385,10 @@ class JobRunner:
         failure: dict[str, Any] | None = None
         interrupted = False
         unreachable_since: float | None = None
-        # The broadcast right after queueing says nothing new: the first position check comes
-        # from a later queue change (at most once a second) or from the poll.
+        # The broadcast right after queueing says nothing new; a job still waiting a moment
+        # later asks for its position, then on queue changes (at most once a second).
         last_position_check = time.monotonic()
+        first_check_at: float | None = time.monotonic() + FIRST_POSITION_CHECK_SECONDS
         check_now = check_first
         # Set when /history says the prompt ended: the events already received are still
         # applied (running, progress), then the loop ends.
@@ -422,10 +424,15 @@ class JobRunner:
                 except queue.Empty:
                     break
             else:
+                timeout = min(remaining, self.poll_interval)
+                if first_check_at is not None:
+                    timeout = max(0.0, min(timeout, first_check_at - time.monotonic()))
                 try:
-                    kind, data = watch.events.get(timeout=min(remaining, self.poll_interval))
+                    kind, data = watch.events.get(timeout=timeout)
                 except queue.Empty:
                     kind, data = "check", {}
+            if kind in {"check", "reconnected", "execution_start"}:
+                first_check_at = None
             if ended and kind in _CHECKS:
                 continue
             if kind == "execution_start":

@@ -307,3 +307,17 @@ def test_cancel_during_comfyui_outage_is_sent_again(service, standin, photo):
     record = service.wait_job(job_id)
     assert record["status"] == "cancelled"
     assert {"prompt_id": prompt_id} in standin.interrupts
+
+
+def test_queued_job_learns_its_position_promptly(make_service, standin, photo):
+    """A job queued behind a long one shows its position well before the poll interval."""
+    service = make_service(comfyui_poll_interval=30)
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    first = start_job(service, name)
+    service.wait_job(first, until=lambda r: r["status"] == "running", timeout=10)
+    second = start_job(service, name)
+    record = service.wait_job(second, until=lambda r: r["queuePosition"] is not None, timeout=10)
+    assert record["queuePosition"] == 2
+    standin.set_faults(hang=False)
+    assert service.wait_job(second)["status"] == "succeeded"
