@@ -45,7 +45,7 @@ def upload_image():
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
     svc = services()
-    generate, respond_async = parse_generate(request.get_json(silent=True), svc)
+    generate, respond_async = parse_generate(_json_body(), svc)
     respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
     job = svc.runner.submit(generate, base_url=request.host_url)
     if not respond_async:
@@ -119,6 +119,14 @@ def readyz():
 
 
 # -- helpers used by the routes ----------------------------------------------------------------
+
+
+def _json_body() -> Any:
+    """The request's JSON, or None when it is missing or unreadable (even absurdly nested)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
 
 
 def parse_generate(body: Any, svc: Services) -> tuple[GenerateRequest, bool]:

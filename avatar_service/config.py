@@ -39,7 +39,7 @@ class Settings:
     comfyui_reconnect_max: float = 10.0
     job_timeout: float = 600.0
     max_active_jobs: int = 256
-    sync_wait: float = 60.0
+    sync_wait: float = 120.0
     max_upload_mb: float = 10.0
     max_image_pixels: int = 40_000_000
     min_image_side: int = 64

@@ -155,8 +155,8 @@ def test_several_bad_fields_are_reported_together(service, photo):
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[1, 2]", b""],
-    ids=["garbage", "array", "empty"],
+    [b"not json", b"[1, 2]", b"", b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
+    ids=["garbage", "array", "empty", "deeply-nested"],
 )
 def test_generate_body_must_be_a_json_object(service, body):
     """A body that is not a JSON object is a 400 invalid_json."""
