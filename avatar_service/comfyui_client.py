@@ -106,9 +106,10 @@ class ComfyUIClient:
         reconnect_max: float = 10.0,
         ping_interval: float = 20.0,
         on_connect: Callable[[ComfyUIClient], None] | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client_id = f"avatar-service-{uuid.uuid4().hex}"
+        self.client_id = client_id or f"avatar-service-{uuid.uuid4().hex}"
         self.timeout = timeout
         self.reconnect_max = reconnect_max
         self.ping_interval = ping_interval

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +18,7 @@ from .events import JobEvents
 from .images import PhotoStore
 from .jobs import JobRunner
 from .publish import Publisher
-from .storage import AvatarStore
+from .storage import AvatarStore, write_atomic
 from .store import JobStore
 from .webhooks import WebhookDispatcher, WebhookError
 from .workflow import (
@@ -82,9 +83,13 @@ class Services:
         comfyui_timeout = httpx.Timeout(
             settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout
         )
+        client_id = _stable_client_id(instance_path)
         clients = [
             ComfyUIClient(
-                url, timeout=comfyui_timeout, reconnect_max=settings.comfyui_reconnect_max
+                url,
+                timeout=comfyui_timeout,
+                reconnect_max=settings.comfyui_reconnect_max,
+                client_id=client_id,
             )
             for url in settings.comfyui_url
         ]
@@ -248,6 +253,23 @@ class Services:
                 else "no ComfyUI server is reachable"
             )
         return report
+
+
+def _stable_client_id(instance_path: Path) -> str:
+    """The websocket clientId of this installation, kept across restarts.
+
+    ComfyUI sends a prompt's events to the clientId it was queued with, so after a restart the
+    service must come back under the same id to follow the jobs it takes up.
+    """
+    path = instance_path / "comfyui_client_id"
+    try:
+        client_id = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        client_id = ""
+    if not client_id:
+        client_id = f"avatar-service-{uuid.uuid4().hex}"
+        write_atomic(path, client_id.encode())
+    return client_id
 
 
 def _resolve(root: Path, path: Path) -> Path:

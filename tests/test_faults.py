@@ -253,3 +253,24 @@ def test_second_service_on_the_same_database_is_refused(make_service, service_co
             second.start()
     finally:
         second.close()
+
+
+def test_resumed_job_keeps_live_progress(make_service, standin, photo):
+    """After a service restart the same clientId is used, so a resumed job still gets events."""
+    first = make_service()
+    standin.set_faults(step_delay=0.05)
+    name = first.upload(photo)
+    job = generate(first, name, **{"async": True}).json()
+    first.wait_job(job["jobId"], until=lambda r: (r["progress"] or {}).get("value"))
+    first.stop()
+    second = make_service()
+    assert second.services.clients[0].client_id == first.services.clients[0].client_id
+    at_restart = second.http.get(f"/jobs/{job['jobId']}").json()["progress"]["value"]
+    moved = second.wait_job(
+        job["jobId"],
+        until=lambda r: (r["progress"] or {}).get("value", 0) > at_restart + 5,
+        timeout=15,
+    )
+    assert moved["status"] == "running"
+    standin.set_faults(step_delay=0.0)
+    assert second.wait_job(job["jobId"])["status"] == "succeeded"
