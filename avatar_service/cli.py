@@ -32,6 +32,7 @@ workflows_cli = AppGroup("workflows", help="Check, import and list ComfyUI workf
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXIT_PROBLEMS = 1
 EXIT_INVALID = 2
+EXIT_UNREACHABLE = 3
 
 
 def init_app(app: Flask) -> None:
@@ -113,12 +114,15 @@ def _load_and_find_roles(path: Path, data: Any, **fixes: Any) -> tuple[dict[str,
 def check_command(file: Path, server: str | None, offline: bool) -> None:
     """Load FILE (captured /prompt body or API graph), show its roles, check it on a server.
 
-    Exit status: 0 fine, 1 problems on the server, 2 the file itself is unusable.
+    Exit status: 0 fine, 1 problems on the server, 2 the file itself is unusable, 3 the server
+    named with --server could not be reached.
     """
     graph, roles = _load_and_find_roles(file, _read_json(file))
     click.echo(f"{file}: {len(graph)} nodes, API format")
     _print_roles(graph, roles)
     problems = None if offline else _server_problems(graph, server)
+    if problems is None and server is not None:
+        sys.exit(EXIT_UNREACHABLE)
     if problems:
         _print_problems(problems)
         click.echo(f"{len(problems)} problem(s)")

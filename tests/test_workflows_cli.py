@@ -250,3 +250,11 @@ def test_unknown_default_style_stops_start_up(service_config):
     """DEFAULT_STYLE naming no workflow stops create_app, listing the styles found."""
     with pytest.raises(ConfigError, match=r"DEFAULT_STYLE='nope'.*'avatar', 'cartoon'"):
         create_app({**service_config, "DEFAULT_STYLE": "nope"})
+
+
+def test_check_against_an_unreachable_named_server_fails(cli, tmp_path):
+    """`check --server URL` with nobody at URL exits 3 instead of passing unchecked."""
+    path = write(tmp_path / "graph.json", avatar_graph())
+    result = cli("check", str(path), "--server", "http://127.0.0.1:9")
+    assert result.exit_code == 3
+    assert "not reachable" in result.output
