@@ -259,9 +259,13 @@ class StandIn:
 
     async def _set_refusing(self, refuse: bool) -> None:
         if refuse:
+            # Like a ComfyUI that went away: no new connections, websockets cut, HTTP
+            # connections closed once their current request (if any) is answered.
             if self._site is not None:
                 await self._site.stop()
                 self._site = None
+            if self._server is not None:
+                self._server.abort_websockets()
             server = self._runner.server if self._runner is not None else None
             for handler in list(server.connections) if server is not None else []:
                 handler.close()

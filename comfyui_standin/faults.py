@@ -15,7 +15,7 @@ class Faults:
     step_delay: seconds per sampler step. fail_at_node: node id or class_type that raises
     (execution_error). hang: the running prompt blocks at its next check point until
     interrupted or cleared. drop_websockets: one-shot, cut every websocket at the next node
-    start. refuse_connections: stop listening (ECONNREFUSED) and close idle keep-alive
+    start. refuse_connections: stop listening (ECONNREFUSED), cut websockets, close keep-alive
     connections. view_delay / view_status: slow or failing GET /view. reject_prompts: every
     POST /prompt gets a 400 validation error.
     """

@@ -223,17 +223,19 @@ class ComfyServer:
         self.last_node_id = node_id
 
     def drop_websockets(self) -> None:
-        """Cut every websocket connection without a close handshake."""
+        """Cut every websocket connection without a close handshake (in message order)."""
 
         async def cut() -> None:
-            for ws in list(self.all_sockets):
-                transport = getattr(ws._req, "transport", None) if ws._req else None
-                if transport is not None:
-                    transport.abort()
-                else:
-                    await ws.close()
+            self.abort_websockets()
 
         self._outbox.put_nowait(cut)
+
+    def abort_websockets(self) -> None:
+        """Cut every websocket connection now, without a close handshake."""
+        for ws in list(self.all_sockets):
+            transport = getattr(ws._req, "transport", None) if ws._req else None
+            if transport is not None:
+                transport.abort()
 
     def broadcast_status(self) -> None:
         """The ``status`` broadcast sent on every queue change."""

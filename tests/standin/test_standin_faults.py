@@ -171,6 +171,19 @@ def test_refuse_connections_really_refuses(lab_standin: StandIn) -> None:
     assert httpx.get(lab_standin.url + "/prompt", timeout=2).status_code == 200
 
 
+def test_refuse_connections_cuts_open_websockets(lab_standin: StandIn) -> None:
+    """refuse_connections is a ComfyUI gone away: open websockets are cut, not left hanging."""
+    socket = Socket(lab_standin.url, "gone1")
+    try:
+        socket.wait_for(lambda m: m["type"] == "status")
+        lab_standin.set_faults(refuse_connections=True)
+        socket._thread.join(5)
+        assert not socket._thread.is_alive()
+    finally:
+        socket.close()
+        lab_standin.set_faults(refuse_connections=False)
+
+
 def test_refuse_connections_via_http_for_a_duration(lab_standin: StandIn) -> None:
     """POST /_standin/faults {refuse_connections, duration} refuses, then listens again."""
     response = httpx.post(
