@@ -109,12 +109,11 @@ class LiveService:
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-@pytest.fixture
-def service_config(tmp_path: Path, standin: StandIn) -> dict:
-    """Settings for a service pointed at the stand-in, with every folder under tmp_path."""
+def settings_for(tmp_path: Path, comfyui_url: str) -> dict:
+    """Settings for a test service: every folder under tmp_path, short timeouts."""
     return {
         "INSTANCE_PATH": tmp_path / "instance",
-        "COMFYUI_URL": standin.url,
+        "COMFYUI_URL": comfyui_url,
         "UPLOAD_DIR": tmp_path / "uploads",
         "OUTPUT_DIR": tmp_path / "generated_avatar",
         "COMFYUI_CONNECT_TIMEOUT": 2.0,
@@ -124,6 +123,12 @@ def service_config(tmp_path: Path, standin: StandIn) -> dict:
         "JOB_TIMEOUT": 30.0,
         "SYNC_WAIT": 20.0,
     }
+
+
+@pytest.fixture
+def service_config(tmp_path: Path, standin: StandIn) -> dict:
+    """Settings for a service pointed at the stand-in, with every folder under tmp_path."""
+    return settings_for(tmp_path, standin.url)
 
 
 @pytest.fixture

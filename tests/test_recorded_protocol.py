@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import LiveService, make_photo
+from tests.conftest import LiveService, make_photo, settings_for
 from tests.replay_server import (
     CLIENT,
     PROMPT,
@@ -37,18 +37,7 @@ EXPECTED_UNANSWERED = {"GET /object_info"}
 @pytest.fixture
 def service_config(tmp_path: Path) -> dict:
     """Settings for a service whose ComfyUI is a replay (COMFYUI_URL is set per test)."""
-    return {
-        "INSTANCE_PATH": tmp_path / "instance",
-        "COMFYUI_URL": "http://127.0.0.1:9",
-        "UPLOAD_DIR": tmp_path / "uploads",
-        "OUTPUT_DIR": tmp_path / "generated_avatar",
-        "COMFYUI_CONNECT_TIMEOUT": 2.0,
-        "COMFYUI_READ_TIMEOUT": 5.0,
-        "COMFYUI_POLL_INTERVAL": 0.5,
-        "COMFYUI_RECONNECT_MAX": 0.5,
-        "JOB_TIMEOUT": 20.0,
-        "SYNC_WAIT": 15.0,
-    }
+    return settings_for(tmp_path, "http://127.0.0.1:9")
 
 
 @pytest.fixture
