@@ -259,7 +259,7 @@ class JobRunner:
             job = self._finish(job, "cancelled", None)
         except Exception as exc:  # every failure ends the job; none escapes the thread
             if self._stopping.is_set():
-                logger.info("job %s left %s for the next start", job.id, job.status)
+                logger.info("job %s left unfinished for the next start", job.id)
                 return
             error = _failure(exc, job)
             if not isinstance(exc, ServiceError | ComfyUIError | _PromptLost):
@@ -398,7 +398,9 @@ class JobRunner:
             if self._stopping.is_set():
                 raise _Shutdown
             remaining = job.deadline - self.clock()
-            if remaining <= 0:
+            if remaining <= 0 and not ended and self._ended_anyway(client, prompt_id):
+                ended = True  # e.g. finished while the service was stopped: not a timeout
+            if remaining <= 0 and not ended:
                 self._withdraw(client, prompt_id)
                 if unreachable_since is not None:
                     raise ServiceUnavailable(
@@ -520,6 +522,13 @@ class JobRunner:
                 details={"promptId": prompt_id, "status": status or None},
             )
         return entry
+
+    def _ended_anyway(self, client: ComfyUIClient, prompt_id: str) -> bool:
+        """Whether ComfyUI has a history entry for the prompt (asked once, at the deadline)."""
+        try:
+            return client.history(prompt_id) is not None
+        except ComfyUIError:
+            return False
 
     def _check_socket_heard(self, job: Job, client: ComfyUIClient) -> None:
         """Reconnect a websocket that heard nothing, not even the broadcast of our own queueing."""

@@ -274,3 +274,22 @@ def test_resumed_job_keeps_live_progress(make_service, standin, photo):
     assert moved["status"] == "running"
     standin.set_faults(step_delay=0.0)
     assert second.wait_job(job["jobId"])["status"] == "succeeded"
+
+
+def test_job_finished_while_service_was_down_past_its_deadline(make_service, standin, photo):
+    """A job ComfyUI finished while the service was stopped is collected, not timed out."""
+    first = make_service(job_timeout=2.0)
+    standin.set_faults(step_delay=0.05)
+    name = first.upload(photo)
+    job = generate(first, name, **{"async": True}).json()
+    first.wait_job(job["jobId"], until=lambda r: r["status"] == "running")
+    first.stop()
+    standin.set_faults(step_delay=0.0)
+    standin.wait_idle(timeout=10)
+    deadline = time.time() + 2.5
+    while time.time() < deadline:  # let the job's deadline pass while the service is down
+        time.sleep(0.1)
+    second = make_service(job_timeout=2.0)
+    record = second.wait_job(job["jobId"])
+    assert record["status"] == "succeeded", record["error"]
+    assert len(standin.prompts) == 1
