@@ -20,6 +20,7 @@ import logging
 import queue
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,29 @@ class Preview:
     data: bytes
 
 
+@dataclass(frozen=True)
+class _QueueSnapshot:
+    """One GET /queue answer: the running prompt ids and each pending prompt's position."""
+
+    asked_at: float
+    running: frozenset[str]
+    positions: Mapping[str, int]
+
+    @classmethod
+    def from_answer(cls, answer: Mapping[str, Any], asked_at: float) -> _QueueSnapshot:
+        running = frozenset(
+            item_id for item in answer.get("queue_running") or [] if (item_id := _item_id(item))
+        )
+        # queue_pending is ComfyUI's heap array, not execution order: sort by number, then id.
+        pending = sorted(
+            (item for item in answer.get("queue_pending") or [] if _item_id(item) is not None),
+            key=lambda item: (float(item[0]), str(item[1])),
+        )
+        offset = 1 if running else 0
+        positions = {str(item[1]): index + 1 + offset for index, item in enumerate(pending)}
+        return cls(asked_at, running, positions)
+
+
 @dataclass
 class PromptWatch:
     """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...)."""
@@ -122,6 +146,8 @@ class ComfyUIClient:
         self._socket: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
         self._helpers: list[threading.Thread] = []
+        self._queue_lock = threading.Lock()
+        self._queue_cache: _QueueSnapshot | None = None
         self._running_prompt: str | None = None
         self.last_error: str | None = None
         # Text and binary messages received (pongs excluded): a socket ComfyUI no longer
@@ -248,20 +274,29 @@ class ComfyUIClient:
         """GET /queue."""
         return self._json("GET", "/queue")
 
-    def queue_state(self, prompt_id: str) -> tuple[str, int | None]:
-        """Where a prompt is: ("running", 0), ("pending", position from 1), or ("absent", None)."""
-        answer = self.queue()
-        running = answer.get("queue_running") or []
-        if any(_item_id(item) == prompt_id for item in running):
+    def queue_state(self, prompt_id: str, *, newer_than: float) -> tuple[str, int | None]:
+        """Where a prompt is: ("running", 0), ("pending", position from 1), or ("absent", None).
+
+        Read from one shared GET /queue asked for no earlier than ``newer_than`` (a
+        ``time.monotonic()`` value): however many jobs wait, ComfyUI builds the (large) queue
+        answer once per refresh, not once per job.
+        """
+        snapshot = self._queue_snapshot(newer_than)
+        if prompt_id in snapshot.running:
             return "running", 0
-        pending = sorted(
-            (item for item in answer.get("queue_pending") or [] if _item_id(item) is not None),
-            key=lambda item: (float(item[0]), str(item[1])),
-        )
-        for index, item in enumerate(pending):
-            if _item_id(item) == prompt_id:
-                return "pending", index + 1 + (1 if running else 0)
+        position = snapshot.positions.get(prompt_id)
+        if position is not None:
+            return "pending", position
         return "absent", None
+
+    def _queue_snapshot(self, newer_than: float) -> _QueueSnapshot:
+        with self._queue_lock:
+            snapshot = self._queue_cache
+            if snapshot is None or snapshot.asked_at < newer_than:
+                asked_at = time.monotonic()
+                snapshot = _QueueSnapshot.from_answer(self.queue(), asked_at)
+                self._queue_cache = snapshot
+            return snapshot
 
     def interrupt(self, prompt_id: str) -> None:
         """POST /interrupt for this prompt only (a no-op if another prompt is running)."""

@@ -55,6 +55,8 @@ RANDOM_SEED_LIMIT = 2**53
 # How often a queued job may re-read its queue position when the queue changes.
 POSITION_REFRESH_SECONDS = 1.0
 FIRST_POSITION_CHECK_SECONDS = 0.3
+# How old the shared view of ComfyUI's queue may be when a job consults it.
+QUEUE_VIEW_MAX_AGE = 1.0
 # A prompt that vanished from ComfyUI (restart) is queued again this many times.
 MAX_RESUBMITS = 1
 UPLOAD_SUBFOLDER = "avatar_service"
@@ -95,6 +97,7 @@ class _Live:
     client: ComfyUIClient | None = None
     watch: PromptWatch | None = None
     received_at_queue: int | None = None
+    queued_at: float = 0.0  # time.monotonic() when POST /prompt answered
     # A cancel asked for but not yet delivered to ComfyUI (it was unreachable): sent again.
     withdraw_pending: bool = False
 
@@ -363,6 +366,7 @@ class JobRunner:
         # ComfyUI broadcasts a status message to every registered socket when it queues.
         live.received_at_queue = client.messages_received
         answer = client.queue_prompt(graph, prompt_id=prompt_id)
+        live.queued_at = time.monotonic()
         if answer.get("node_errors"):
             # Accepted with only some outputs valid: not the avatar that was asked for.
             self._withdraw(client, prompt_id)
@@ -467,7 +471,7 @@ class JobRunner:
             elif kind in _CHECKS:
                 self._check_socket_heard(job, client)
                 try:
-                    state = self._reconcile(client, prompt_id)
+                    state = self._reconcile(job, client, prompt_id)
                     unreachable_since = None
                 except ComfyUIUnavailable:
                     unreachable_since = unreachable_since or self.clock()
@@ -540,17 +544,20 @@ class JobRunner:
                 "sends to this socket"
             )
 
-    def _reconcile(self, client: ComfyUIClient, prompt_id: str) -> str | int:
-        """Ask ComfyUI where the prompt is: "ended", "running", a queue position, or "absent"."""
-        if client.history(prompt_id) is not None:
-            return "ended"
-        where, position = client.queue_state(prompt_id)
-        if where == "absent":
-            # It may have ended between the two calls.
-            return "ended" if client.history(prompt_id) is not None else "absent"
+    def _reconcile(self, job: Job, client: ComfyUIClient, prompt_id: str) -> str | int:
+        """Ask ComfyUI where the prompt is: "ended", "running", a queue position, or "absent".
+
+        The queue view is shared by all jobs on the server and may be up to a second old, but
+        never older than this job's POST /prompt; only a prompt missing from it costs a
+        /history call of its own.
+        """
+        newer_than = max(time.monotonic() - QUEUE_VIEW_MAX_AGE, self._live[job.id].queued_at)
+        where, position = client.queue_state(prompt_id, newer_than=newer_than)
         if where == "running":
             return "running"
-        return position or 1
+        if where == "pending":
+            return position or 1
+        return "ended" if client.history(prompt_id) is not None else "absent"
 
     def _resubmit(self, job: Job, client: ComfyUIClient, workflow: Workflow) -> Job:
         if job.attempts > MAX_RESUBMITS:
