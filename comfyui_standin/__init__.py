@@ -101,6 +101,10 @@ class StandIn:
         """Body of every POST /queue."""
         return list(self._recorder.queue_requests)
 
+    def request_count(self, route: str) -> int:
+        """How many requests arrived for ``route``, e.g. ``"GET /queue"`` (``/api`` included)."""
+        return self._recorder.request_counts[route]
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> StandIn:
         """Start listening; returns once the port accepts connections."""

@@ -17,6 +17,7 @@ import os
 import struct
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,8 @@ class Recorder:
         self.prompts: list[Any] = []
         self.interrupts: list[dict | None] = []
         self.queue_requests: list[Any] = []
+        # "METHOD /path" (without the /api prefix) -> how many requests arrived.
+        self.request_counts: Counter[str] = Counter()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,7 +391,18 @@ class Recorder:
 
 def build_app(state: Callable[[], ComfyServer], control: Control) -> web.Application:
     """The aiohttp application; ``state()`` answers the current ComfyServer."""
-    app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=[origin_only_middleware])
+
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+        path = (
+            request.path.removeprefix("/api") if request.path.startswith("/api/") else request.path
+        )
+        control.recorder.request_counts[f"{request.method} {path}"] += 1
+        return await handler(request)
+
+    app = web.Application(
+        client_max_size=MAX_UPLOAD_SIZE, middlewares=[count_requests, origin_only_middleware]
+    )
     routes = Routes(state)
     table = [
         ("GET", "/ws", routes.websocket),
@@ -482,6 +496,7 @@ class Control:
                 "prompts": self.recorder.prompts,
                 "interrupts": self.recorder.interrupts,
                 "queue_requests": self.recorder.queue_requests,
+                "request_counts": dict(self.recorder.request_counts),
             }
         )
 

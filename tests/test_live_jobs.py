@@ -321,3 +321,22 @@ def test_queued_job_learns_its_position_promptly(make_service, standin, photo):
     assert record["queuePosition"] == 2
     standin.set_faults(hang=False)
     assert service.wait_job(second)["status"] == "succeeded"
+
+
+def test_many_queued_jobs_share_one_view_of_the_queue(make_service, standin, photo):
+    """20 jobs waiting in ComfyUI's queue do not each poll it: GET /queue stays about 1/s."""
+    service = make_service(comfyui_poll_interval=0.2)
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    jobs = [start_job(service, name) for _ in range(20)]
+    for job_id in jobs[1:]:
+        service.wait_job(job_id, until=lambda r: r["queuePosition"] is not None)
+    before = standin.request_count("GET /queue")
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:  # 10 poll intervals of 20 waiting jobs
+        time.sleep(0.1)
+    polls = standin.request_count("GET /queue") - before
+    assert polls <= 5, f"{polls} GET /queue in 2 s"
+    standin.set_faults(hang=False)
+    for job_id in jobs:
+        assert service.wait_job(job_id)["status"] == "succeeded"
