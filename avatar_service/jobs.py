@@ -769,13 +769,16 @@ class JobRunner:
         return job
 
     def _notify(self, job: Job, body: dict[str, Any]) -> None:
-        url = job.callback_url or self.webhook_url
-        if self.webhooks is None or not url:
+        """Queue the webhook deliveries: WEBHOOK_URL and the job's own callbackUrl, if any."""
+        if self.webhooks is None:
             return
-        try:
-            self.webhooks.enqueue(job_id=job.id, url=url, event_type=f"job.{job.status}", data=body)
-        except Exception:  # a webhook problem must never change the job's outcome
-            logger.exception("job %s: could not queue the webhook", job.id)
+        for url in dict.fromkeys(u for u in (self.webhook_url, job.callback_url) if u):
+            try:
+                self.webhooks.enqueue(
+                    job_id=job.id, url=url, event_type=f"job.{job.status}", data=body
+                )
+            except Exception:  # a webhook problem must never change the job's outcome
+                logger.exception("job %s: could not queue the webhook to %s", job.id, url)
 
 
 def _failure(exc: BaseException, job: Job) -> ServiceError:

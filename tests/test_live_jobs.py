@@ -225,9 +225,11 @@ def test_webhook_receiver_failing_twice_gets_one_success(make_service, standin, 
 
 
 def test_callback_url_must_be_allowed(make_service, standin, photo):
-    """A per-request callbackUrl is used only when it matches WEBHOOK_ALLOWED_URLS."""
+    """A per-request callbackUrl is used only when allowed; WEBHOOK_URL still gets its copy."""
     with Receiver() as receiver:
-        service = make_service(webhook_allowed_urls=receiver.url("/allowed/"))
+        service = make_service(
+            webhook_allowed_urls=receiver.url("/allowed/"), webhook_url=receiver.url("/all")
+        )
         name = service.upload(photo)
         refused = service.http.post(
             "/generate-avatar-by-image",
@@ -240,8 +242,8 @@ def test_callback_url_must_be_allowed(make_service, standin, photo):
             json={"imageName": name, "callbackUrl": receiver.url("/allowed/job")},
         )
         assert accepted.status_code == 200
-        [delivery] = receiver.wait_for(1)
-        assert delivery.path == "/allowed/job"
+        deliveries = receiver.wait_for(2)
+        assert sorted(d.path for d in deliveries) == ["/all", "/allowed/job"]
 
 
 def test_pending_webhook_is_delivered_after_restart(make_service, standin, photo, tmp_path: Path):
