@@ -142,6 +142,8 @@ class ComfyUIClient:
         self._watches: dict[str, PromptWatch] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        # Set to cut a reconnect backoff short (HTTP answered again, or closing).
+        self._retry_now = threading.Event()
         self._stopping = threading.Event()
         self._socket: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
@@ -167,6 +169,7 @@ class ComfyUIClient:
     def close(self) -> None:
         """Stop the reader thread and close the socket and the HTTP pool."""
         self._stopping.set()
+        self._retry_now.set()
         sock = self._socket
         if sock is not None:
             sock.abort()
@@ -346,6 +349,8 @@ class ComfyUIClient:
             raise ComfyUIUnavailable(
                 f"cannot reach ComfyUI at {self.base_url} ({exc})", server=self.base_url
             ) from exc
+        if not self._connected.is_set():
+            self._retry_now.set()  # ComfyUI answers again: reconnect the websocket now
         if response.status_code >= 500:
             raise ComfyUIProtocolError(
                 f"{method} {path} answered {response.status_code}: {response.text[:300]!r}",
@@ -370,7 +375,8 @@ class ComfyUIClient:
             except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket connect failed: {exc}"
                 logger.debug("ComfyUI %s: %s", self.base_url, self.last_error)
-                self._stopping.wait(delay)
+                self._retry_now.wait(delay)
+                self._retry_now.clear()
                 delay = min(delay * 2, self.reconnect_max)
                 continue
             delay = 0.25

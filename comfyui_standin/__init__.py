@@ -263,8 +263,8 @@ class StandIn:
 
     async def _set_refusing(self, refuse: bool) -> None:
         if refuse:
-            # Like a ComfyUI that went away: no new connections, websockets cut, HTTP
-            # connections closed once their current request (if any) is answered.
+            # Like a ComfyUI that went away: no new connections, websockets and HTTP
+            # connections cut (a control request switching this on is answered first).
             if self._site is not None:
                 await self._site.stop()
                 self._site = None
@@ -272,7 +272,10 @@ class StandIn:
                 self._server.abort_websockets()
             server = self._runner.server if self._runner is not None else None
             for handler in list(server.connections) if server is not None else []:
-                handler.close()
+                if handler in self._recorder.control_connections:
+                    handler.close()
+                else:
+                    handler.force_close()
         elif self._site is None and self._runner is not None:
             await self._listen()
 

@@ -383,6 +383,7 @@ class Recorder:
         self.queue_requests: list[Any] = []
         # "METHOD /path" (without the /api prefix) -> how many requests arrived.
         self.request_counts: Counter[str] = Counter()
+        self.control_connections: set[Any] = set()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,7 +399,14 @@ def build_app(state: Callable[[], ComfyServer], control: Control) -> web.Applica
             request.path.removeprefix("/api") if request.path.startswith("/api/") else request.path
         )
         control.recorder.request_counts[f"{request.method} {path}"] += 1
-        return await handler(request)
+        if not path.startswith("/_standin/"):
+            return await handler(request)
+        # Remembered so that refusing connections does not cut its own control request.
+        control.recorder.control_connections.add(request.protocol)
+        try:
+            return await handler(request)
+        finally:
+            control.recorder.control_connections.discard(request.protocol)
 
     app = web.Application(
         client_max_size=MAX_UPLOAD_SIZE, middlewares=[count_requests, origin_only_middleware]

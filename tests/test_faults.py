@@ -293,3 +293,17 @@ def test_job_finished_while_service_was_down_past_its_deadline(make_service, sta
     record = second.wait_job(job["jobId"])
     assert record["status"] == "succeeded", record["error"]
     assert len(standin.prompts) == 1
+
+
+def test_websocket_reconnects_as_soon_as_comfyui_answers_again(make_service, standin):
+    """After an outage longer than the reconnect backoff, readiness returns with ComfyUI."""
+    service = make_service(comfyui_reconnect_max=30)
+    client = service.services.clients[0]
+    wait_for(lambda: client.connected, message="websocket up")
+    standin.set_faults(refuse_connections=True)
+    wait_for(lambda: not client.connected, message="websocket down")
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:  # the backoff grows to a 4 s pause
+        time.sleep(0.1)
+    standin.set_faults(refuse_connections=False)
+    wait_for(lambda: service.http.get("/readyz").status_code == 200, timeout=1.5, message="ready")
