@@ -14,6 +14,7 @@ from avatar_service import create_app  # noqa: E402  (settings are read after .e
 from avatar_service.config import ConfigError, Settings  # noqa: E402
 
 logger = logging.getLogger("avatar_service")
+SHUTDOWN_GRACE_SECONDS = 1.0
 
 
 def main() -> int:
@@ -35,7 +36,18 @@ def main() -> int:
         logger.error("cannot start: %s", exc)
         return 2
     services = app.extensions["avatar_service"]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    def stop(signum: int, _frame: object) -> None:
+        # Answer the requests still waiting (202 + Location) and end event streams, give the
+        # answers a moment to go out, then leave the serving loop; unfinished jobs are taken up
+        # again by the next start.
+        logger.info("stopping on signal %d", signum)
+        services.begin_shutdown()
+        signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
+        signal.setitimer(signal.ITIMER_REAL, SHUTDOWN_GRACE_SECONDS)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         if settings.debug:
             logger.warning("DEBUG=true: Flask's development server with the debugger is on")

@@ -37,6 +37,18 @@ class JobEvents:
         self._condition = threading.Condition()
         self._channels: dict[str, _Channel] = {}
         self._ended: deque[str] = deque()
+        self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        """Whether close() was called."""
+        return self._closing
+
+    def close(self) -> None:
+        """The service is stopping: wake every reader; waits and streams end at once."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
 
     def publish(
         self, job_id: str, event: str, data: dict[str, Any], *, final: bool = False
@@ -61,6 +73,8 @@ class JobEvents:
                     fresh = channel.events[after:] if after >= 0 else channel.events
                     if fresh or channel.ended_at is not None:
                         return list(fresh), channel.ended_at is not None
+                if self._closing:
+                    return [], True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return [], False
@@ -85,6 +99,8 @@ class JobEvents:
                 channel = self._channels.get(job_id)
                 if channel is not None and channel.ended_at is not None:
                     return True
+                if self._closing:
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

@@ -157,6 +157,8 @@ class JobRunner:
     def submit(self, request: GenerateRequest, *, base_url: str) -> Job:
         """Record a new job and start it; the photo must exist."""
         self.photos.path_of(request.image_name)
+        if self._stopping.is_set() or self.events.closing:
+            raise ServiceUnavailable("the service is restarting; try again shortly", retry_after=5)
         if len(self._live) >= self.max_active_jobs:
             raise ServiceUnavailable(
                 f"{len(self._live)} jobs are in flight (MAX_ACTIVE_JOBS); try again shortly",

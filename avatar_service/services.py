@@ -176,6 +176,11 @@ class Services:
             ) from None
         self._lock_file = handle
 
+    def begin_shutdown(self) -> None:
+        """First step of stopping: waiting requests answer now (202 + Location), streams end,
+        new jobs are refused; jobs in flight go on until close()."""
+        self.events.close()
+
     def close(self) -> None:
         """Stop background threads and close connections (idempotent)."""
         if self._closed:
