@@ -49,7 +49,7 @@ def generate_avatar():
     respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
     job = svc.runner.submit(generate, base_url=request.host_url)
     if not respond_async:
-        job = svc.runner.wait(job.id, svc.settings.sync_wait)
+        job = svc.wait_for_job(job.id)
     return job_response(job, svc)
 
 
@@ -76,7 +76,7 @@ def job_events(job_id: str):
     svc.runner.get(job_id)
     epoch, _, number = request.headers.get("Last-Event-ID", "").partition(".")
     after = int(number) if epoch == svc.events.epoch and number.isdigit() else None
-    stream = stream_with_context(sse_stream(svc, job_id, after))
+    stream = svc.open_stream(stream_with_context(sse_stream(svc, job_id, after)))
     return Response(
         stream,
         mimetype="text/event-stream",

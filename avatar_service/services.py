@@ -6,6 +6,7 @@ import fcntl
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,12 +15,13 @@ import httpx
 
 from .comfyui_client import ComfyUIClient, ComfyUIError
 from .config import ConfigError, Settings
+from .errors import ServiceUnavailable
 from .events import JobEvents
 from .images import PhotoStore
 from .jobs import JobRunner
 from .publish import Publisher
 from .storage import AvatarStore, write_atomic
-from .store import JobStore
+from .store import Job, JobStore
 from .webhooks import WebhookDispatcher, WebhookError
 from .workflow import (
     Workflow,
@@ -48,6 +50,11 @@ class Services:
     webhooks: WebhookDispatcher | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
     workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    # Requests that hold a server thread for long (sync waits, event streams) may use only some
+    # of THREADS, so /healthz, /readyz, cancel and uploads always find a free thread.
+    long_requests: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(1), repr=False
+    )
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -133,7 +140,9 @@ class Services:
             webhook_url=settings.webhook_url,
             max_active_jobs=settings.max_active_jobs,
         )
+        reserved = max(2, settings.threads // 4)
         return cls(
+            long_requests=threading.BoundedSemaphore(settings.threads - reserved),
             settings=settings,
             workflows=workflows,
             photos=photos,
@@ -175,6 +184,26 @@ class Services:
                 "(INSTANCE_PATH); stop it first, or give this one its own INSTANCE_PATH"
             ) from None
         self._lock_file = handle
+
+    def wait_for_job(self, job_id: str) -> Job:
+        """Wait up to SYNC_WAIT for a job, if a long-request slot is free; else answer now."""
+        if not self.long_requests.acquire(blocking=False):
+            return self.runner.get(job_id)
+        try:
+            return self.runner.wait(job_id, self.settings.sync_wait)
+        finally:
+            self.long_requests.release()
+
+    def open_stream(self, stream: Iterator[str]) -> Iterable[str]:
+        """An event stream holding a long-request slot until it is closed; 503 if none is free."""
+        if not self.long_requests.acquire(blocking=False):
+            raise ServiceUnavailable(
+                "too many open event streams and waiting requests; poll GET /jobs/<jobId> "
+                "or try again shortly",
+                code="service_busy",
+                retry_after=5,
+            )
+        return _Releasing(stream, self.long_requests.release)
 
     def begin_shutdown(self) -> None:
         """First step of stopping: waiting requests answer now (202 + Location), streams end,
@@ -258,6 +287,27 @@ class Services:
                 else "no ComfyUI server is reachable"
             )
         return report
+
+
+class _Releasing:
+    """A WSGI body that calls ``release`` once when the server closes it (even unstarted)."""
+
+    def __init__(self, stream: Iterator[str], release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[str]:
+        return self._stream
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 def _stable_client_id(instance_path: Path) -> str:

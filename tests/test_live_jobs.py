@@ -342,3 +342,29 @@ def test_many_queued_jobs_share_one_view_of_the_queue(make_service, standin, pho
     standin.set_faults(hang=False)
     for job_id in jobs:
         assert service.wait_job(job_id)["status"] == "succeeded"
+
+
+def test_open_streams_leave_threads_for_health_and_cancel(make_service, standin, photo):
+    """With THREADS=8 only 6 long requests (streams, sync waits) run; /healthz still answers."""
+    service = make_service(threads=8)
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    streams = [service.http.stream("GET", f"/jobs/{job_id}/events", timeout=30) for _ in range(6)]
+    opened = [stream.__enter__() for stream in streams]
+    try:
+        assert all(response.status_code == 200 for response in opened)
+        refused = service.http.get(f"/jobs/{job_id}/events", timeout=5)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "service_busy"
+        sync = service.http.post("/generate-avatar-by-image", json={"imageName": name}, timeout=5)
+        assert sync.status_code == 202  # no slot to wait in: answered at once
+        assert service.http.get("/healthz", timeout=5).status_code == 200
+        assert service.http.delete(f"/jobs/{job_id}", timeout=10).status_code == 200
+    finally:
+        for stream in streams:
+            stream.__exit__(None, None, None)
+    standin.set_faults(hang=False)
+    again = service.http.stream("GET", f"/jobs/{job_id}/events", timeout=10)
+    with again as response:
+        assert response.status_code == 200
