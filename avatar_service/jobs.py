@@ -159,16 +159,19 @@ class JobRunner:
         self.photos.path_of(request.image_name)
         if self._stopping.is_set() or self.events.closing:
             raise ServiceUnavailable("the service is restarting; try again shortly", retry_after=5)
-        if len(self._live) >= self.max_active_jobs:
-            raise ServiceUnavailable(
-                f"{len(self._live)} jobs are in flight (MAX_ACTIVE_JOBS); try again shortly",
-                code="service_busy",
-                details={"maxActiveJobs": self.max_active_jobs},
-            )
+        job_id = uuid.uuid4().hex
+        with self._lock:  # count and reserve in one step, so a burst cannot overshoot
+            if len(self._live) >= self.max_active_jobs:
+                raise ServiceUnavailable(
+                    f"{len(self._live)} jobs are in flight (MAX_ACTIVE_JOBS); try again shortly",
+                    code="service_busy",
+                    details={"maxActiveJobs": self.max_active_jobs},
+                )
+            self._live[job_id] = _Live()
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
         now = self.clock()
         job = Job(
-            id=uuid.uuid4().hex,
+            id=job_id,
             status="queued",
             style=request.style,
             image_name=request.image_name,
@@ -181,7 +184,12 @@ class JobRunner:
             created_at=now,
             deadline=now + self.job_timeout,
         )
-        self.store.insert(job)
+        try:
+            self.store.insert(job)
+        except BaseException:
+            with self._lock:
+                self._live.pop(job_id, None)
+            raise
         self.events.publish(job.id, "queued", job.to_dict())
         self._start_thread(job)
         return job
@@ -252,7 +260,7 @@ class JobRunner:
 
     def _start_thread(self, job: Job) -> None:
         with self._lock:
-            self._live[job.id] = _Live()
+            self._live.setdefault(job.id, _Live())
         thread = threading.Thread(target=self._run, args=(job,), name=f"job {job.id}", daemon=True)
         self._threads.add(thread)
         thread.start()
