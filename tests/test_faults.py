@@ -14,6 +14,18 @@ def generate(service: LiveService, name: str, **extra):
     return service.http.post("/generate-avatar-by-image", json={"imageName": name, **extra})
 
 
+def stop_mid_job(
+    service: LiveService, standin, photo: bytes, *, step_delay: float, until=None
+) -> str:
+    """Start an async job on a slowed stand-in, stop the service while it runs; its job id."""
+    standin.set_faults(step_delay=step_delay)
+    name = service.upload(photo)
+    job_id = generate(service, name, **{"async": True}).json()["jobId"]
+    service.wait_job(job_id, until=until or (lambda record: record["status"] == "running"))
+    service.stop()
+    return job_id
+
+
 def wait_for(condition, timeout: float = 10.0, message: str = "condition"):
     """Poll ``condition`` until true, with a hard bound."""
     deadline = time.monotonic() + timeout
@@ -176,15 +188,10 @@ def test_view_failing_is_502_and_logged(make_service, standin, photo, fault, cap
 
 def test_service_restart_reconciles_job_in_flight(make_service, standin, photo):
     """A job in flight when the service stops is taken up by the next start and succeeds."""
-    first = make_service()
-    standin.set_faults(step_delay=0.1)
-    name = first.upload(photo)
-    job = generate(first, name, **{"async": True}).json()
-    first.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
-    first.stop()
+    job_id = stop_mid_job(make_service(), standin, photo, step_delay=0.1)
     standin.set_faults(step_delay=0.0)
     second = make_service()
-    record = second.wait_job(job["jobId"])
+    record = second.wait_job(job_id)
     assert record["status"] == "succeeded"
     assert len(standin.prompts) == 1
     # (the first service's port is gone: fetch by path from the second one)
@@ -193,16 +200,11 @@ def test_service_restart_reconciles_job_in_flight(make_service, standin, photo):
 
 def test_service_restart_after_comfyui_finished(make_service, standin, photo):
     """A job whose prompt finished while the service was down is completed from history."""
-    first = make_service()
-    standin.set_faults(step_delay=0.05)
-    name = first.upload(photo)
-    job = generate(first, name, **{"async": True}).json()
-    first.wait_job(job["jobId"], until=lambda record: record["status"] == "running")
-    first.stop()
+    job_id = stop_mid_job(make_service(), standin, photo, step_delay=0.05)
     standin.set_faults(step_delay=0.0)
     standin.wait_idle(timeout=10)
     second = make_service()
-    record = second.wait_job(job["jobId"])
+    record = second.wait_job(job_id)
     assert record["status"] == "succeeded"
     assert len(standin.prompts) == 1
 
@@ -258,39 +260,32 @@ def test_second_service_on_the_same_database_is_refused(make_service, service_co
 def test_resumed_job_keeps_live_progress(make_service, standin, photo):
     """After a service restart the same clientId is used, so a resumed job still gets events."""
     first = make_service()
-    standin.set_faults(step_delay=0.05)
-    name = first.upload(photo)
-    job = generate(first, name, **{"async": True}).json()
-    first.wait_job(job["jobId"], until=lambda r: (r["progress"] or {}).get("value"))
-    first.stop()
+    job_id = stop_mid_job(
+        first, standin, photo, step_delay=0.05, until=lambda r: (r["progress"] or {}).get("value")
+    )
     second = make_service()
     assert second.services.clients[0].client_id == first.services.clients[0].client_id
-    at_restart = second.http.get(f"/jobs/{job['jobId']}").json()["progress"]["value"]
+    at_restart = second.http.get(f"/jobs/{job_id}").json()["progress"]["value"]
     moved = second.wait_job(
-        job["jobId"],
+        job_id,
         until=lambda r: (r["progress"] or {}).get("value", 0) > at_restart + 5,
         timeout=15,
     )
     assert moved["status"] == "running"
     standin.set_faults(step_delay=0.0)
-    assert second.wait_job(job["jobId"])["status"] == "succeeded"
+    assert second.wait_job(job_id)["status"] == "succeeded"
 
 
 def test_job_finished_while_service_was_down_past_its_deadline(make_service, standin, photo):
     """A job ComfyUI finished while the service was stopped is collected, not timed out."""
-    first = make_service(job_timeout=2.0)
-    standin.set_faults(step_delay=0.05)
-    name = first.upload(photo)
-    job = generate(first, name, **{"async": True}).json()
-    first.wait_job(job["jobId"], until=lambda r: r["status"] == "running")
-    first.stop()
+    job_id = stop_mid_job(make_service(job_timeout=2.0), standin, photo, step_delay=0.05)
     standin.set_faults(step_delay=0.0)
     standin.wait_idle(timeout=10)
     deadline = time.time() + 2.5
     while time.time() < deadline:  # let the job's deadline pass while the service is down
         time.sleep(0.1)
     second = make_service(job_timeout=2.0)
-    record = second.wait_job(job["jobId"])
+    record = second.wait_job(job_id)
     assert record["status"] == "succeeded", record["error"]
     assert len(standin.prompts) == 1
 
