@@ -368,6 +368,20 @@ def test_interrupt_not_asked_for_fails_the_job(replayed, recs):
     assert_clean(replay)
 
 
+def generate_against_answer(replayed, recs, prompt_step: dict):
+    """One generate request against a replay answering POST /prompt with ``prompt_step``."""
+    rec = recs["04"]
+    replay = ReplayServer(
+        frames=connect_only(socket_frames(rec)),
+        start_ms=prompt_step["t_ms"],
+        ids={},
+        answers=[Answer(step(recs["01"], "upload the photo")), Answer(prompt_step)],
+    )
+    service = replayed(replay)
+    name = service.upload(make_photo((10, 20, 30)))
+    return replay, service.http.post("/generate-avatar-by-image", json={"imageName": name})
+
+
 REJECTIONS = [
     "unknown class_type",
     "node without class_type",
@@ -383,18 +397,8 @@ REJECTIONS = [
 @pytest.mark.parametrize("label", REJECTIONS)
 def test_recorded_400_is_502_rejected_prompt_with_node_errors_verbatim(replayed, recs, label):
     """04: a recorded 400 answer -> 502 comfyui_rejected_prompt with ComfyUI's error verbatim."""
-    rec = recs["04"]
-    rejected = step(rec, label)
-    replay = ReplayServer(
-        frames=connect_only(socket_frames(rec)),
-        start_ms=rejected["t_ms"],
-        ids={},
-        answers=[Answer(step(recs["01"], "upload the photo")), Answer(rejected)],
-    )
-    service = replayed(replay)
-
-    name = service.upload(make_photo((10, 20, 30)))
-    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    rejected = step(recs["04"], label)
+    replay, answer = generate_against_answer(replayed, recs, rejected)
 
     recorded = rejected["response"]["json"]
     assert answer.status_code == 502, answer.text
@@ -418,18 +422,8 @@ def test_recorded_400_is_502_rejected_prompt_with_node_errors_verbatim(replayed,
 @pytest.mark.parametrize("label", ["prompt is a string", "body is not JSON"])
 def test_recorded_500_is_502_bad_response(replayed, recs, label):
     """04: ComfyUI's text/plain 500 on POST /prompt -> 502 comfyui_bad_response with the status."""
-    rec = recs["04"]
-    failed = step(rec, label)
-    replay = ReplayServer(
-        frames=connect_only(socket_frames(rec)),
-        start_ms=failed["t_ms"],
-        ids={},
-        answers=[Answer(step(recs["01"], "upload the photo")), Answer(failed)],
-    )
-    service = replayed(replay)
-
-    name = service.upload(make_photo((10, 20, 30)))
-    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    failed = step(recs["04"], label)
+    _replay, answer = generate_against_answer(replayed, recs, failed)
 
     assert answer.status_code == 502, answer.text
     error = answer.json()["error"]
