@@ -89,6 +89,7 @@ def test_job_shows_queue_position_and_progress(service, standin, photo):
     standin.set_faults(step_delay=0.2)
     name = service.upload(photo)
     first = start_job(service, name)
+    service.wait_job(first, until=lambda r: r["status"] == "running")  # it is ahead in the queue
     second = start_job(service, name)
     queued = service.wait_job(second, until=lambda r: r["queuePosition"] is not None)
     assert queued["status"] == "queued"
@@ -331,8 +332,10 @@ def test_many_queued_jobs_share_one_view_of_the_queue(make_service, standin, pho
     standin.set_faults(hang=True)
     name = service.upload(photo)
     jobs = [start_job(service, name) for _ in range(20)]
-    for job_id in jobs[1:]:
-        service.wait_job(job_id, until=lambda r: r["queuePosition"] is not None)
+    for job_id in jobs:  # one runs (whichever reached ComfyUI first), the others wait in line
+        service.wait_job(
+            job_id, until=lambda r: r["status"] == "running" or r["queuePosition"] is not None
+        )
     before = standin.request_count("GET /queue")
     started = time.monotonic()
     while time.monotonic() - started < 2.0:  # 10 poll intervals of 20 waiting jobs
