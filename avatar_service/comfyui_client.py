@@ -402,6 +402,9 @@ class ComfyUIClient:
                 self._read_socket(sock)
             except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket dropped: {exc}"
+            except Exception as exc:  # a message we cannot handle must not end the reader
+                logger.exception("ComfyUI %s: websocket reader failed", self.base_url)
+                self.last_error = f"websocket reader failed: {exc!r}"
             finally:
                 self._connected.clear()
                 self._socket = None
@@ -439,10 +442,14 @@ class ComfyUIClient:
             message = json.loads(raw)
             kind = message["type"]
             data = message.get("data") or {}
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
+            data = None
+        if not isinstance(data, dict):
             logger.warning("ComfyUI %s: unreadable websocket message %.200r", self.base_url, raw)
             return
-        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        prompt_id = data.get("prompt_id")
+        if prompt_id is not None:
+            prompt_id = str(prompt_id)
         if kind == "status":
             # The queue changed: queued jobs may want to re-read their position.
             self._broadcast("status")
@@ -474,6 +481,8 @@ class ComfyUIClient:
             try:
                 meta = json.loads(raw[8 : 8 + length])
             except ValueError:
+                return
+            if not isinstance(meta, dict):
                 return
             prompt_id, content_type = meta.get("prompt_id"), meta.get("image_type")
             image = raw[8 + length :]

@@ -233,6 +233,8 @@ class Services:
         except ComfyUIError as exc:
             logger.warning("could not read /object_info of %s: %s", client.base_url, exc)
             return
+        except RuntimeError:  # the client was closed while the check ran (shutdown)
+            return
         report = {}
         for name, workflow in sorted(self.workflows.items()):
             problems = check_against_object_info(workflow.graph, object_info)
