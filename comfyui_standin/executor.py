@@ -179,6 +179,13 @@ class _Run:
         self.messages.append([event, data])
         self.send(event, data)
 
+    def send_executed(self, node_id: str, ui: Any) -> None:
+        """The ``executed`` message of an output node (``ui`` is None for cached ones without)."""
+        self.send(
+            "executed",
+            {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": self.prompt_id},
+        )
+
     def progress_state(self, node_id: str, value: float, maximum: float, state: str) -> None:
         self.node_states[node_id] = {
             "value": value,
@@ -357,16 +364,7 @@ class _Run:
         if is_cached:
             self.outputs[node_id] = executor.outputs_cache[signature]
             if node_def.output_node:
-                ui = executor.ui_cache.get(signature)
-                self.send(
-                    "executed",
-                    {
-                        "node": node_id,
-                        "display_node": node_id,
-                        "output": ui,
-                        "prompt_id": self.prompt_id,
-                    },
-                )
+                self.send_executed(node_id, executor.ui_cache.get(signature))
             self.progress_state(node_id, 1, 1, "finished")
             self.executed.append(node_id)
             return
@@ -439,15 +437,7 @@ class _Run:
             outputs, ui = result, None
         if ui is not None:
             self.ui[node_id] = ui
-            self.send(
-                "executed",
-                {
-                    "node": node_id,
-                    "display_node": node_id,
-                    "output": ui,
-                    "prompt_id": self.prompt_id,
-                },
-            )
+            self.send_executed(node_id, ui)
         self.progress_state(node_id, progress["max"], progress["max"], "finished")
         self.outputs[node_id] = outputs
         if executor.cache_enabled and signature is not None:

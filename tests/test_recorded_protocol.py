@@ -236,17 +236,21 @@ def test_image_bodies_have_recorded_size():
 # -- scenarios ---------------------------------------------------------------------------------
 
 
+def recorded_success_answers(rec: dict, label: str) -> list:
+    """The upload, history and view answers of recording 01's successful run."""
+    return success_answers(
+        upload=step(rec, "upload the photo"),
+        history=step(rec, "history of the finished prompt"),
+        view=step(rec, "view output image of node 7"),
+        ids=ids_of(rec, label),
+    )
+
+
 def test_success_saves_recorded_image_with_progress_and_preview(replayed, recs):
     """01: the job succeeds with the recorded 64x64 image, reports progress and a live preview."""
     rec = recs["01"]
     label = "POST /prompt with client_id"
-    ids = ids_of(rec, label)
-    answers = success_answers(
-        upload=step(rec, "upload the photo"),
-        history=step(rec, "history of the finished prompt"),
-        view=step(rec, "view output image of node 7"),
-        ids=ids,
-    )
+    answers = recorded_success_answers(rec, label)
     answers.append(Answer(step(rec, "queue after completion"), {}, DONE))
     replay = replay_of(rec, label, answers, recs=recs)
     gate = replay.hold(is_ours("execution_success"))
@@ -527,13 +531,7 @@ def test_history_written_after_execution_success_is_still_read(replayed, recs):
     """01 + the recorded race: /history is {} after execution_success; the job waits it out."""
     rec = recs["01"]
     label = "POST /prompt with client_id"
-    ids = ids_of(rec, label)
-    answers = success_answers(
-        upload=step(rec, "upload the photo"),
-        history=step(rec, "history of the finished prompt"),
-        view=step(rec, "view output image of node 7"),
-        ids=ids,
-    )
+    answers = recorded_success_answers(rec, label)
     replay = replay_of(rec, label, answers, recs=recs, speed=0.05)
     gate = replay.hold(is_ours("executing", node_null=True))
     service = replayed(replay)
