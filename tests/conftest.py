@@ -18,14 +18,14 @@ from waitress import wasyncore
 from comfyui_standin import StandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS_DIR = Path(
-    os.environ.get("COMFYUI_RECORDINGS", REPO_ROOT.parent / "shared" / "comfyui-recordings")
-)
+# Transcripts recorded from a real ComfyUI 0.3.64 (see tests/recordings/README.md); they live in
+# the repository so the suite needs nothing beside it.
+RECORDINGS_DIR = Path(os.environ.get("COMFYUI_RECORDINGS", REPO_ROOT / "tests" / "recordings"))
 
 
 @pytest.fixture(scope="session")
 def recordings_dir() -> Path:
-    """The directory of real ComfyUI transcripts (kept outside the repository)."""
+    """The directory of real ComfyUI transcripts (tests/recordings, or COMFYUI_RECORDINGS)."""
     if not RECORDINGS_DIR.is_dir():
         pytest.fail(f"ComfyUI recordings not found at {RECORDINGS_DIR} (set COMFYUI_RECORDINGS)")
     return RECORDINGS_DIR

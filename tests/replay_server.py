@@ -1,6 +1,6 @@
 """A replay of recorded ComfyUI 0.3.64 transcripts over real sockets (HTTP and websocket).
 
-The recordings (../shared/comfyui-recordings) hold what a real server sent. ReplayServer serves
+The recordings (tests/recordings) hold what a real server sent. ReplayServer serves
 them verbatim to whoever connects, with one substitution: recorded prompt_id and client_id / sid
 values are replaced by the ones the client actually sent (POST /prompt body, ``/ws?clientId=``),
 so that the client can route events. Timestamps, numbers and every other field stay as recorded.
