@@ -9,9 +9,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, send_file, stream_with_context
 
 from .errors import BadRequest, Conflict, error_from_record
-from .jobs import GenerateRequest
+from .jobs import GenerateRequest, Job
 from .services import Services
-from .store import Job
 from .webhooks import is_allowed_callback
 
 bp = Blueprint("api", __name__)

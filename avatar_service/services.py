@@ -18,10 +18,13 @@ from .config import ConfigError, Settings
 from .errors import ServiceUnavailable
 from .events import JobEvents
 from .images import PhotoStore
-from .jobs import JobRunner
+from .jobs import Job, JobEngine, JobRecords
+from .jobs.dispatcher import Dispatcher
+from .jobs.ledger import JobLedger
+from .jobs.prompt import RunSettings
+from .jobs.records import iso
 from .publish import Publisher
 from .storage import AvatarStore, write_atomic
-from .store import Job, JobStore
 from .webhooks import WebhookDispatcher, WebhookError
 from .workflow import (
     Workflow,
@@ -32,6 +35,8 @@ from .workflow import (
 )
 
 logger = logging.getLogger(__name__)
+# Threads kept for short requests (health, uploads, cancels) however large THREADS is.
+RESERVED_THREADS_MAX = 16
 
 
 @dataclass
@@ -42,10 +47,10 @@ class Services:
     workflows: dict[str, Workflow]
     photos: PhotoStore
     avatars: AvatarStore
-    store: JobStore
+    records: JobRecords
     events: JobEvents
     clients: list[ComfyUIClient]
-    runner: JobRunner
+    runner: JobEngine
     publisher: Publisher | None = None
     webhooks: WebhookDispatcher | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
@@ -85,7 +90,7 @@ class Services:
         )
         avatars = AvatarStore(output_dir)
         database = instance_path / "avatar_service.sqlite3"
-        store = JobStore(database)
+        records = JobRecords(database)
         events = JobEvents()
         comfyui_timeout = httpx.Timeout(
             settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout
@@ -125,29 +130,42 @@ class Services:
                 )
             except WebhookError as exc:
                 raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
-        runner = JobRunner(
-            store=store,
-            events=events,
+        ledger = JobLedger(records=records, events=events)
+        if webhooks is not None:
+            ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
+        dispatcher = Dispatcher(
+            records=records,
+            ledger=ledger,
             clients=clients,
             workflows=workflows,
             photos=photos,
             avatars=avatars,
-            job_timeout=settings.job_timeout,
-            poll_interval=settings.comfyui_poll_interval,
-            public_base_url=settings.public_base_url,
+            settings=RunSettings(
+                job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
+            ),
             publisher=publisher,
-            webhooks=webhooks,
-            webhook_url=settings.webhook_url,
-            max_active_jobs=settings.max_active_jobs,
+            slots=settings.comfyui_slots,
+            down_grace=settings.comfyui_down_grace,
         )
-        reserved = max(2, settings.threads // 4)
+        runner = JobEngine(
+            records=records,
+            events=events,
+            ledger=ledger,
+            dispatcher=dispatcher,
+            photos_exist=photos.path_of,
+            job_timeout=settings.job_timeout,
+            public_base_url=settings.public_base_url,
+            max_active_jobs=settings.max_active_jobs,
+            max_queued_jobs=settings.max_queued_jobs,
+        )
+        reserved = max(2, min(settings.threads // 4, RESERVED_THREADS_MAX))
         return cls(
             long_requests=threading.BoundedSemaphore(settings.threads - reserved),
             settings=settings,
             workflows=workflows,
             photos=photos,
             avatars=avatars,
-            store=store,
+            records=records,
             events=events,
             clients=clients,
             runner=runner,
@@ -167,20 +185,20 @@ class Services:
             client.start()
         if self.webhooks is not None:
             self.webhooks.start()
-        resumed = self.runner.resume_unfinished()
+        resumed = self.runner.start()
         if resumed:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
 
     def _hold_instance_lock(self) -> None:
         """One running service per database: a second one would drive the same jobs."""
-        path = self.store.path.with_suffix(".lock")
+        path = self.records.path.with_suffix(".lock")
         handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             raise ConfigError(
-                f"another avatar service process is running on {self.store.path} "
+                f"another avatar service process is running on {self.records.path} "
                 "(INSTANCE_PATH); stop it first, or give this one its own INSTANCE_PATH"
             ) from None
         self._lock_file = handle
@@ -222,7 +240,7 @@ class Services:
             self.webhooks.stop()
         if self.publisher is not None:
             self.publisher.close()
-        self.store.close()
+        self.records.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the instance lock
 
@@ -250,6 +268,9 @@ class Services:
                     problem.fix,
                 )
         self.workflow_problems[client.base_url] = report
+        state = self.runner.dispatcher.states.get(client.base_url)
+        if state is not None:
+            state.catalogue_read(object_info)
 
     def describe_styles(self) -> list[dict[str, Any]]:
         """GET /styles: each workflow with its parameters."""
@@ -258,8 +279,16 @@ class Services:
     def readiness(self) -> dict[str, Any]:
         """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is."""
         servers = {}
+        dispatch = self.runner.dispatcher.snapshot()
         for client in self.clients:
             state: dict[str, Any] = {"websocket": client.connected}
+            held = dispatch.get(client.base_url, {})
+            state["down"] = held.get("down", False)
+            if held.get("downSince") is not None:
+                state["downSince"] = iso(held["downSince"])
+            state["jobs"], state["slots"] = held.get("jobs", 0), held.get("slots", 0)
+            if held.get("withheldStyles"):
+                state["withheldStyles"] = held["withheldStyles"]
             try:
                 stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
@@ -276,7 +305,9 @@ class Services:
                     for name, problems in checked.items()
                 }
             default_ok = not (checked or {}).get(self.settings.default_style)
-            state["ready"] = bool(state["websocket"] and state["http"] and default_ok)
+            state["ready"] = bool(
+                state["websocket"] and state["http"] and default_ok and not state["down"]
+            )
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
         report: dict[str, Any] = {"ready": ready, "servers": servers}
@@ -310,6 +341,21 @@ class _Releasing:
             release, self._release = self._release, None
             if release is not None:
                 release()
+
+
+def _webhook_hook(
+    webhooks: WebhookDispatcher, webhook_url: str
+) -> Callable[[Job, dict[str, Any]], None]:
+    """Queue the webhook deliveries of an ended job: WEBHOOK_URL and its own callbackUrl."""
+
+    def notify(job: Job, body: dict[str, Any]) -> None:
+        for url in dict.fromkeys(u for u in (webhook_url, job.callback_url) if u):
+            try:
+                webhooks.enqueue(job_id=job.id, url=url, event_type=f"job.{job.status}", data=body)
+            except Exception:  # a webhook problem must never change the job's outcome
+                logger.exception("job %s: could not queue the webhook to %s", job.id, url)
+
+    return notify
 
 
 def _stable_client_id(instance_path: Path) -> str:
