@@ -12,7 +12,7 @@ import sqlite3
 logger = logging.getLogger(__name__)
 
 # Version 1 is the schema the service shipped before the service's own queue existed.
-_V1 = """
+V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -45,7 +45,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 # failover gets a smaller one, so it goes to the head); ``owner`` and ``lease_expires`` name the
 # worker holding a claimed job; prompts left on a server that was given up are kept so they can
 # be removed when it comes back (one avatar per job, never two).
-_V2 = """
+V2_SCHEMA = """
 ALTER TABLE jobs ADD COLUMN queue_order REAL;
 ALTER TABLE jobs ADD COLUMN owner TEXT;
 ALTER TABLE jobs ADD COLUMN lease_expires REAL;
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS abandoned_prompts (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (V1_SCHEMA, V2_SCHEMA)
 
 
 def migrate(connection: sqlite3.Connection) -> int:
