@@ -71,7 +71,17 @@ class ServerWorker:
             self._thread.join(timeout)
 
     def has_room(self) -> bool:
-        """Whether the server is up and has a free slot."""
+        """Whether the server is up, has a free slot, and holds no more jobs than any other
+        server with room (least outstanding first: idle servers get the first jobs).
+
+        The caller holds ``dispatcher.changed``.
+        """
+        if not self._open():
+            return False
+        others = [w for w in self.dispatcher.workers if w is not self and w._open()]
+        return all(len(self.runs) <= len(other.runs) for other in others)
+
+    def _open(self) -> bool:
         return (
             self.state.usable
             and len(self.runs) < self.slots
