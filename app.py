@@ -15,6 +15,7 @@ from avatar_service.config import ConfigError, Settings  # noqa: E402
 
 logger = logging.getLogger("avatar_service")
 SHUTDOWN_GRACE_SECONDS = 1.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def main() -> int:
@@ -80,6 +81,12 @@ def main() -> int:
 
 def _start(services, settings: Settings) -> None:
     services.start()
+    if not (settings.public_base_url or settings.trusted_hosts) and settings.host not in _LOOPBACK:
+        logger.warning(
+            "listening on %s with neither PUBLIC_BASE_URL nor TRUSTED_HOSTS set: job and avatar "
+            "URLs are built from each request's Host header; set one of them",
+            settings.host,
+        )
     logger.info(
         "avatar service on http://%s:%d, ComfyUI at %s, styles %s",
         settings.host,

@@ -222,3 +222,44 @@ def test_huge_photo_is_stored_scaled_down(service, tmp_path):
     assert (body["width"], body["height"]) == (3413, 2048)
     with Image.open(tmp_path / "uploads" / body["imageName"]) as stored:
         assert stored.size == (3413, 2048)
+
+
+def test_forged_host_is_refused_with_trusted_hosts(make_service, photo):
+    """With TRUSTED_HOSTS, a forged Host header is a 400 before any URL is built from it."""
+    service = make_service(trusted_hosts="127.0.0.1,localhost")
+    answer = service.http.post(
+        "/upload-image", files={"image": ("p.png", photo)}, headers={"Host": "evil.example"}
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "code": "untrusted_host",
+            "message": "the request's Host header is not a host this service answers to "
+            "(TRUSTED_HOSTS)",
+        }
+    }
+    name = service.upload(photo)
+    forged = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": name, "async": True},
+        headers={"Host": "evil.example:80"},
+    )
+    assert forged.status_code == 400
+    assert forged.json()["error"]["code"] == "untrusted_host"
+    trusted = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": name, "async": True},
+        headers={"Host": "localhost:5000"},
+    )
+    assert trusted.status_code == 202
+    assert trusted.json()["links"]["self"].startswith("http://localhost:5000/jobs/")
+
+
+@pytest.mark.parametrize("value", ["http://example.com", "example.com/path", "a b", "x:80"])
+def test_trusted_hosts_must_be_host_names(service_config, value):
+    """TRUSTED_HOSTS entries with a scheme, path, port or space stop the start, named."""
+    from avatar_service import create_app
+    from avatar_service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="TRUSTED_HOSTS"):
+        create_app({**service_config, "TRUSTED_HOSTS": value})
