@@ -55,7 +55,7 @@ def main() -> int:
             _start(services, settings)
             app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
         else:
-            from waitress import create_server
+            from avatar_service.server import create_server
 
             try:  # bind first: a second process on a busy port stops before touching any job
                 server = create_server(
@@ -64,7 +64,6 @@ def main() -> int:
                     port=settings.port,
                     threads=settings.threads,
                     channel_timeout=max(120, int(settings.sync_wait) + 30),
-                    ident="avatar-service",
                 )
             except OSError as exc:
                 logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)

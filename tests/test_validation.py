@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import threading
 
 import pytest
 from PIL import Image
@@ -263,3 +266,76 @@ def test_trusted_hosts_must_be_host_names(service_config, value):
 
     with pytest.raises(ConfigError, match="TRUSTED_HOSTS"):
         create_app({**service_config, "TRUSTED_HOSTS": value})
+
+
+def raw_exchange(service, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to the service and read the whole answer (the server closes after it)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(service.url)
+    chunks: list[bytes] = []
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        # Send from a thread while reading here: the server answers (and closes) before it has
+        # read all of an oversized request, and the answer must be read before the reset.
+        sender = threading.Thread(target=_send_quietly, args=(sock, request))
+        sender.start()
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        sender.join(timeout=10)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in header_lines)
+    }
+    return int(status_line.split()[1]), headers, body
+
+
+def _send_quietly(sock, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the server may close before everything was sent
+        sock.sendall(data)
+
+
+SERVER_REFUSALS = [
+    pytest.param(
+        b"GET /healthz?" + b"a" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        431,
+        "request_headers_too_large",
+        id="huge-url",
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 300_000 + b"\r\n\r\n",
+        431,
+        "request_headers_too_large",
+        id="huge-header",
+    ),
+    pytest.param(
+        b"POST /upload-image HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+        413,
+        "payload_too_large",
+        id="huge-content-length",
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        400,
+        "bad_request",
+        id="bad-content-length",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), SERVER_REFUSALS)
+def test_requests_refused_by_the_server_answer_json(service, request_bytes, status, code):
+    """What waitress refuses before the app (431, 413, 400) still answers the JSON error shape."""
+    answered, headers, body = raw_exchange(service, request_bytes)
+    assert answered == status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["message"]
+    if status == 413:
+        assert error["details"] == {"maxBytes": service.app.config["MAX_CONTENT_LENGTH"]}
