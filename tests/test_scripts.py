@@ -101,10 +101,14 @@ def test_run_starts_the_standin_on_standin_port_from_env_file(checkout, launch, 
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
     assert list(ready["servers"]) == [f"http://127.0.0.1:{standin_port}"]
     assert answers(f"http://127.0.0.1:{standin_port}/_standin/faults")
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=15)
+    process.send_signal(signal.SIGTERM)  # the script alone, as a process manager would
+    assert process.wait(timeout=15) == 0
     assert f"STAND-IN ComfyUI on port {standin_port}" in process.stdout.read()
-    wait_until(lambda: not answers(f"http://127.0.0.1:{standin_port}/"), message="stand-in gone")
+    wait_until(lambda: not answers(f"http://127.0.0.1:{port}/healthz"), message="service gone")
+    wait_until(
+        lambda: not answers(f"http://127.0.0.1:{standin_port}/_standin/faults"),
+        message="stand-in gone",
+    )
 
 
 def test_run_stops_when_the_standin_port_is_taken(checkout, launch, tmp_path):
