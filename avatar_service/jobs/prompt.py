@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from ..comfyui_client import (
     ComfyUIClient,
     ComfyUIError,
+    ComfyUIProtocolError,
     ComfyUIUnavailable,
     Disconnected,
     ExecutionEnded,
@@ -392,26 +393,30 @@ class PromptRun:
         """The history entry (written before ``executing`` null; a lagging server gets a moment)."""
         for delay in HISTORY_RETRY_DELAYS:
             time.sleep(delay)
-            entry = self.patiently(lambda: self.client.history(self._prompt_id))
+            entry = self.patiently(lambda: self.client.history(self._prompt_id), finished=True)
             if entry is not None:
                 return entry
         return None
 
-    def patiently(self, call: Callable[[], T]) -> T:
-        """``call()``, retried while ComfyUI refuses connections, until the job's deadline.
+    def patiently(self, call: Callable[[], T], *, finished: bool = False) -> T:
+        """``call()``, retried with backoff while ComfyUI refuses connections, until the deadline.
 
-        A server that accepts but does not answer in time is not asked again: its read timeout
-        has already been waited for.
+        A server that accepts but does not answer in time is not asked again for a prompt that
+        may still run: its read timeout has already been waited for. Once the prompt has
+        ``finished`` (its images exist), slow answers and 5xx are retried too: a blip must not
+        cost a finished render.
         """
         delay = 0.2
         while True:
             try:
                 return call()
-            except ComfyUIUnavailable as exc:
-                if exc.timed_out or self.clock() + delay > self.job.deadline:
+            except (ComfyUIUnavailable, ComfyUIProtocolError) as exc:
+                if not _is_transient(exc, finished=finished):
+                    raise
+                if self.clock() + delay > self.job.deadline:
                     raise
                 self._raise_if_stopped()
-                logger.info("job %s: ComfyUI unreachable; retrying in %.1f s", self.job.id, delay)
+                logger.info("job %s: %s; retrying in %.1f s", self.job.id, exc.message, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.settings.poll_interval)
 
@@ -443,6 +448,14 @@ class PromptRun:
     def _post(self, event: Any) -> None:
         if self.watch is not None:
             self.watch.events.put(event)
+
+
+def _is_transient(exc: ComfyUIError, *, finished: bool) -> bool:
+    """Whether asking again may succeed: refused connections always; timeouts and 5xx only for
+    a finished prompt (asking again cannot start anything twice)."""
+    if isinstance(exc, ComfyUIUnavailable):
+        return finished or not exc.timed_out
+    return finished and isinstance(exc, ComfyUIProtocolError) and (exc.status or 0) >= 500
 
 
 def withdraw(client: ComfyUIClient, prompt_id: str) -> bool:

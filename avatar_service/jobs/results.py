@@ -39,7 +39,7 @@ def collect_avatars(
     saved: list[dict[str, Any]] = []
     for index, image in enumerate(images):
         try:
-            data, _ = patiently(lambda image=image: client.view(image))
+            data, _ = patiently(lambda image=image: client.view(image), finished=True)
         except ComfyUIError as exc:
             logger.error("job %s: fetching %s failed: %s", job.id, image.filename, exc)
             raise outcomes.fetch_failed(job.prompt_id, image, exc.message) from exc
