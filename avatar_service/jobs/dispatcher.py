@@ -256,6 +256,9 @@ class Dispatcher:
             )
             with self.changed:
                 worker.runs[job.id] = run
+            current = self.records.get(job.id)
+            if current is not None and current.cancel_requested:
+                run.cancel()  # cancelled before the run was registered, so it was not told
             if not worker.state.usable and worker.state.down_since is not None:
                 run.stop(FailoverAsked())
             entry = run.run()

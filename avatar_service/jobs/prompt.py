@@ -136,6 +136,7 @@ class PromptRun:
         self.unreachable_since: float | None = None
         self._stop = threading.Event()  # shutdown or failover: end the run at once
         self._stop_event: ShutdownAsked | FailoverAsked | None = None
+        self._cancel_asked = job.cancel_requested
         self._withdraw_pending = False
         self._last_withdraw = 0.0
         self._queued_at = 0.0  # time.monotonic() when POST /prompt answered
@@ -148,6 +149,7 @@ class PromptRun:
 
     def cancel(self) -> None:
         """Withdraw the prompt from ComfyUI (again later if unreachable) and wake the run."""
+        self._cancel_asked = True
         prompt_id = self.job.prompt_id
         if prompt_id:
             self._withdraw_pending = not withdraw(self.client, prompt_id)
@@ -175,7 +177,11 @@ class PromptRun:
         else:
             self._submit()
         if "prepareMs" not in self.job.timings:
-            self._set_timing("prepareMs", self.clock() - started)
+            timings = {"prepareMs": ms(self.clock() - started)}
+            if self.job.dispatched_at is not None:
+                # Time in the service's own queue, before a server took the job.
+                timings["waitMs"] = ms(self.job.dispatched_at - self.job.created_at)
+            self.job = self.records.update(self.job, timings={**self.job.timings, **timings})
         self._follow(check_first=resumed)
         if "executionMs" not in self.job.timings and self.job.started_at:
             self._set_timing("executionMs", self.clock() - self.job.started_at)
@@ -200,7 +206,7 @@ class PromptRun:
 
     def _submit(self) -> None:
         """Upload the photo, patch the workflow copy and queue it under a prompt_id of ours."""
-        if self._cancel_requested():
+        if self._cancel_asked:
             raise outcomes.Cancelled
         photo = self.photos.path_of(self.job.image_name).read_bytes()
         image = self.client.upload_image(photo, self.job.image_name, subfolder=UPLOAD_SUBFOLDER)
@@ -442,8 +448,9 @@ class PromptRun:
         self.job = self.records.update(self.job, timings={**self.job.timings, name: ms(seconds)})
 
     def _cancel_requested(self) -> bool:
-        current = self.records.get(self.job.id)
-        return bool(current and current.cancel_requested)
+        """Whether the job was cancelled (its owner calls cancel() once the run is registered;
+        an earlier cancel is read from the record when the run starts)."""
+        return self._cancel_asked
 
     def _post(self, event: Any) -> None:
         if self.watch is not None:
