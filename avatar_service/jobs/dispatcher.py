@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -272,7 +273,7 @@ class Dispatcher:
                 publish_started = self.clock()
                 forward_avatars(job, avatars, self.avatars, self.publisher)
                 timings["publishMs"] = ms(self.clock() - publish_started)
-            job = self.records.update(job, timings=timings)
+            job = replace(job, timings=timings)  # written by finish()
             if job.started_at is not None:
                 self.run_times.record(worker.state.url, job.style, self.clock() - job.started_at)
             self.ledger.finish(job, "succeeded", None, avatars=avatars)

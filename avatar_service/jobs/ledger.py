@@ -106,25 +106,25 @@ class JobLedger:
         *,
         avatars: list[dict[str, Any]] | None = None,
     ) -> Job:
-        """End a job: final record, the end hooks (deliveries), then the final event."""
+        """End a job: final record, the end hooks (deliveries), then the final event.
+
+        ``job`` is the caller's latest view of the record (timings and progress it holds are
+        written here).
+        """
         self._progress_written.pop(job.id, None)
-        current = self.records.get(job.id) or job
-        if job.progress is not None and job.progress != current.progress:
-            current = replace(current, progress=job.progress)  # the latest, maybe not yet written
         now = self.clock()
         record = None
         if error is not None:
             record = {"status": error.status, **error.to_dict()}
             record.setdefault("details", {})["jobId"] = job.id
-        timings = {**current.timings, "totalMs": ms(now - current.created_at)}
         job = self.records.update(
-            current,
+            job,
             status=status,
             finished_at=now,
             error=record,
-            avatars=avatars if avatars is not None else current.avatars,
-            timings=timings,
-            progress=current.progress,
+            avatars=avatars if avatars is not None else job.avatars,
+            timings={**job.timings, "totalMs": ms(now - job.created_at)},
+            progress=job.progress,
             queue_position=None,
             estimated_start_at=None,
             owner=None,

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..comfyui_client import (
@@ -445,7 +445,8 @@ class PromptRun:
         )
 
     def _set_timing(self, name: str, seconds: float) -> None:
-        self.job = self.records.update(self.job, timings={**self.job.timings, name: ms(seconds)})
+        """Note a timing on the job; it is written with the job's next change."""
+        self.job = replace(self.job, timings={**self.job.timings, name: ms(seconds)})
 
     def _cancel_requested(self) -> bool:
         """Whether the job was cancelled (its owner calls cancel() once the run is registered;
