@@ -18,8 +18,8 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..comfyui_client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
