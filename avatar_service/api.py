@@ -217,6 +217,10 @@ def _is_int(value: Any) -> bool:
 def job_body(job: Job, svc: Services) -> dict[str, Any]:
     """The JSON record of a job, with its webhook deliveries when webhooks are on."""
     body = job.to_dict()
+    if svc.forwarder is not None and job.avatars:
+        uploads = svc.forwarder.outcomes(job.id)
+        for avatar in body["avatars"]:
+            avatar["upload"] = uploads.get(avatar["fileName"])
     if svc.webhooks is not None:
         body["webhooks"] = svc.webhooks.deliveries(job.id)
     return body

@@ -65,6 +65,7 @@ class Settings:
     webhook_timeout: float = 10.0
     webhook_max_attempts: int = 6
     webhook_backoff: float = 1.0
+    delivery_deadline: float = 3600.0
     host: str = "127.0.0.1"
     port: int = 5000
     threads: int = 288
@@ -162,6 +163,7 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "webhook_timeout": 0,
     "webhook_max_attempts": 1,
     "webhook_backoff": 0,
+    "delivery_deadline": 0,
     "threads": 4,
 }
 _POSITIVE = frozenset(
@@ -175,6 +177,7 @@ _POSITIVE = frozenset(
         "max_upload_mb",
         "upload_timeout",
         "webhook_timeout",
+        "delivery_deadline",
     }
 )
 

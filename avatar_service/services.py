@@ -23,7 +23,7 @@ from .jobs.dispatcher import Dispatcher
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
 from .jobs.records import iso
-from .publish import Publisher
+from .publish import AvatarForwarder, content_type_of
 from .storage import AvatarStore, write_atomic
 from .webhooks import WebhookDispatcher, WebhookError
 from .workflow import (
@@ -37,6 +37,8 @@ from .workflow import (
 logger = logging.getLogger(__name__)
 # Threads kept for short requests (health, uploads, cancels) however large THREADS is.
 RESERVED_THREADS_MAX = 16
+# The longest pause between two attempts to forward an avatar to UPLOAD_URL.
+UPLOAD_BACKOFF_MAX = 10.0
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Services:
     events: JobEvents
     clients: list[ComfyUIClient]
     runner: JobEngine
-    publisher: Publisher | None = None
+    forwarder: AvatarForwarder | None = None
     webhooks: WebhookDispatcher | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
     workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
@@ -105,9 +107,10 @@ class Services:
             )
             for url in settings.comfyui_url
         ]
-        publisher = None
+        forwarder = None
         if settings.upload_url:
-            publisher = Publisher(
+            forwarder = AvatarForwarder(
+                db_path=database,
                 url=settings.upload_url,
                 field_name=settings.upload_field_name,
                 timeout=httpx.Timeout(
@@ -115,6 +118,8 @@ class Services:
                 ),
                 max_attempts=settings.upload_max_attempts,
                 backoff=settings.upload_backoff,
+                backoff_max=UPLOAD_BACKOFF_MAX,
+                max_age=settings.delivery_deadline,
             )
         webhooks = None
         if settings.webhook_url or settings.webhook_allowed_urls:
@@ -127,10 +132,13 @@ class Services:
                     ),
                     max_attempts=settings.webhook_max_attempts,
                     backoff=settings.webhook_backoff,
+                    max_age=settings.delivery_deadline,
                 )
             except WebhookError as exc:
                 raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
         ledger = JobLedger(records=records, events=events)
+        if forwarder is not None:
+            ledger.on_end.append(_forwarding_hook(forwarder, avatars))
         if webhooks is not None:
             ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
         dispatcher = Dispatcher(
@@ -143,7 +151,6 @@ class Services:
             settings=RunSettings(
                 job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
             ),
-            publisher=publisher,
             slots=settings.comfyui_slots,
             down_grace=settings.comfyui_down_grace,
         )
@@ -169,7 +176,7 @@ class Services:
             events=events,
             clients=clients,
             runner=runner,
-            publisher=publisher,
+            forwarder=forwarder,
             webhooks=webhooks,
         )
 
@@ -185,6 +192,8 @@ class Services:
             client.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         resumed = self.runner.start()
         if resumed:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
@@ -238,8 +247,8 @@ class Services:
             client.close()
         if self.webhooks is not None:
             self.webhooks.stop()
-        if self.publisher is not None:
-            self.publisher.close()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         self.records.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the instance lock
@@ -341,6 +350,33 @@ class _Releasing:
             release, self._release = self._release, None
             if release is not None:
                 release()
+
+
+def _forwarding_hook(
+    forwarder: AvatarForwarder, avatars: AvatarStore
+) -> Callable[[Job, dict[str, Any]], None]:
+    """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL."""
+
+    def forward(job: Job, _body: dict[str, Any]) -> None:
+        if job.status != "succeeded":
+            return
+        for avatar in job.avatars:
+            forwarder.enqueue(
+                job_id=job.id,
+                path=avatars.path_of(avatar["fileName"]),
+                filename=avatar["fileName"],
+                content_type=content_type_of(avatar["fileName"]),
+                fields={
+                    "jobId": job.id,
+                    "seed": str(job.seed),
+                    "gender": job.gender,
+                    "style": job.style,
+                    "width": str(avatar["width"]),
+                    "height": str(avatar["height"]),
+                },
+            )
+
+    return forward
 
 
 def _webhook_hook(

@@ -30,6 +30,18 @@ def make_job(job_id: str, *, style: str = "avatar", created_at: float | None = N
     )
 
 
+def version_of(path: Path, component: str) -> int:
+    """The schema version a database file records for a component."""
+    connection = sqlite3.connect(path)
+    try:
+        row = connection.execute(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+    finally:
+        connection.close()
+    return row[0]
+
+
 @pytest.fixture
 def records(tmp_path: Path):
     """A job store on a fresh database file."""
@@ -63,20 +75,19 @@ def test_old_database_is_upgraded_not_broken(tmp_path: Path):
         )
         assert job.queue_order == 100.0
         assert job.owner is None
-        version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(MIGRATIONS)
+        assert version_of(path, "jobs") == len(MIGRATIONS)
     finally:
         store.close()
     JobRecords(path).close()  # opening again changes nothing
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert version_of(path, "jobs") == len(MIGRATIONS)
 
 
 def test_new_database_starts_at_the_newest_version(tmp_path: Path):
     """A fresh database gets every migration and records the newest version."""
     path = tmp_path / "new.sqlite3"
     JobRecords(path).close()
+    assert version_of(path, "jobs") == len(MIGRATIONS)
     connection = sqlite3.connect(path)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"jobs", "abandoned_prompts"} <= tables
 
@@ -125,3 +136,31 @@ def test_a_taken_waiting_job_cannot_be_claimed(records: JobRecords):
     records.insert(make_job("b" * 32))
     assert records.claim_next("http://gpu1", "w").id == "b" * 32
     assert records.take_waiting("b" * 32) is None
+
+
+def test_webhook_tables_of_an_old_database_become_the_outbox(tmp_path: Path):
+    """A pending webhook stored by the first schema is kept, as a webhook, in the new outbox."""
+    import httpx
+
+    from avatar_service.jobs.migrations import DELIVERIES_V1_SCHEMA
+    from avatar_service.webhooks import WebhookDispatcher
+
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(DELIVERIES_V1_SCHEMA)
+    connection.execute(
+        "INSERT INTO webhook_deliveries (id, job_id, url, event_type, body, state, attempt_count,"
+        " next_attempt_at, created_at, updated_at) VALUES ('msg_1', 'j1', 'http://r/x',"
+        " 'job.failed', X'7B7D', 'pending', 0, 1.0, 1.0, 1.0)"
+    )
+    connection.commit()
+    connection.close()
+
+    outbox = WebhookDispatcher(db_path=path, secret=None, timeout=httpx.Timeout(1.0))
+    [delivery] = outbox.deliveries("j1")
+    assert (delivery["id"], delivery["state"], delivery["eventType"]) == (
+        "msg_1",
+        "pending",
+        "job.failed",
+    )
+    assert version_of(path, "deliveries") == 2

@@ -24,7 +24,6 @@ from typing import Any
 
 from ..comfyui_client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
 from ..images import PhotoStore
-from ..publish import Publisher
 from ..storage import AvatarStore
 from ..workflow import Workflow
 from . import outcomes
@@ -32,7 +31,7 @@ from .estimates import Busy, RunTimes, schedule
 from .ledger import JobLedger, ms
 from .prompt import FailoverAsked, Phase, PromptRun, RunSettings, ShutdownAsked, withdraw
 from .records import Job, JobRecords
-from .results import collect_avatars, forward_avatars
+from .results import collect_avatars
 from .servers import ServerState
 
 logger = logging.getLogger(__name__)
@@ -137,7 +136,6 @@ class Dispatcher:
         photos: PhotoStore,
         avatars: AvatarStore,
         settings: RunSettings,
-        publisher: Publisher | None = None,
         slots: int = 2,
         down_grace: float = 10.0,
         clock: Callable[[], float] = time.time,
@@ -148,7 +146,6 @@ class Dispatcher:
         self.photos = photos
         self.avatars = avatars
         self.settings = settings
-        self.publisher = publisher
         self.down_grace = down_grace
         self.clock = clock
         self.owner = f"engine-{uuid.uuid4().hex[:12]}"
@@ -269,10 +266,6 @@ class Dispatcher:
                 job, worker.client, workflow, entry, self.avatars, patiently=run.patiently
             )
             timings = {**job.timings, "fetchMs": ms(self.clock() - fetch_started)}
-            if self.publisher is not None:
-                publish_started = self.clock()
-                forward_avatars(job, avatars, self.avatars, self.publisher)
-                timings["publishMs"] = ms(self.clock() - publish_started)
             job = replace(job, timings=timings)  # written by finish()
             if job.started_at is not None:
                 self.run_times.record(worker.state.url, job.style, self.clock() - job.started_at)

@@ -1,15 +1,20 @@
-"""Versioned schema migrations of the job database (SQLite ``PRAGMA user_version``).
+"""Versioned schema migrations of the service's database (one SQLite file).
 
-Each migration runs once, in order, in one transaction with the version bump: an old database is
-upgraded in place, never recreated. Append new steps; never edit one that has shipped.
+Two components keep tables in it: ``jobs`` (job records, the service's queue) and
+``deliveries`` (the outbox of webhooks and avatar forwarding). Each has its own list of steps
+and its version in ``schema_versions``. A step runs once, in order, in one transaction with
+its version bump: an old database is upgraded in place, never recreated. Append new steps;
+never edit one that has shipped.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 
 logger = logging.getLogger(__name__)
+_LOCK = threading.Lock()
 
 # Version 1 is the schema the service shipped before the service's own queue existed.
 V1_SCHEMA = """
@@ -64,17 +69,76 @@ CREATE TABLE IF NOT EXISTS abandoned_prompts (
 
 MIGRATIONS: tuple[str, ...] = (V1_SCHEMA, V2_SCHEMA)
 
+# Version 1 of the outbox: the webhook tables as first shipped.
+DELIVERIES_V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              TEXT PRIMARY KEY,
+    job_id          TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempt_count   INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON webhook_deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id),
+    attempt     INTEGER NOT NULL,
+    at          REAL NOT NULL,
+    status      INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"""
 
-def migrate(connection: sqlite3.Connection) -> int:
-    """Bring the database to the newest version; return the version it had before."""
-    (before,) = connection.execute("PRAGMA user_version").fetchone()
-    if before == 0 and _has_jobs_table(connection):
-        before = 1  # a database made before versions were recorded has the version 1 schema
-    for version, script in enumerate(MIGRATIONS[before:], start=before + 1):
-        logger.info("job database: migrating to schema version %d", version)
+# Version 2: one outbox for webhooks and avatar forwarding. ``kind`` says which; ``deadline``
+# bounds the retries of a delivery; an attempt keeps the receiver's (short) answer.
+DELIVERIES_V2_SCHEMA = """
+ALTER TABLE webhook_deliveries RENAME TO deliveries;
+ALTER TABLE webhook_attempts RENAME TO delivery_attempts;
+ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'webhook';
+ALTER TABLE deliveries ADD COLUMN deadline REAL;
+ALTER TABLE delivery_attempts ADD COLUMN response TEXT;
+CREATE INDEX IF NOT EXISTS deliveries_kind_due ON deliveries (kind, state, next_attempt_at);
+"""
+
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "jobs": MIGRATIONS,
+    "deliveries": (DELIVERIES_V1_SCHEMA, DELIVERIES_V2_SCHEMA),
+}
+# The table whose presence, without a recorded version, means a database of version 1.
+_FIRST_TABLE = {"jobs": "jobs", "deliveries": "webhook_deliveries"}
+
+
+def migrate(connection: sqlite3.Connection, component: str = "jobs") -> int:
+    """Bring a component's tables to their newest version; return the version they had."""
+    with _LOCK:  # two stores of one process may open the file at once
+        return _migrate(connection, component)
+
+
+def _migrate(connection: sqlite3.Connection, component: str) -> int:
+    steps = COMPONENTS[component]
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_versions "
+        "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    connection.commit()
+    before = _version(connection, component)
+    for version, script in enumerate(steps[before:], start=before + 1):
+        logger.info("database: migrating %s to schema version %d", component, version)
+        bump = (
+            "INSERT OR REPLACE INTO schema_versions (component, version) "
+            f"VALUES ('{component}', {version});"
+        )
         # executescript commits first; the statements and the version bump then run together.
         try:
-            connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
+            connection.executescript(f"BEGIN;\n{script}\n{bump}\nCOMMIT;")
         except sqlite3.Error:
             if connection.in_transaction:
                 connection.rollback()
@@ -82,8 +146,14 @@ def migrate(connection: sqlite3.Connection) -> int:
     return before
 
 
-def _has_jobs_table(connection: sqlite3.Connection) -> bool:
+def _version(connection: sqlite3.Connection, component: str) -> int:
     row = connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        "SELECT version FROM schema_versions WHERE component = ?", (component,)
     ).fetchone()
-    return row is not None
+    if row is not None:
+        return int(row[0])
+    table = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+        (_FIRST_TABLE[component],),
+    ).fetchone()
+    return 1 if table is not None else 0  # made before versions were recorded

@@ -9,7 +9,6 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from ..comfyui_client import ComfyUIClient, ComfyUIError, HistoryEntry
-from ..publish import Publisher
 from ..storage import AvatarStore
 from ..workflow import Workflow
 from . import outcomes
@@ -59,31 +58,3 @@ def collect_avatars(
             raise outcomes.save_failed(job.id) from exc
         saved.append({"fileName": file_name, "width": width, "height": height})
     return saved
-
-
-def forward_avatars(
-    job: Job, saved: list[dict[str, Any]], avatars: AvatarStore, publisher: Publisher
-) -> None:
-    """POST each avatar to UPLOAD_URL; the outcome is recorded on the avatar, never an error."""
-    for avatar in saved:
-        outcome = publisher.publish(
-            avatars.path_of(avatar["fileName"]),
-            filename=avatar["fileName"],
-            content_type=_content_type(avatar["fileName"]),
-            fields={
-                "jobId": job.id,
-                "seed": str(job.seed),
-                "gender": job.gender,
-                "style": job.style,
-                "width": str(avatar["width"]),
-                "height": str(avatar["height"]),
-            },
-        )
-        avatar["upload"] = outcome.to_dict()
-
-
-def _content_type(file_name: str) -> str:
-    extension = file_name.rsplit(".", 1)[-1]
-    return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}.get(
-        extension, "image/png"
-    )
