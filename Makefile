@@ -32,6 +32,8 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m bench.latency --runs 200 --update-readme
+	$(BIN)/python -m bench.throughput --update-readme
+	$(BIN)/python -m bench.failover --update-readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
