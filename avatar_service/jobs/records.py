@@ -239,13 +239,17 @@ class JobRecords:
         return _from_row(row[0]) if row else None
 
     def requeue(self, job: Job, *, front: bool) -> Job:
-        """Put a claimed job back into the queue: at its head (failover) or at its end."""
+        """Put a claimed job back into the queue: at its head (failover) or at its end.
+
+        Its prompt count starts again: the next server may lose it once too.
+        """
         order = job.created_at - HEAD_OF_QUEUE_OFFSET if front else time.time()
         return self.update(
             job,
             status="queued",
             server=None,
             prompt_id=None,
+            attempts=0,
             owner=None,
             lease_expires=None,
             dispatched_at=None,
