@@ -81,6 +81,7 @@ class ApiServices:
             workflows=services.workflows,
             default_style=settings.default_style,
             callback_allowed=lambda url: is_allowed_callback(url, settings.webhook_allowed_urls),
+            callback_prefixes=settings.webhook_allowed_urls,
             callback_message=(
                 "must start with one of the URLs allowed by WEBHOOK_ALLOWED_URLS"
                 if settings.webhook_allowed_urls

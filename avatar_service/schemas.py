@@ -8,11 +8,12 @@ jsonschema and answers one 400 ``invalid_fields`` naming every bad field;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator
 
 from .errors import BadRequest
 from .jobs import GenerateRequest
@@ -21,12 +22,6 @@ from .workflow import Workflow
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
 MAX_SEED = 2**64 - 1
 DEFAULT_GENDERS = ("female", "male", "neutral")
-
-# JSON integers only: 512.0 and true are not sizes or seeds (jsonschema would accept both).
-_TYPES = Draft202012Validator.TYPE_CHECKER.redefine(
-    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
-)
-_Validator = validators.extend(Draft202012Validator, type_checker=_TYPES)
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class Field:
 
     def accepts(self, value: Any) -> bool:
         """Whether a value satisfies the schema."""
-        return _Validator(self.schema).is_valid(value)
+        return Draft202012Validator(self.schema).is_valid(value)
 
 
 class GenerateSchema:
@@ -51,11 +46,13 @@ class GenerateSchema:
         workflows: Mapping[str, Workflow],
         default_style: str,
         callback_allowed: Callable[[str], bool],
+        callback_prefixes: Sequence[str],
         callback_message: str,
     ) -> None:
         self.workflows = workflows
         self.default_style = default_style
         self.callback_allowed = callback_allowed
+        self.callback_prefixes = tuple(callback_prefixes)
         self.callback_message = callback_message
 
     def fields(self, workflow: Workflow | None) -> dict[str, Field]:
@@ -122,15 +119,18 @@ class GenerateSchema:
                 },
                 "must be true or false",
             ),
-            "callbackUrl": Field(
-                {
-                    "type": ["string", "null"],
-                    "format": "uri",
-                    "description": "a webhook URL for this job; must start with one of "
-                    "WEBHOOK_ALLOWED_URLS",
-                },
-                self.callback_message,
-            ),
+            "callbackUrl": Field(self._callback_schema(), self.callback_message),
+        }
+
+    def _callback_schema(self) -> dict[str, Any]:
+        if not self.callback_prefixes:
+            return {"type": "null", "description": "WEBHOOK_ALLOWED_URLS allows no callback URL"}
+        return {
+            "type": ["string", "null"],
+            "format": "uri",
+            "pattern": "^(?:" + "|".join(re.escape(p) for p in self.callback_prefixes) + ")",
+            "description": "a webhook URL for this job, under one of WEBHOOK_ALLOWED_URLS "
+            "(same scheme, host and port; a path below the allowed one)",
         }
 
     def request_schema(self) -> dict[str, Any]:
@@ -169,6 +169,8 @@ class GenerateSchema:
                 ok = self.callback_allowed(value)
             if not ok:
                 problems[name] = field.message
+            if isinstance(value, float):  # JSON Schema's integers include 512.0: read it as 512
+                value = int(value)
             values[name] = value
         if problems:
             field_name, message = next(iter(problems.items()))
