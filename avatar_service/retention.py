@@ -81,6 +81,8 @@ class Retention:
 
     def sweep(self) -> tuple[int, int]:
         """Delete every photo and avatar older than the age; return how many of each."""
+        if not self.enabled:
+            return 0, 0
         cutoff = self._clock() - self.max_age
         keep = set(self._in_use())
         photos = sum(1 for _ in self._delete_older(self.photo_dir, cutoff, keep, "*.png"))
