@@ -154,13 +154,6 @@ _JOB_ID = {
     "schema": {"type": "string"},
     "description": "the jobId of a job record",
 }
-_TOKEN = {
-    "name": "token",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "the job's signed token (from its record's links), instead of a key",
-}
 _RATE_HEADERS = {
     "X-RateLimit-Limit": {"schema": {"type": "integer"}},
     "X-RateLimit-Remaining": {"schema": {"type": "integer"}},
@@ -391,7 +384,6 @@ def build_document(
                 "summary": "Server-Sent Events of a job, to its end",
                 "parameters": [
                     _JOB_ID,
-                    _TOKEN,
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
@@ -414,7 +406,7 @@ def build_document(
             "get": {
                 "operationId": "jobPreview",
                 "summary": "The latest live preview frame of a running job",
-                "parameters": [_JOB_ID, _TOKEN],
+                "parameters": [_JOB_ID],
                 "responses": {
                     "200": _image("the frame"),
                     **job_errors,
@@ -435,7 +427,6 @@ def build_document(
                         "required": True,
                         "schema": {"type": "string"},
                     },
-                    _TOKEN,
                 ],
                 "responses": {
                     "200": _image("the avatar"),
@@ -577,10 +568,18 @@ def build_document(
                     "type": "http",
                     "scheme": "bearer",
                     "description": "an API key from API_KEYS (only when keys are configured)",
-                }
+                },
+                "jobToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "token",
+                    "description": "a job's signed token, from the links of its record",
+                },
             },
         },
     }
     if auth:
         document["security"] = [{"apiKey": []}]
+        for path in ("/jobs/{job_id}/events", "/jobs/{job_id}/preview", "/avatars/{file_name}"):
+            paths[path]["get"]["security"] = [{"apiKey": []}, {"jobToken": []}]
     return document

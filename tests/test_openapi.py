@@ -16,6 +16,8 @@ from jsonschema import Draft202012Validator
 
 from avatar_service import create_app
 
+KEY = "schema-key-0123456789abcdef"
+
 
 @pytest.fixture
 def document(service) -> dict:
@@ -92,9 +94,15 @@ def test_docs_page_and_assets_are_served_locally(service):
     assert missing.status_code == 404
 
 
-def test_service_conforms_to_its_document(make_service, tmp_path):
-    """schemathesis against the live service: no 500, every answer conforms to the document."""
-    service = make_service(sync_wait=2.0)
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "with-keys"])
+def test_service_conforms_to_its_document(make_service, tmp_path, keys):
+    """schemathesis against the live service: no 500, every answer conforms to the document.
+
+    With keys on, schemathesis sends the key and also checks that requests without it are
+    refused (its ignored_auth check).
+    """
+    service = make_service(sync_wait=2.0, **({"api_keys": KEY} if keys else {}))
+    auth = ["--header", f"Authorization: Bearer {KEY}"] if keys else []
     run = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
@@ -113,6 +121,7 @@ def test_service_conforms_to_its_document(make_service, tmp_path):
             "--workers",
             "1",
             "--no-color",
+            *auth,
             "--report-dir",
             str(tmp_path / "report"),
         ],
