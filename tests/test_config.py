@@ -91,3 +91,16 @@ def test_secrets_stay_out_of_the_settings_repr():
         assert secret not in text
     assert settings.cors_origins == ("https://app.example.com", "http://localhost:3000")
     assert settings.rate_limit_generate == "10/minute; 100/hour"
+
+
+def test_every_setting_is_documented():
+    """Each setting is in .env.example and in the README's settings table."""
+    from dataclasses import fields
+
+    root = Path(__file__).resolve().parents[1]
+    example = (root / ".env.example").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for field in fields(Settings):
+        name = field.name.upper()
+        assert f"{name}=" in example, f"{name} is missing from .env.example"
+        assert f"| `{name}` |" in readme, f"{name} is missing from the README's settings table"
