@@ -6,6 +6,7 @@ import re
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
+from receivers import Receiver, Reply
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -110,3 +111,19 @@ def test_webhook_deliveries_are_counted(make_service, photo):
     found = samples(service.http.get("/metrics").text)
     assert found[failed] == 1
     assert found[("avatar_webhook_deliveries", frozenset({("state", "delivered")}))] == 0
+
+
+def test_forwarding_deliveries_are_counted(make_service, photo):
+    """Avatars forwarded to UPLOAD_URL are counted by outcome: one delivered, one failed."""
+    with Receiver() as receiver:
+        receiver.script(Reply(201), Reply(500), Reply(500))
+        service = make_service(
+            upload_url=receiver.url("/upload"), upload_max_attempts=2, upload_backoff=0.01
+        )
+        for _ in range(2):
+            name = service.upload(photo)
+            job = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+            assert job["status"] == "succeeded"
+    found = samples(service.http.get("/metrics").text)
+    assert found[("avatar_forward_deliveries_total", frozenset({("outcome", "delivered")}))] == 1
+    assert found[("avatar_forward_deliveries_total", frozenset({("outcome", "failed")}))] == 1
