@@ -539,10 +539,19 @@ def build_document(
             }
         },
     }
+    malformed = ("bad_request", "untrusted_host")  # any route: bad HTTP, a Host not trusted
     for item in paths.values():
         for operation in item.values():
-            operation["responses"].setdefault(
-                "405", _error("method not allowed", "method_not_allowed")
+            responses = operation["responses"]
+            if "400" in responses:
+                responses["400"]["description"] += ", " + ", ".join(f"`{c}`" for c in malformed)
+            else:
+                responses["400"] = _error(
+                    "a malformed request, or a Host not in TRUSTED_HOSTS", *malformed
+                )
+            responses.setdefault("405", _error("method not allowed", "method_not_allowed"))
+            responses.setdefault(
+                "431", _error("the request's headers are too large", "request_headers_too_large")
             )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
