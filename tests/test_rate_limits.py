@@ -105,3 +105,10 @@ def test_redis_storage_is_shared_by_replicas(make_service, tmp_path, photo):
     assert upload(second, photo, key).status_code == 201
     assert_limited(upload(first, photo, key), "2 per 1 minute")
     assert_limited(upload(second, photo, key), "2 per 1 minute")
+
+
+def test_unreachable_redis_falls_back_to_memory(make_service, photo):
+    """With Redis down, requests are neither refused nor failed: each process counts in memory."""
+    service = make_service(rate_limit_upload="1/minute", rate_limit_storage="redis://127.0.0.1:1")
+    assert upload(service, photo).status_code == 201
+    assert_limited(upload(service, photo), "1 per 1 minute")
