@@ -255,7 +255,8 @@ def metrics():
 def authorize() -> None:
     """With keys on: a known key (or, on token routes, the job's token); a job its key's own."""
     access = front().access
-    if not access.enabled or request.method == "OPTIONS" or request.endpoint in PUBLIC_ENDPOINTS:
+    public = request.endpoint in PUBLIC_ENDPOINTS or request.path == "/"  # "/": the web page
+    if not access.enabled or request.method == "OPTIONS" or public:
         return
     job_id = _job_of_request()
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
