@@ -65,6 +65,7 @@ CORS_ALLOW_HEADERS = (
     "X-Request-ID",
 )
 CORS_EXPOSE_HEADERS = (
+    "Idempotent-Replayed",
     "Location",
     "Retry-After",
     "X-Request-ID",

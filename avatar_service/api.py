@@ -22,6 +22,7 @@ from flask import (
     Response,
     current_app,
     g,
+    make_response,
     request,
     send_file,
     send_from_directory,
@@ -103,7 +104,7 @@ def generate_avatar():
     body = _json_body()
     generate, respond_async = api.generate_schema.parse(body)
     respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
-    job, _ = api.submit(
+    job, new = api.submit(
         svc,
         generate,
         base_url=request.host_url,
@@ -113,7 +114,10 @@ def generate_avatar():
     )
     if not respond_async:
         job = svc.wait_for_job(job.id)
-    return job_response(job, svc)
+    response = make_response(job_response(job, svc))
+    if not new:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @bp.get("/jobs/<job_id>")

@@ -20,10 +20,12 @@ def test_same_key_same_body_returns_the_same_job(service, standin, photo):
     body = {"imageName": name, "seed": 7, "async": True}
     first = generate(service, body, "retry-1")
     assert first.status_code == 202
+    assert "idempotent-replayed" not in first.headers
     job_id = first.json()["jobId"]
     again = generate(service, {"async": True, "seed": 7, "imageName": name}, "retry-1")
     assert again.status_code in (200, 202)
     assert again.json()["jobId"] == job_id
+    assert again.headers["idempotent-replayed"] == "true"
     service.wait_job(job_id)
     done = generate(service, body, "retry-1")
     assert done.status_code == 200
