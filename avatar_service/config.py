@@ -44,7 +44,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     min_image_side: int = 64
     max_concurrent_decodes: int = 2
-    decode_wait: float = 30.0
+    decode_wait: float = 60.0
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
     workflows_dir: Path = Path("workflows")
