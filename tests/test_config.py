@@ -30,6 +30,9 @@ from avatar_service.config import ConfigError, Settings
         ({"COMFYUI_URL": " , "}, "COMFYUI_URL"),
         ({"UPLOAD_URL": "localhost:9000/upload"}, "UPLOAD_URL"),
         ({"WEBHOOK_MAX_ATTEMPTS": "0"}, "WEBHOOK_MAX_ATTEMPTS"),
+        ({"MAX_CONCURRENT_DECODES": "0"}, "MAX_CONCURRENT_DECODES"),
+        ({"MAX_CONCURRENT_DECODES": "1.5"}, "MAX_CONCURRENT_DECODES"),
+        ({"DECODE_WAIT": "-1"}, "DECODE_WAIT"),
     ],
 )
 def test_bad_settings_are_refused_by_name(environ, variable):
