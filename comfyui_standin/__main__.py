@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         custom_nodes=args.custom_nodes,
     )
     server.faults.step_delay = args.step_delay
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        raise SystemExit(1) from None
     logger.warning(
         "This is a STAND-IN ComfyUI for development and tests; it does not generate real "
         "avatars. Listening on %s (input %s, output %s)",
