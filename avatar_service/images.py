@@ -50,8 +50,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_CHUNK_BYTES = 256 * 1024
 RETRY_AFTER_BUSY = 5
 # After decoding this many pixels (16 MB as RGB) or more, freed memory is handed back to the
-# system: glibc would otherwise keep it in each server thread's arena (2.3 GB after 32 uploads
-# of 40-megapixel photos, against 0.4 GB with it; see bench/upload_memory.py).
+# system: glibc would otherwise keep it in each server thread's arena (2.1 GB kept after 32
+# uploads of 40-megapixel photos, against 0.1 GB with it; see bench/README.md).
 TRIM_AFTER_PIXELS = 4_000_000
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {

@@ -88,7 +88,7 @@ def test_long_photo_within_the_rule_is_stored(service):
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_is_applied(service, tmp_path, orientation):
     """Each EXIF orientation gives the same picture as rotating first, then scaling down."""
-    original = pattern((4400, 600))
+    original = pattern((4300, 240))
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encoded(original, "PNG", exif=exif.tobytes())
