@@ -12,6 +12,7 @@ load_dotenv()
 
 from avatar_service import create_app  # noqa: E402  (settings are read after .env is loaded)
 from avatar_service.config import ConfigError, Settings  # noqa: E402
+from avatar_service.memory import limit_malloc_arenas  # noqa: E402
 
 logger = logging.getLogger("avatar_service")
 SHUTDOWN_GRACE_SECONDS = 1.0
@@ -20,6 +21,7 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 def main() -> int:
     """Start the service; debug mode (Flask's reloader and debugger) only when DEBUG=true."""
+    limit_malloc_arenas()  # before any thread starts
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -93,7 +93,7 @@ def upload_image():
             code="missing_file",
             details={"receivedFields": sorted(request.files) + sorted(request.form)},
         )
-    stored = services().photos.save(upload.read(services().settings.max_upload_bytes + 1))
+    stored = services().photos.save(upload.stream)
     return stored.to_dict(), 201
 
 

@@ -47,6 +47,8 @@ class Settings:
     max_upload_mb: float = 10.0
     max_image_pixels: int = 40_000_000
     min_image_side: int = 64
+    max_concurrent_decodes: int = 2
+    decode_wait: float = 60.0
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
     workflows_dir: Path = Path("workflows")
@@ -199,6 +201,8 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "max_upload_mb": 0,
     "max_image_pixels": 4096,
     "min_image_side": 1,
+    "max_concurrent_decodes": 1,
+    "decode_wait": 0,
     "upload_timeout": 0,
     "upload_max_attempts": 1,
     "upload_backoff": 0,

@@ -85,6 +85,8 @@ class Services:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_image_pixels,
             min_side=settings.min_image_side,
+            max_concurrent_decodes=settings.max_concurrent_decodes,
+            decode_wait=settings.decode_wait,
         )
         avatars = AvatarStore(output_dir)
         database = instance_path / "avatar_service.sqlite3"

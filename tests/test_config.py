@@ -42,6 +42,9 @@ from avatar_service.config import ConfigError, Settings
         ({"RETENTION_HOURS": "-1"}, "RETENTION_HOURS"),
         ({"RETENTION_INTERVAL": "0"}, "RETENTION_INTERVAL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"MAX_CONCURRENT_DECODES": "0"}, "MAX_CONCURRENT_DECODES"),
+        ({"MAX_CONCURRENT_DECODES": "1.5"}, "MAX_CONCURRENT_DECODES"),
+        ({"DECODE_WAIT": "-1"}, "DECODE_WAIT"),
     ],
 )
 def test_bad_settings_are_refused_by_name(environ, variable):
