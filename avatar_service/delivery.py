@@ -19,7 +19,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -104,6 +104,8 @@ class Outbox:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.max_age = max_age
+        # Called with "delivered" or "failed" when a delivery ends (e.g. metrics).
+        self.on_settled: list[Callable[[str], None]] = []
         self._timeout = timeout
         self._workers = workers
         self._schema_lock = threading.Lock()
@@ -381,6 +383,12 @@ class Outbox:
                 " updated_at = ? WHERE id = ?",
                 (state, attempt, next_at, now, item.id),
             )
+        if state != "pending":
+            for hook in self.on_settled:
+                try:
+                    hook(state)
+                except Exception:  # an observer must never change a delivery's course
+                    logger.exception("%s %s: a settle hook failed", self.kind, item.id)
         url = redact_url(item.url)
         if state == "delivered":
             logger.info("%s %s delivered to %s (attempt %d)", self.kind, item.id, url, attempt)

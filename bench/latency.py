@@ -54,13 +54,15 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def process(
+    args: list[str], env: dict[str, str], ready_url: str, *, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
-        args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        args, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         wait_http(ready_url)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -162,7 +164,7 @@ def run(runs: int, size: int) -> dict:
         standin_args = [
             sys.executable, "-m", "comfyui_standin", "--port", str(comfy_port),
             "--input-dir", str(dirs["input"]), "--output-dir", str(dirs["output"]),
-            "--temp-dir", str(dirs["temp"]),
+            "--temp-dir", str(dirs["temp"]), "--node-cost", "0", "--pixel-cost", "0",
         ]  # fmt: skip
         service_env = {
             "COMFYUI_URL": comfy_url,
