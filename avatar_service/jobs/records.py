@@ -3,8 +3,10 @@
 ``JobRecords`` is also the service's own queue: a job waits in it (``status`` queued, no
 ``server``) until a worker claims it for a server. A claim is one atomic statement, "take the
 oldest waiting job this server may run", that names the claiming worker (``owner``) and a lease;
-on PostgreSQL the same claim becomes ``SELECT ... FOR UPDATE SKIP LOCKED``. Schema changes go
-through ``migrations``.
+on PostgreSQL the same claim becomes ``SELECT ... FOR UPDATE SKIP LOCKED``. With SQLite one
+process holds the database (the instance lock), so a lease is recorded but never reclaimed here;
+workers in processes of their own will renew their leases and take over expired ones. Schema
+changes go through ``migrations``.
 """
 
 from __future__ import annotations
