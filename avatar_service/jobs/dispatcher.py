@@ -30,7 +30,7 @@ from . import outcomes
 from .estimates import Busy, RunTimes, schedule
 from .ledger import JobLedger, ms
 from .prompt import FailoverAsked, Phase, PromptRun, RunSettings, ShutdownAsked, withdraw
-from .records import Job, JobRecords
+from .records import Job, JobRecords, Waiting
 from .results import collect_avatars
 from .servers import ServerState
 
@@ -373,9 +373,12 @@ class Dispatcher:
     def _sweep_queue(self) -> None:
         """End waiting jobs past their deadline or cancelled; refresh positions and estimates."""
         now = self.clock()
-        waiting: list[Job] = []
-        for job in self.records.waiting():
-            unrunnable = self._unrunnable(job.style)
+        waiting: list[Waiting] = []
+        unrunnable_styles: dict[str, PromptRejected | None] = {}
+        for job in self.records.waiting_brief():
+            if job.style not in unrunnable_styles:
+                unrunnable_styles[job.style] = self._unrunnable(job.style)
+            unrunnable = unrunnable_styles[job.style]
             if job.deadline <= now or job.cancel_requested or unrunnable is not None:
                 taken = self.records.take_waiting(job.id)
                 if taken is None:
@@ -405,7 +408,7 @@ class Dispatcher:
             rejection = withheld
         return rejection
 
-    def _publish_positions(self, waiting: list[Job], now: float) -> None:
+    def _publish_positions(self, waiting: list[Waiting], now: float) -> None:
         held: dict[str, list[Busy]] = {}
         sent_ahead = 0
         with self.changed:
@@ -432,7 +435,7 @@ class Dispatcher:
         if changed:
             self.records.set_positions((job.id, pos, moment) for job, pos, moment in changed)
             for job, position, moment in changed:
-                self.ledger.waiting_at(job, position, moment)
+                self.ledger.waiting_at(job.id, position, moment)
         live = {job.id for job in waiting}
         for job_id in [key for key in self._published if key not in live]:
             del self._published[job_id]

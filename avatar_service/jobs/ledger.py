@@ -43,12 +43,12 @@ class JobLedger:
         """A job went back to the service's queue (failover, lost prompt)."""
         self.events.publish(job.id, "queued", job.to_dict())
 
-    def waiting_at(self, job: Job, position: int, estimated_start: float | None) -> None:
+    def waiting_at(self, job_id: str, position: int, estimated_start: float | None) -> None:
         """A waiting job's place changed (already stored in bulk by the dispatcher)."""
         data: dict[str, Any] = {"queuePosition": position}
         if estimated_start is not None:
             data["estimatedStartAt"] = iso(estimated_start)
-        self.events.publish(job.id, "position", data)
+        self.events.publish(job_id, "position", data)
 
     def queued_at(self, job: Job, position: int) -> Job:
         """A job's place in its server's queue changed."""

@@ -122,6 +122,16 @@ class AbandonedPrompt:
     job_id: str
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """What the queue's monitor needs of a waiting job (read often, so kept small)."""
+
+    id: str
+    style: str
+    deadline: float
+    cancel_requested: bool
+
+
 class JobRecords:
     """Reads and writes Job records, and is the service's queue; safe to use from many threads."""
 
@@ -187,6 +197,15 @@ class JobRecords:
                 "ORDER BY queue_order, created_at"
             ).fetchall()
         return [_from_row(row) for row in rows]
+
+    def waiting_brief(self) -> list[Waiting]:
+        """The waiting jobs in queue order, only what the monitor needs of each."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, style, deadline, cancel_requested FROM jobs WHERE status = 'queued' "
+                "AND server IS NULL AND owner IS NULL ORDER BY queue_order, created_at"
+            ).fetchall()
+        return [Waiting(row[0], row[1], row[2], bool(row[3])) for row in rows]
 
     def count_unfinished(self) -> int:
         """How many jobs have not ended (waiting, or held by a server)."""
