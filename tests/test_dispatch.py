@@ -262,3 +262,29 @@ def test_style_a_server_lacks_runs_on_another(
             service.stop()
     finally:
         lacking.stop()
+
+
+def test_waiting_jobs_get_an_estimated_start(make_service, standin, photo):
+    """Once a run time is known, jobs waiting in the service's queue carry an estimated start,
+    in queue order, in the record and in their position events."""
+    service = make_service(comfyui_slots=1)
+    standin.set_faults(step_delay=0.01)
+    name = service.upload(photo)
+    assert service.wait_job(start_job(service, name))["status"] == "succeeded"  # one run timed
+    standin.set_faults(hang=True)
+    first = start_job(service, name)
+    service.wait_job(first, until=lambda r: r["status"] == "running")
+    waiting = [start_job(service, name) for _ in range(3)]
+    records = [
+        service.wait_job(job_id, until=lambda r: r["estimatedStartAt"] is not None)
+        for job_id in waiting
+    ]
+    starts = [record["estimatedStartAt"] for record in records]
+    assert starts == sorted(starts)
+    assert [record["queuePosition"] for record in records] == [1, 2, 3]
+    events = service.services.events.read(waiting[2], 0, 0)[0]
+    positions = [event.data for event in events if event.event == "position"]
+    assert positions[-1] == {"queuePosition": 3, "estimatedStartAt": starts[2]}
+    standin.set_faults(hang=False, step_delay=0.0)
+    for job_id in [first, *waiting]:
+        assert service.wait_job(job_id)["status"] == "succeeded"
