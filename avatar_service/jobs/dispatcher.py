@@ -158,6 +158,8 @@ class Dispatcher:
         self.threads: set[threading.Thread] = set()
         self._monitor: threading.Thread | None = None
         self._published: dict[str, tuple[int, int | None]] = {}
+        # Jobs cancelled after a worker claimed them but before their run was registered.
+        self._cancels: set[str] = set()
         self.drain_seconds: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -201,6 +203,17 @@ class Dispatcher:
                 if run is not None:
                     return run
         return None
+
+    def cancel(self, job_id: str) -> None:
+        """Tell a held job's run that it was cancelled (or its run, once it is registered)."""
+        with self.changed:
+            run = next(
+                (w.runs[job_id] for w in self.workers if w.runs.get(job_id) is not None), None
+            )
+            if run is None:
+                self._cancels.add(job_id)
+        if run is not None:
+            run.cancel()
 
     def any_usable(self) -> bool:
         """Whether some server can take jobs now."""
@@ -254,8 +267,9 @@ class Dispatcher:
             )
             with self.changed:
                 worker.runs[job.id] = run
-            current = self.records.get(job.id)
-            if current is not None and current.cancel_requested:
+                cancelled = job.id in self._cancels
+                self._cancels.discard(job.id)
+            if cancelled or job.cancel_requested:
                 run.cancel()  # cancelled before the run was registered, so it was not told
             if not worker.state.usable and worker.state.down_since is not None:
                 run.stop(FailoverAsked())
@@ -289,6 +303,7 @@ class Dispatcher:
                 run.close()
             with self.changed:
                 worker.runs.pop(job.id, None)
+                self._cancels.discard(job.id)
             self.threads.discard(threading.current_thread())
             self.notify()
 

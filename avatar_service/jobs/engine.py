@@ -190,9 +190,7 @@ class JobEngine:
         taken = self.records.take_waiting(job_id)
         if taken is not None:
             return self.ledger.finish(taken, "cancelled", None)
-        run = self.dispatcher.find_run(job_id)
-        if run is not None:
-            run.cancel()
+        self.dispatcher.cancel(job_id)
         job = self.wait(job_id, wait)
         if job.ended and job.status != "cancelled":
             raise outcomes.already_ended(job)

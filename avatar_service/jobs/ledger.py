@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from ..errors import ServiceError
@@ -34,6 +33,8 @@ class JobLedger:
         self.clock = clock
         self.on_end: list[Callable[[Job, dict[str, Any]], None]] = []
         self._progress_written: dict[str, float] = {}
+        # The latest progress of each running job, which the record may not have yet.
+        self._live_progress: dict[str, dict[str, Any]] = {}
 
     def created(self, job: Job) -> None:
         """A new job is in the service's queue."""
@@ -41,6 +42,7 @@ class JobLedger:
 
     def requeued(self, job: Job) -> None:
         """A job went back to the service's queue (failover, lost prompt)."""
+        self._live_progress.pop(job.id, None)
         self.events.publish(job.id, "queued", job.to_dict())
 
     def waiting_at(self, job_id: str, position: int, estimated_start: float | None) -> None:
@@ -75,6 +77,7 @@ class JobLedger:
             estimated_start_at=None,
             timings=timings,
         )
+        self._progress_written[job.id] = time.monotonic()  # this write counts for progress
         self.events.publish(job.id, "running", job.to_dict())
         return job
 
@@ -83,14 +86,14 @@ class JobLedger:
     ) -> Job:
         """A node started (``value`` None) or a sampler made a step."""
         progress = {"node": node, "nodeType": node_type, "value": value, "max": maximum}
-        if value is None and job.progress and job.progress.get("node") == node:
+        latest = self._live_progress.get(job.id) or job.progress
+        if value is None and latest and latest.get("node") == node:
             return job
+        self._live_progress[job.id] = progress
         now = time.monotonic()
         if now - self._progress_written.get(job.id, 0.0) >= PROGRESS_WRITE_INTERVAL:
             self._progress_written[job.id] = now
             job = self.records.update(job, progress=progress)
-        else:
-            job = replace(job, progress=progress)
         self.events.publish(job.id, "progress", progress)
         return job
 
@@ -112,6 +115,7 @@ class JobLedger:
         written here).
         """
         self._progress_written.pop(job.id, None)
+        progress = self._live_progress.pop(job.id, None) or job.progress
         now = self.clock()
         record = None
         if error is not None:
@@ -124,7 +128,7 @@ class JobLedger:
             error=record,
             avatars=avatars if avatars is not None else job.avatars,
             timings={**job.timings, "totalMs": ms(now - job.created_at)},
-            progress=job.progress,
+            progress=progress,
             queue_position=None,
             estimated_start_at=None,
             owner=None,

@@ -181,7 +181,8 @@ class PromptRun:
             if self.job.dispatched_at is not None:
                 # Time in the service's own queue, before a server took the job.
                 timings["waitMs"] = ms(self.job.dispatched_at - self.job.created_at)
-            self.job = self.records.update(self.job, timings={**self.job.timings, **timings})
+            # Written with the job's next change (running, or its end).
+            self.job = replace(self.job, timings={**self.job.timings, **timings})
         self._follow(check_first=resumed)
         if "executionMs" not in self.job.timings and self.job.started_at:
             self._set_timing("executionMs", self.clock() - self.job.started_at)
