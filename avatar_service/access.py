@@ -90,7 +90,7 @@ class Access:
         """Record the key that created a job."""
         with self._db.transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO job_owners (job_id, key_id) VALUES (?, ?)",
+                "INSERT INTO job_owners (job_id, key_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (job_id, caller.key_id),
             )
 

@@ -13,7 +13,7 @@ from typing import Any
 from .access import SCHEMA as ACCESS_SCHEMA
 from .access import Access, Caller, read_keys_file, token_secret
 from .config import Settings
-from .database import Database
+from .database import Database, ensure_schema
 from .errors import Conflict, UnprocessableContent
 from .idempotency import SCHEMA as IDEMPOTENCY_SCHEMA
 from .idempotency import IdempotencyKeys, body_hash
@@ -44,8 +44,8 @@ class ApiServices:
     @classmethod
     def build(cls, settings: Settings, services: Services, *, instance_path: Path) -> ApiServices:
         """Open the tables beside the jobs and build each part from the settings."""
-        database = Database(
-            services.records.path, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA
+        database = ensure_schema(
+            services.database, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA
         )
         keys, admins = list(settings.api_keys), list(settings.admin_api_keys)
         if settings.api_keys_file:
@@ -69,7 +69,7 @@ class ApiServices:
                 name for job in services.records.unfinished() for name in (job.id, job.image_name)
             ],
         )
-        webhook_db = str(services.records.path) if services.webhooks is not None else None
+        webhook_db = services.database if services.webhooks is not None else None
         metrics = Metrics(
             clients=services.clients,
             unfinished=services.records.unfinished,

@@ -56,6 +56,8 @@ class Settings:
     output_dir: Path = Path("generated_avatar")
     workflows_dir: Path = Path("workflows")
     instance_path: Path = Path("instance")
+    database_url: str = setting(default="", repr=False)
+    database_pool_size: int = 10
     default_style: str = "avatar"
     public_base_url: str = ""
     trusted_hosts: tuple[str, ...] = ()
@@ -140,6 +142,11 @@ class Settings:
             if not math.isfinite(value) or too_small:
                 rule = "greater than 0" if name in _POSITIVE else f"at least {low}"
                 raise ConfigError(f"{name.upper()}={value!r}: must be a finite number, {rule}")
+        if self.database_url and not self.database_url.startswith(_DATABASE_SCHEMES):
+            raise ConfigError(
+                "DATABASE_URL: empty (the SQLite file in INSTANCE_PATH), postgresql://user@host/"
+                "db or sqlite:///path"
+            )
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
         if not self.host.strip():
@@ -191,6 +198,7 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+_DATABASE_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
 _TRUSTED_HOST = re.compile(r"\.?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Numeric settings and their smallest allowed value (those in _POSITIVE must exceed 0).
@@ -218,6 +226,7 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "webhook_backoff": 0,
     "delivery_deadline": 0,
     "threads": 4,
+    "database_pool_size": 1,
     "token_ttl": 0,
     "idempotency_ttl": 0,
     "retention_hours": 0,

@@ -1,39 +1,157 @@
-"""One SQLite connection per thread to the service's database, for the small tables beside jobs."""
+"""The service's database behind one thin SQL layer: SQLite (embedded default) or PostgreSQL.
+
+Every table of the service (jobs, the queue, the outbox, the worker registry, the small tables
+beside them) is reached through ``Database.transaction()``, which yields a connection with
+``execute`` / ``executemany`` taking SQL written once with ``?`` placeholders. The SQL is kept to
+what both engines speak (``RETURNING``, ``ON CONFLICT``); the few differences live here, in
+``Dialect``. ``open_database`` picks the engine from ``DATABASE_URL``: empty means the SQLite
+file in the instance folder, ``postgresql://...`` a PostgreSQL shared by every process.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+# How long a statement waits for a lock (SQLite) or a connection from the pool (PostgreSQL).
+LOCK_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached (connection refused, lost, or the pool is exhausted)."""
+
+
+class Cursor(Protocol):
+    """What a statement answers: rows and the count of rows changed."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """One connection inside a transaction."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ...) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the two engines, in the words the SQL of the service needs."""
+
+    name: str
+    # Appended to the sub-select of a claim: several processes never take one row twice.
+    skip_locked: str
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may use the database at once."""
+        return self.name == "postgresql"
+
+
+SQLITE = Dialect(name="sqlite", skip_locked="")
+POSTGRESQL = Dialect(name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED")
 
 
 class Database:
-    """Thread-local connections to one SQLite file, each used as a transaction."""
+    """One database of the service; ``transaction()`` commits when the block ends."""
 
-    def __init__(self, path: Path, schema: str) -> None:
-        self.path = path
+    dialect: Dialect
+    # Where it is, for messages (a file path, or a URL without its password).
+    where: str
+    # The SQLite file (None for PostgreSQL).
+    path: Path | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection; committed when the block ends, rolled back on error."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def run_script(self, script: str) -> None:
+        """Run DDL statements written in SQLite's words (``CREATE ... IF NOT EXISTS``)."""
+        raise NotImplementedError
+
+    def table_exists(self, connection: Connection, name: str) -> bool:
+        """Whether a table of this name exists."""
+        raise NotImplementedError
+
+    def lock_for_migration(self, connection: Connection) -> None:
+        """Hold, until the transaction ends, the lock that serialises migrations."""
+
+    def ping(self) -> None:
+        """Run one trivial statement; DatabaseUnavailable when the database does not answer."""
+        try:
+            with self.transaction() as db:
+                db.execute("SELECT 1").fetchone()
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            raise DatabaseUnavailable(f"{self.dialect.name} at {self.where}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every connection."""
+
+
+class SQLiteDatabase(Database):
+    """Thread-local connections to one SQLite file (WAL), each block a transaction."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction() as db:
-            db.executescript(schema)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A connection of this thread; committed when the block ends, rolled back on error."""
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (rows read by column name or index)."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, check_same_thread=False)
+            connection.row_factory = _sqlite_row
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """This thread's connection; committed when the block ends, rolled back on error."""
+        connection = self.connection()
         with connection:
             yield connection
+
+    def run_script(self, script: str) -> None:
+        """Run DDL statements in one go."""
+        with self.transaction() as db:
+            db.executescript(script)  # type: ignore[attr-defined]
+
+    def table_exists(self, connection: Connection, name: str) -> bool:
+        """Whether a table of this name exists."""
+        row = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
 
     def close(self) -> None:
         """Close every connection opened here."""
@@ -42,3 +160,159 @@ class Database:
                 connection.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+class PostgresDatabase(Database):
+    """A pool of connections to PostgreSQL (psycopg 3), each block a transaction."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.where = _without_password(url)
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT},
+            check=ConnectionPool.check_connection,
+            timeout=LOCK_TIMEOUT,
+            open=False,
+            name="avatar-service",
+        )
+        self._pool.open(wait=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A pooled connection; committed when the block ends, rolled back on error."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._pool.connection() as connection:
+                yield _PostgresConnection(connection)
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
+
+    def run_script(self, script: str) -> None:
+        """Run DDL statements written in SQLite's words, in one transaction."""
+        with self.transaction() as db:
+            self.lock_for_migration(db)
+            db.execute(postgres_ddl(script))
+
+    def table_exists(self, connection: Connection, name: str) -> bool:
+        """Whether a table of this name exists in the connection's search path."""
+        row = connection.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()
+        return bool(row[0])
+
+    def lock_for_migration(self, connection: Connection) -> None:
+        """Processes starting together migrate one after the other."""
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+
+    def connect(self, **options: Any) -> Any:
+        """A connection of its own, outside the pool (LISTEN needs one held for long)."""
+        import psycopg
+
+        return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **options)
+
+    def close(self) -> None:
+        """Close the pool."""
+        self._pool.close(timeout=5)
+
+
+class _PostgresConnection:
+    """A psycopg connection taking the service's ``?`` placeholders."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        if not parameters:
+            return self._connection.execute(sql)
+        return self._connection.execute(_placeholders(sql), tuple(parameters))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        with self._connection.cursor() as cursor:
+            cursor.executemany(_placeholders(sql), [tuple(row) for row in rows])
+
+
+class Row(tuple):
+    """A row read by index or column name, like ``sqlite3.Row``."""
+
+    _index: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], index: dict[str, int]) -> Row:
+        row = super().__new__(cls, values)
+        row._index = index
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _sqlite_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    return Row(values, _index_of(tuple(column[0] for column in cursor.description)))
+
+
+@lru_cache(maxsize=256)
+def _index_of(names: tuple[str, ...]) -> dict[str, int]:
+    return {name: position for position, name in enumerate(names)}
+
+
+def _row_factory(cursor: Any) -> Any:
+    description = cursor.description or ()
+    index = {column.name: position for position, column in enumerate(description)}
+    return lambda values: Row(values, index)
+
+
+@lru_cache(maxsize=512)
+def _placeholders(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+_DDL_TYPES = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA"))
+
+
+def postgres_ddl(script: str) -> str:
+    """DDL written in SQLite's words, in PostgreSQL's (REAL is 8 bytes there, BLOB is BYTEA)."""
+    for pattern, replacement in _DDL_TYPES:
+        script = pattern.sub(replacement, script)
+    return script
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def open_database(url: str, *, sqlite_path: Path, pool_size: int = 10) -> Database:
+    """The database ``DATABASE_URL`` names: empty for the SQLite file at ``sqlite_path``."""
+    if not url:
+        return SQLiteDatabase(sqlite_path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url, pool_size=pool_size)
+    if url.startswith("sqlite:///"):
+        return SQLiteDatabase(Path(url.removeprefix("sqlite:///")))
+    raise ValueError(f"not a postgresql:// or sqlite:/// URL: {_without_password(url)!r}")
+
+
+def as_database(target: Database | Path | str) -> Database:
+    """A Database for a Database, or for the path of a SQLite file."""
+    if isinstance(target, Database):
+        return target
+    return SQLiteDatabase(Path(target))
+
+
+def ensure_schema(database: Database, schema: str) -> Database:
+    """Create the tables of a small component (``CREATE ... IF NOT EXISTS``) and return the db."""
+    database.run_script(schema)
+    return database

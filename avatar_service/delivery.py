@@ -1,11 +1,13 @@
 """Durable outbound deliveries: webhooks and avatar forwarding, one design.
 
-A delivery is a row in the service's SQLite file: its kind, target URL, a body fixed when it
+A delivery is a row in the service's database: its kind, target URL, a body fixed when it
 is enqueued, its state (pending, delivered, failed), attempts made and the time of the next
 one, and a deadline. An ``Outbox`` per kind has a scheduler thread that hands due deliveries to
 a small pool; every attempt is recorded (``delivery_attempts``); failures are retried with
 exponential backoff until ``max_attempts`` or the delivery's deadline; pending deliveries are
-sent after a restart. Deliveries run beside the jobs, never inside them: a job is "succeeded"
+sent after a restart. On PostgreSQL several processes share the outbox: a delivery is taken for
+an attempt with ``FOR UPDATE SKIP LOCKED`` and pushed ``CLAIM_LEASE`` seconds ahead, so one
+process makes each attempt, and a process that dies mid-attempt leaves it due again. Deliveries run beside the jobs, never inside them: a job is "succeeded"
 for its caller before its avatar is forwarded or its webhook sent. Kinds differ only in how one
 attempt is made (``Outbox._send``): ``webhooks.WebhookDispatcher`` signs a JSON body,
 ``publish.AvatarForwarder`` posts the avatar file as multipart.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,13 +31,15 @@ from typing import Any
 
 import httpx
 
+from .database import Database, DatabaseUnavailable, as_database
 from .jobs.migrations import migrate
 from .retry import backoff_delay, describe_transport_error, redact_url
 
 logger = logging.getLogger(__name__)
 
-# How long a connection waits for another writer (the job store shares the file).
-DB_TIMEOUT = 30.0
+# A delivery taken for an attempt by one process is not due for the others this long (longer
+# than any attempt's timeout); a process that died mid-attempt leaves it due again after.
+CLAIM_LEASE = 300.0
 # The longest the scheduler sleeps without looking at the table again.
 IDLE_WAIT = 30.0
 
@@ -85,7 +88,8 @@ class Outbox:
     def __init__(
         self,
         *,
-        db_path: Path,
+        db_path: Path | None = None,
+        database: Database | None = None,
         timeout: httpx.Timeout,
         max_attempts: int = 6,
         backoff: float = 1.0,
@@ -99,7 +103,11 @@ class Outbox:
             raise ValueError("backoff and backoff_max must be 0 or more")
         if workers < 1:
             raise ValueError(f"workers must be 1 or more, got {workers}")
-        self.db_path = Path(db_path)
+        if database is None and db_path is None:
+            raise ValueError("an outbox needs a database (or the path of a SQLite file)")
+        self._owns_database = database is None
+        self.database = database if database is not None else as_database(Path(db_path))
+        self.db_path = self.database.path
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.backoff_max = backoff_max
@@ -209,7 +217,7 @@ class Outbox:
                 " a.at, a.status, a.error, a.duration_ms, a.response"
                 " FROM deliveries AS d"
                 " LEFT JOIN delivery_attempts AS a ON a.delivery_id = d.id"
-                " WHERE d.job_id = ? AND d.kind = ? ORDER BY d.created_at, d.rowid, a.attempt",
+                " WHERE d.job_id = ? AND d.kind = ? ORDER BY d.created_at, d.id, a.attempt",
                 (job_id, self.kind),
             ).fetchall()
         result: dict[str, dict[str, Any]] = {}
@@ -240,26 +248,16 @@ class Outbox:
     # -- internals
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection of our own, committed on success and always closed."""
-        connection = sqlite3.connect(self.db_path, timeout=DB_TIMEOUT)
-        try:
-            with connection:
-                yield connection
-        finally:
-            connection.close()
+    def _transaction(self) -> Iterator[Any]:
+        """A connection of the service's database, committed on success."""
+        with self.database.transaction() as connection:
+            yield connection
 
     def _ensure_schema(self) -> None:
         with self._schema_lock:
             if self._schema_ready:
                 return
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.db_path, timeout=DB_TIMEOUT)
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                migrate(connection, "deliveries")
-            finally:
-                connection.close()
+            migrate(self.database, "deliveries")
             self._schema_ready = True
 
     def _notify(self) -> None:
@@ -278,7 +276,7 @@ class Outbox:
                 busy = set(self._in_flight)
             try:
                 due, next_at, backlog = self._find_due(free, busy)
-            except sqlite3.Error:
+            except (DatabaseUnavailable, Exception):  # the database is locked, gone or broken
                 logger.exception("%s outbox could not read the delivery table", self.kind)
                 due, next_at, backlog = [], time.time() + 1.0, False
             with self._cond:
@@ -299,6 +297,8 @@ class Outbox:
         """Due deliveries not in flight (at most ``free``), the next due time, whether more wait."""
         now = time.time()
         with self._transaction() as connection:
+            if self.database.dialect.shared:
+                return self._claim_due(connection, free, now)
             rows = connection.execute(
                 "SELECT id, url, body, attempt_count, deadline FROM deliveries"
                 " WHERE state = 'pending' AND kind = ? AND next_attempt_at <= ?"
@@ -312,6 +312,28 @@ class Outbox:
             ).fetchone()
         waiting = [Due(*row) for row in rows if row[0] not in busy]
         return waiting[: max(free, 0)], next_at, len(waiting) > free
+
+    def _claim_due(
+        self, connection: Any, free: int, now: float
+    ) -> tuple[list[Due], float | None, bool]:
+        """Take due deliveries for this process (several share the outbox): each one is
+        pushed ``CLAIM_LEASE`` ahead, so no other process attempts it meanwhile."""
+        rows = []
+        if free > 0:
+            rows = connection.execute(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE id IN (SELECT id FROM deliveries"
+                " WHERE state = 'pending' AND kind = ? AND next_attempt_at <= ?"
+                f" ORDER BY next_attempt_at, created_at LIMIT ?{self.database.dialect.skip_locked})"
+                " RETURNING id, url, body, attempt_count, deadline",
+                (now + CLAIM_LEASE, self.kind, now, free),
+            ).fetchall()
+        (next_at,) = connection.execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries"
+            " WHERE state = 'pending' AND kind = ? AND next_attempt_at > ?",
+            (self.kind, now),
+        ).fetchone()
+        due = [Due(row[0], row[1], bytes(row[2]), row[3], row[4]) for row in rows]
+        return due, next_at, len(due) >= free
 
     def _submit(self, item: Due) -> None:
         """Start one attempt in the pool; the caller holds ``self._cond``."""

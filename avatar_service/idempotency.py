@@ -57,8 +57,8 @@ class IdempotencyKeys:
         with self._db.transaction() as db:
             db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - self.ttl,))
             inserted = db.execute(
-                "INSERT OR IGNORE INTO idempotency_keys (scope, key, body_hash, created_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO idempotency_keys (scope, key, body_hash, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (scope, key, fingerprint, now),
             ).rowcount
             if inserted:

@@ -7,7 +7,7 @@ current state are read when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
-import sqlite3
+import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -17,7 +17,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .comfyui_client import ComfyUIClient
+from .database import Database, DatabaseUnavailable
 from .jobs import Job
+
+logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Job durations run from a second to the 10-minute deadline.
@@ -33,7 +36,7 @@ class Metrics:
         *,
         clients: Sequence[ComfyUIClient],
         unfinished: Callable[[], list[Job]],
-        webhook_db: Callable[[], str | None],
+        webhook_db: Callable[[], Database | None],
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
@@ -131,7 +134,7 @@ class _StateCollector(Collector):
         self,
         clients: Sequence[ComfyUIClient],
         unfinished: Callable[[], list[Job]],
-        webhook_db: Callable[[], str | None],
+        webhook_db: Callable[[], Database | None],
     ) -> None:
         self._clients = clients
         self._unfinished = unfinished
@@ -168,24 +171,24 @@ class _StateCollector(Collector):
             connected.add_metric([client.base_url], 1 if client.connected else 0)
         yield slots
         yield connected
-        path = self._webhook_db()
-        if path is not None:
+        database = self._webhook_db()
+        if database is not None:
             deliveries = GaugeMetricFamily(
                 "avatar_webhook_deliveries",
                 "Webhook deliveries by state (pending, delivered, failed).",
                 labels=["state"],
             )
             counts = {"pending": 0, "delivered": 0, "failed": 0}
-            db = sqlite3.connect(path, timeout=5)
             try:
-                rows = db.execute(
-                    "SELECT state, COUNT(*) FROM deliveries WHERE kind = 'webhook' GROUP BY state"
-                ).fetchall()
-                counts.update(dict(rows))
-            except sqlite3.OperationalError:  # no delivery yet: the table may not exist
-                pass
-            finally:
-                db.close()
+                with database.transaction() as db:
+                    if database.table_exists(db, "deliveries"):  # none before the first start
+                        rows = db.execute(
+                            "SELECT state, COUNT(*) FROM deliveries WHERE kind = 'webhook' "
+                            "GROUP BY state"
+                        ).fetchall()
+                        counts.update({row[0]: row[1] for row in rows})
+            except DatabaseUnavailable:
+                logger.warning("metrics: the database does not answer; webhook gauges are 0")
             for state, count in counts.items():
                 deliveries.add_metric([state], count)
             yield deliveries

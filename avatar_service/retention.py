@@ -91,8 +91,9 @@ class Retention:
             if AVATAR_NAME_PATTERN.fullmatch(path.name):
                 with self._db.transaction() as db:
                     db.execute(
-                        "INSERT OR REPLACE INTO deleted_avatars (file_name, job_id, deleted_at) "
-                        "VALUES (?, ?, ?)",
+                        "INSERT INTO deleted_avatars (file_name, job_id, deleted_at) "
+                        "VALUES (?, ?, ?) ON CONFLICT (file_name) DO UPDATE SET "
+                        "job_id = excluded.job_id, deleted_at = excluded.deleted_at",
                         (path.name, path.name.split("_", 1)[0], self._clock()),
                     )
                 avatars += 1

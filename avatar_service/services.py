@@ -15,6 +15,7 @@ import httpx
 
 from .comfyui_client import ComfyUIClient, ComfyUIError
 from .config import ConfigError, Settings
+from .database import Database, open_database
 from .errors import ServiceUnavailable
 from .events import JobEvents
 from .images import PhotoStore
@@ -49,6 +50,7 @@ class Services:
     workflows: dict[str, Workflow]
     photos: PhotoStore
     avatars: AvatarStore
+    database: Database
     records: JobRecords
     events: JobEvents
     clients: list[ComfyUIClient]
@@ -96,7 +98,14 @@ class Services:
             decode_wait=settings.decode_wait,
         )
         avatars = AvatarStore(output_dir)
-        database = instance_path / "avatar_service.sqlite3"
+        try:
+            database = open_database(
+                settings.database_url,
+                sqlite_path=instance_path / "avatar_service.sqlite3",
+                pool_size=settings.database_pool_size,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"DATABASE_URL: {exc}") from exc
         records = JobRecords(database)
         events = JobEvents()
         comfyui_timeout = httpx.Timeout(
@@ -115,7 +124,7 @@ class Services:
         forwarder = None
         if settings.upload_url:
             forwarder = AvatarForwarder(
-                db_path=database,
+                database=database,
                 url=settings.upload_url,
                 field_name=settings.upload_field_name,
                 timeout=httpx.Timeout(
@@ -130,7 +139,7 @@ class Services:
         if settings.webhook_url or settings.webhook_allowed_urls:
             try:
                 webhooks = WebhookDispatcher(
-                    db_path=database,
+                    database=database,
                     secret=settings.webhook_secret or None,
                     timeout=httpx.Timeout(
                         settings.webhook_timeout, connect=settings.comfyui_connect_timeout
@@ -177,6 +186,7 @@ class Services:
             workflows=workflows,
             photos=photos,
             avatars=avatars,
+            database=database,
             records=records,
             events=events,
             clients=clients,
@@ -206,15 +216,20 @@ class Services:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
 
     def _hold_instance_lock(self) -> None:
-        """One running service per database: a second one would drive the same jobs."""
-        path = self.records.path.with_suffix(".lock")
+        """One running service per SQLite file: a second one would drive the same jobs.
+
+        (On PostgreSQL many processes share the database: leases keep them apart.)
+        """
+        if self.database.path is None:
+            return
+        path = self.database.path.with_suffix(".lock")
         handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             raise ConfigError(
-                f"another avatar service process is running on {self.records.path} "
+                f"another avatar service process is running on {self.database.path} "
                 "(INSTANCE_PATH); stop it first, or give this one its own INSTANCE_PATH"
             ) from None
         self._lock_file = handle

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from .database import Database
 from .delivery import Due, Outbox, Sent
 from .retry import parse_retry_after
 
@@ -233,7 +234,8 @@ class WebhookDispatcher(Outbox):
     def __init__(
         self,
         *,
-        db_path: Path,
+        db_path: Path | None = None,
+        database: Database | None = None,
         secret: str | None,
         timeout: httpx.Timeout,
         max_attempts: int = 6,
@@ -244,6 +246,7 @@ class WebhookDispatcher(Outbox):
     ) -> None:
         super().__init__(
             db_path=db_path,
+            database=database,
             timeout=timeout,
             max_attempts=max_attempts,
             backoff=backoff,

@@ -1,10 +1,12 @@
-"""Versioned schema migrations of the service's database (one SQLite file).
+"""Versioned schema migrations of the service's database (SQLite or PostgreSQL).
 
 Two components keep tables in it: ``jobs`` (job records, the service's queue) and
 ``deliveries`` (the outbox of webhooks and avatar forwarding). Each has its own list of steps
 and its version in ``schema_versions``. A step runs once, in order, in one transaction with
 its version bump: an old database is upgraded in place, never recreated. Append new steps;
-never edit one that has shipped.
+never edit one that has shipped. Steps are written in SQLite's words; on PostgreSQL they run
+translated by ``database.postgres_ddl`` (REAL is DOUBLE PRECISION, BLOB is BYTEA), under an
+advisory lock so that processes starting together migrate one after the other.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+
+from ..database import Database, postgres_ddl
 
 logger = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -116,29 +120,25 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 _FIRST_TABLE = {"jobs": "jobs", "deliveries": "webhook_deliveries"}
 
 
-def migrate(connection: sqlite3.Connection, component: str = "jobs") -> int:
+def migrate(database: Database, component: str = "jobs") -> int:
     """Bring a component's tables to their newest version; return the version they had."""
-    with _LOCK:  # two stores of one process may open the file at once
-        return _migrate(connection, component)
+    with _LOCK:  # two stores of one process may open the database at once
+        if database.dialect.shared:
+            return _migrate_postgres(database, component)
+        return _migrate_sqlite(database.connection(), database, component)  # type: ignore[attr-defined]
 
 
-def _migrate(connection: sqlite3.Connection, component: str) -> int:
+def _migrate_sqlite(connection: sqlite3.Connection, database: Database, component: str) -> int:
     steps = COMPONENTS[component]
-    connection.execute(
-        "CREATE TABLE IF NOT EXISTS schema_versions "
-        "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-    )
+    connection.execute(_VERSIONS_TABLE)
     connection.commit()
-    before = _version(connection, component)
+    before = _version(connection, database, component)
     for version, script in enumerate(steps[before:], start=before + 1):
         logger.info("database: migrating %s to schema version %d", component, version)
-        bump = (
-            "INSERT OR REPLACE INTO schema_versions (component, version) "
-            f"VALUES ('{component}', {version});"
-        )
+        bump = _BUMP.replace("?", f"'{component}'", 1).replace("?", str(version), 1)
         # executescript commits first; the statements and the version bump then run together.
         try:
-            connection.executescript(f"BEGIN;\n{script}\n{bump}\nCOMMIT;")
+            connection.executescript(f"BEGIN;\n{script}\n{bump};\nCOMMIT;")
         except sqlite3.Error:
             if connection.in_transaction:
                 connection.rollback()
@@ -146,14 +146,34 @@ def _migrate(connection: sqlite3.Connection, component: str) -> int:
     return before
 
 
-def _version(connection: sqlite3.Connection, component: str) -> int:
+def _migrate_postgres(database: Database, component: str) -> int:
+    steps = COMPONENTS[component]
+    with database.transaction() as db:
+        database.lock_for_migration(db)
+        db.execute(_VERSIONS_TABLE)
+        before = _version(db, database, component)
+        for version, script in enumerate(steps[before:], start=before + 1):
+            logger.info("database: migrating %s to schema version %d", component, version)
+            db.execute(postgres_ddl(script))
+            db.execute(_BUMP, (component, version))
+    return before
+
+
+_VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_versions "
+    "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+_BUMP = (
+    "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
+    "ON CONFLICT (component) DO UPDATE SET version = excluded.version"
+)
+
+
+def _version(connection, database: Database, component: str) -> int:
     row = connection.execute(
         "SELECT version FROM schema_versions WHERE component = ?", (component,)
     ).fetchone()
     if row is not None:
         return int(row[0])
-    table = connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-        (_FIRST_TABLE[component],),
-    ).fetchone()
-    return 1 if table is not None else 0  # made before versions were recorded
+    # made before versions were recorded
+    return 1 if database.table_exists(connection, _FIRST_TABLE[component]) else 0

@@ -3,17 +3,15 @@
 ``JobRecords`` is also the service's own queue: a job waits in it (``status`` queued, no
 ``server``) until a worker claims it for a server. A claim is one atomic statement, "take the
 oldest waiting job this server may run", that names the claiming worker (``owner``) and a lease;
-on PostgreSQL the same claim becomes ``SELECT ... FOR UPDATE SKIP LOCKED``. With SQLite one
-process holds the database (the instance lock), so a lease is recorded but never reclaimed here;
-workers in processes of their own will renew their leases and take over expired ones. Schema
-changes go through ``migrations``.
+on PostgreSQL its sub-select is ``FOR UPDATE SKIP LOCKED``, so workers in many processes never
+take one job twice. With SQLite one process holds the database (the instance lock), so a lease
+is recorded but never reclaimed; on PostgreSQL workers renew their leases and take over expired
+ones (``leases``). Schema changes go through ``migrations``.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..database import Connection, Database, as_database
 from .migrations import migrate
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -135,22 +134,19 @@ class Waiting:
 class JobRecords:
     """Reads and writes Job records, and is the service's queue; safe to use from many threads."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = self._connection()
-        migrate(connection)
+    def __init__(self, database: Database | Path | str) -> None:
+        self.database = as_database(database)
+        self.dialect = self.database.dialect
+        migrate(self.database)
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file (None on PostgreSQL)."""
+        return self.database.path
 
     def close(self) -> None:
         """Close every connection this store opened."""
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self.database.close()
 
     # -- records ---------------------------------------------------------------------------
 
@@ -242,7 +238,8 @@ class JobRecords:
                 "UPDATE jobs SET server = ?, owner = ?, lease_expires = ?, dispatched_at = ?, "
                 "queue_position = NULL, estimated_start_at = NULL "
                 "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND server IS NULL "
-                f"AND owner IS NULL {style_filter} ORDER BY queue_order, created_at LIMIT 1) "
+                f"AND owner IS NULL {style_filter} ORDER BY queue_order, created_at LIMIT 1"
+                f"{self.dialect.skip_locked}) "
                 "RETURNING *",
                 (server, owner, now + lease_seconds, now, *excluded),
             ).fetchall()
@@ -295,8 +292,9 @@ class JobRecords:
         """Remember a prompt to remove from ``server`` when it answers again."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO abandoned_prompts (server, prompt_id, job_id, "
-                "abandoned_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO abandoned_prompts (server, prompt_id, job_id, abandoned_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (server, prompt_id) DO UPDATE SET "
+                "job_id = excluded.job_id, abandoned_at = excluded.abandoned_at",
                 (server, prompt_id, job_id, time.time()),
             )
 
@@ -329,23 +327,10 @@ class JobRecords:
 
     # -- connections -----------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            self._local.connection = connection
-            with self._lock:
-                self._connections.append(connection)
-        return connection
-
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        connection = self._connection()
-        with connection:
-            yield connection
+    def _transaction(self) -> Iterator[Connection]:
+        with self.database.transaction() as db:
+            yield db
 
 
 _COLUMN_NAMES = tuple(f.name for f in fields(Job))
