@@ -9,7 +9,8 @@ sent after a restart. On PostgreSQL several processes share the outbox: a delive
 an attempt with ``FOR UPDATE SKIP LOCKED`` and pushed ``CLAIM_LEASE`` seconds ahead, so one
 process makes each attempt, and a process that dies mid-attempt leaves it due again.
 Deliveries run beside the jobs, never inside them: a job is "succeeded" for its caller before
-its avatar is forwarded or its webhook sent. Kinds differ only in how one attempt is made (``Outbox._send``): ``webhooks.WebhookDispatcher`` signs a JSON body,
+its avatar is forwarded or its webhook sent. Kinds differ only in how one attempt is made
+(``Outbox._send``): ``webhooks.WebhookDispatcher`` signs a JSON body,
 ``publish.AvatarForwarder`` posts the avatar file as multipart.
 """
 
