@@ -41,6 +41,30 @@ def recording(recordings_dir: Path):
     return load
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> Iterator[str]:
+    """A PostgreSQL server's URL (see tests/postgres.py); skipped, or failed in CI, if none."""
+    from tests.postgres import find_server
+
+    url, process = find_server(tmp_path_factory.mktemp("postgres"))
+    yield url
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A DATABASE_URL to a fresh schema of its own on the test server, dropped after the test."""
+    from tests.postgres import Schema
+
+    schema = Schema(postgres_server)
+    try:
+        yield schema.url
+    finally:
+        schema.drop()
+
+
 @pytest.fixture
 def standin(tmp_path: Path) -> Iterator[StandIn]:
     """A fresh stand-in ComfyUI on 127.0.0.1:<free port>, stopped after the test."""
