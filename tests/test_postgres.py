@@ -57,7 +57,7 @@ def test_processes_starting_together_migrate_once(open_store):
     def open_one() -> None:
         try:
             open_store()
-        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one) for _ in range(4)]
@@ -134,32 +134,36 @@ def test_claims_take_the_oldest_job_a_server_may_run(open_store):
     assert back.owner is None and back.server is None
 
 
+def _race(store_a: JobRecords, store_b: JobRecords, job_id: str) -> dict[str, object]:
+    """Cancel (take_waiting) on one store and claim on the other, released at one moment."""
+    results: dict[str, object] = {}
+    barrier = threading.Barrier(2)
+
+    def cancel() -> None:
+        barrier.wait()
+        results["cancel"] = store_a.take_waiting(job_id)
+
+    def claim() -> None:
+        barrier.wait()
+        results["claim"] = store_b.claim_next("http://gpu", "w")
+
+    threads = [threading.Thread(target=cancel), threading.Thread(target=claim)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
 def test_a_cancel_and_a_claim_racing_for_one_job_have_one_winner(open_store):
     """take_waiting (cancel) and claim_next (a worker) on one job: exactly one of them gets it."""
+    store_a, store_b = open_store(), open_store()
     for round_ in range(20):
-        store_a, store_b = open_store(), open_store()
         job_id = f"{round_:032x}"
         store_a.insert(make_job(job_id))
-        results: dict[str, object] = {}
-        barrier = threading.Barrier(2)
-
-        def cancel(store=store_a, job_id=job_id) -> None:
-            barrier.wait()
-            results["cancel"] = store.take_waiting(job_id)
-
-        def claim(store=store_b) -> None:
-            barrier.wait()
-            results["claim"] = store.claim_next("http://gpu", "w")
-
-        threads = [threading.Thread(target=cancel), threading.Thread(target=claim)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        results = _race(store_a, store_b, job_id)
         winners = [name for name, job in results.items() if job is not None]
         assert len(winners) == 1, results
-        store_a.close()
-        store_b.close()
 
 
 def test_abandoned_prompts_are_remembered_once(open_store):
