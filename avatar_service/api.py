@@ -491,7 +491,10 @@ def sse_stream(svc: Services, job_id: str, after: int | None) -> Iterator[str]:
         if ended:
             return
         if not fresh:
-            if svc.runner.get(job_id).ended and not svc.events.known(job_id):
+            job = svc.runner.get(job_id)
+            if job.ended:  # the record is the source of truth (an event may have been missed)
+                if svc.events.known(job_id):
+                    yield _sse_frame(svc.events.epoch, after, job.status, job_body(job, svc))
                 return
             yield ": keep-alive\n\n"
 

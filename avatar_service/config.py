@@ -58,6 +58,8 @@ class Settings:
     instance_path: Path = Path("instance")
     database_url: str = setting(default="", repr=False)
     database_pool_size: int = 10
+    local_workers: bool = True
+    worker_lease: float = 15.0
     default_style: str = "avatar"
     public_base_url: str = ""
     trusted_hosts: tuple[str, ...] = ()
@@ -147,6 +149,11 @@ class Settings:
                 "DATABASE_URL: empty (the SQLite file in INSTANCE_PATH), postgresql://user@host/"
                 "db or sqlite:///path"
             )
+        if not self.local_workers and not self.database_url.startswith(_DATABASE_SCHEMES[:2]):
+            raise ConfigError(
+                "LOCAL_WORKERS=false needs a shared DATABASE_URL (postgresql://...): without "
+                "workers of its own a process only serves jobs that workers elsewhere run"
+            )
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
         if not self.host.strip():
@@ -227,6 +234,7 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "delivery_deadline": 0,
     "threads": 4,
     "database_pool_size": 1,
+    "worker_lease": 0,
     "token_ttl": 0,
     "idempotency_ttl": 0,
     "retention_hours": 0,
@@ -244,6 +252,7 @@ _POSITIVE = frozenset(
         "upload_timeout",
         "webhook_timeout",
         "delivery_deadline",
+        "worker_lease",
         "token_ttl",
         "idempotency_ttl",
         "retention_interval",

@@ -10,10 +10,12 @@ file in the instance folder, ``postgresql://...`` a PostgreSQL shared by every p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 # How long a statement waits for a lock (SQLite) or a connection from the pool (PostgreSQL).
 LOCK_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5
+# A process without a role tries to take it at most this often (seconds).
+LEADERSHIP_RETRY = 1.0
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -93,6 +97,10 @@ class Database:
 
     def lock_for_migration(self, connection: Connection) -> None:
         """Hold, until the transaction ends, the lock that serialises migrations."""
+
+    def leadership(self, name: str) -> Leadership:
+        """A role held by one process at a time (always this one on SQLite)."""
+        return Leadership()
 
     def ping(self) -> None:
         """Run one trivial statement; DatabaseUnavailable when the database does not answer."""
@@ -213,6 +221,11 @@ class PostgresDatabase(Database):
         """Processes starting together migrate one after the other."""
         connection.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
 
+    def leadership(self, name: str) -> Leadership:
+        """A role held by one process at a time: a session advisory lock on a connection of
+        its own, so a process that dies (or loses the database) lets another take it."""
+        return _AdvisoryLeadership(self, name)
+
     def connect(self, **options: Any) -> Any:
         """A connection of its own, outside the pool (LISTEN needs one held for long)."""
         import psycopg
@@ -222,6 +235,64 @@ class PostgresDatabase(Database):
     def close(self) -> None:
         """Close the pool."""
         self._pool.close(timeout=5)
+
+
+class Leadership:
+    """A role held by one process at a time; ``held()`` tries to take it when free."""
+
+    def held(self) -> bool:
+        """Whether this process holds the role (taking it now if nobody does)."""
+        return True
+
+    def release(self) -> None:
+        """Give the role up."""
+
+
+class _AdvisoryLeadership(Leadership):
+    """A PostgreSQL session advisory lock keyed by the schema and the role's name."""
+
+    def __init__(self, database: PostgresDatabase, name: str) -> None:
+        self._database = database
+        self._name = name
+        self._connection: Any = None
+        self._lock = threading.Lock()
+        self._next_try = 0.0
+
+    def held(self) -> bool:
+        with self._lock:
+            if self._connection is None and time.monotonic() < self._next_try:
+                return False
+            self._next_try = time.monotonic() + LEADERSHIP_RETRY
+            try:
+                if self._connection is not None:
+                    self._connection.execute("SELECT 1")  # still ours while the session lives
+                    return True
+                connection = self._database.connect(autocommit=True)
+                (taken,) = connection.execute(
+                    "SELECT pg_try_advisory_lock(hashtext(current_schema() || %s))",
+                    (f":{self._name}",),
+                ).fetchone()
+                if taken:
+                    self._connection = connection
+                    logger.info("this process now holds the %s role", self._name)
+                    return True
+                connection.close()
+                return False
+            except Exception as exc:  # the database is gone: the role is lost with the session
+                logger.warning("lost the %s role: %s", self._name, exc)
+                self._drop()
+                return False
+
+    def release(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            # closing a broken connection may fail; it is gone either way
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
 
 
 class _PostgresConnection:

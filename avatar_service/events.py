@@ -47,10 +47,16 @@ class JobEvents:
         self._ended: deque[str] = deque()
         self._closing = False
         self._listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+        self._forwarders: list[Callable[[str, str, dict[str, Any], bool], None]] = []
 
     def add_listener(self, listener: Callable[[str, str, dict[str, Any]], None]) -> None:
         """Call ``listener(job_id, event, data)`` after each event is published (e.g. metrics)."""
         self._listeners.append(listener)
+
+    def add_forwarder(self, forwarder: Callable[[str, str, dict[str, Any], bool], None]) -> None:
+        """Call ``forwarder(job_id, event, data, final)`` after each event published here (not
+        those received from other processes), e.g. to notify them."""
+        self._forwarders.append(forwarder)
 
     @property
     def closing(self) -> bool:
@@ -65,17 +71,36 @@ class JobEvents:
                 channel.changed.notify_all()
 
     def publish(
-        self, job_id: str, event: str, data: dict[str, Any], *, final: bool = False
+        self,
+        job_id: str,
+        event: str,
+        data: dict[str, Any],
+        *,
+        final: bool = False,
+        remote: bool = False,
     ) -> None:
-        """Append an event for a job and wake every reader; ``final`` marks the job's last event."""
+        """Append an event for a job and wake every reader; ``final`` marks the job's last event.
+
+        ``remote``: the event comes from another process (listeners and forwarders, which
+        observe this process's own events, are not called).
+        """
         with self._lock:
             channel = self._channel(job_id)
+            if remote and channel.ended_at is not None:
+                return  # already ended here (e.g. read from the record while catching up)
             channel.events.append(JobEvent(len(channel.events) + 1, event, data))
             if final:
                 channel.ended_at = time.monotonic()
                 self._ended.append(job_id)
                 self._prune()
             channel.changed.notify_all()
+        if remote:
+            return
+        for forwarder in self._forwarders:
+            try:
+                forwarder(job_id, event, data, final)
+            except Exception:  # other processes fall back on the record
+                logger.exception("event forwarder failed on %s of job %s", event, job_id)
         for listener in self._listeners:
             try:
                 listener(job_id, event, data)
@@ -97,6 +122,13 @@ class JobEvents:
                 if remaining <= 0:
                     return [], False
                 channel.changed.wait(remaining)
+
+    def open_jobs(self) -> list[str]:
+        """Jobs whose events are held here and have not ended."""
+        with self._lock:
+            return [
+                job_id for job_id, channel in self._channels.items() if channel.ended_at is None
+            ]
 
     def last_id(self, job_id: str) -> int:
         """The id of the newest event of a job (0 when none is known)."""

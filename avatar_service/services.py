@@ -15,11 +15,12 @@ import httpx
 
 from .comfyui_client import ComfyUIClient, ComfyUIError
 from .config import ConfigError, Settings
-from .database import Database, open_database
+from .database import Database, DatabaseUnavailable, PostgresDatabase, open_database
 from .errors import ServiceUnavailable
 from .events import JobEvents
 from .images import PhotoStore
 from .jobs import Job, JobEngine, JobRecords
+from .jobs.broadcast import EventBroadcast
 from .jobs.dispatcher import Dispatcher
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
@@ -57,6 +58,8 @@ class Services:
     runner: JobEngine
     forwarder: AvatarForwarder | None = None
     webhooks: WebhookDispatcher | None = None
+    # Job events to and from other processes (a shared database only).
+    broadcast: EventBroadcast | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
     workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     # Requests that hold a server thread for long (sync waits, event streams) may use only some
@@ -119,7 +122,7 @@ class Services:
                 reconnect_max=settings.comfyui_reconnect_max,
                 client_id=client_id,
             )
-            for url in settings.comfyui_url
+            for url in (settings.comfyui_url if settings.local_workers else ())
         ]
         forwarder = None
         if settings.upload_url:
@@ -167,7 +170,14 @@ class Services:
             ),
             slots=settings.comfyui_slots,
             down_grace=settings.comfyui_down_grace,
+            lease=settings.worker_lease,
+            leadership=database.leadership("queue"),
         )
+        broadcast = None
+        if isinstance(database, PostgresDatabase):
+            broadcast = EventBroadcast(
+                database=database, records=records, events=events, origin=dispatcher.owner
+            )
         runner = JobEngine(
             records=records,
             events=events,
@@ -193,6 +203,7 @@ class Services:
             runner=runner,
             forwarder=forwarder,
             webhooks=webhooks,
+            broadcast=broadcast,
         )
 
     def start(self) -> None:
@@ -202,6 +213,8 @@ class Services:
                 return
             self._hold_instance_lock()
             self._started = True
+        if self.broadcast is not None:
+            self.broadcast.start()
         for client in self.clients:
             client.on_connect = self.check_workflows
             client.start()
@@ -267,6 +280,8 @@ class Services:
         for close in self.on_close:
             close()
         self.runner.stop(timeout=5)
+        if self.broadcast is not None:
+            self.broadcast.stop()
         for client in self.clients:
             client.close()
         if self.webhooks is not None:
@@ -310,7 +325,44 @@ class Services:
         return [describe(workflow) for _, workflow in sorted(self.workflows.items())]
 
     def readiness(self) -> dict[str, Any]:
-        """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is."""
+        """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is.
+
+        With a shared database: the database answers, and some live worker of the fleet (in
+        any process) can take jobs.
+        """
+        if self.database.dialect.shared:
+            return self._fleet_readiness()
+        return self._local_readiness()
+
+    def _fleet_readiness(self) -> dict[str, Any]:
+        dispatcher = self.runner.dispatcher
+        database: dict[str, Any] = {"ok": True, "engine": "postgresql"}
+        workers: list[dict[str, Any]] = []
+        try:
+            self.database.ping()
+            workers = [entry.to_dict() for entry in dispatcher.fleet.live()]
+        except DatabaseUnavailable as exc:
+            database = {"ok": False, "engine": "postgresql", "error": str(exc)}
+        if dispatcher.database_error is not None:
+            database = {"ok": False, "engine": "postgresql", "error": dispatcher.database_error}
+        local = self._local_readiness()["servers"] if self.clients else {}
+        ready = database["ok"] and any(worker["usable"] for worker in workers)
+        report: dict[str, Any] = {
+            "ready": ready,
+            "database": database,
+            "workers": workers,
+            "servers": local,
+        }
+        if not ready:
+            report["reason"] = (
+                f"the database does not answer: {database['error']}"
+                if not database["ok"]
+                else "no live worker can take jobs (none registered, or their ComfyUI servers "
+                "are unreachable)"
+            )
+        return report
+
+    def _local_readiness(self) -> dict[str, Any]:
         servers = {}
         dispatch = self.runner.dispatcher.snapshot()
         for client in self.clients:

@@ -8,8 +8,15 @@ back to the head of the queue; when it answers again, the prompts left there are
 avatar per job, never two). The monitor also ends waiting jobs at their deadline and keeps each
 waiting job's position and estimated start up to date.
 
-A worker's contract is small (claim, run, give back, finish) so that it can later run in a
-process of its own next to its GPU, sharing the job database.
+A worker's contract is small (claim when a slot is free, renew the lease, report through the
+shared records, give back) so that it runs in a process of its own next to its GPU when the
+database is shared (PostgreSQL). Then every process also keeps a heartbeat in the worker
+registry (``fleet``), renews the leases of the jobs it holds, picks up cancels asked on other
+processes, and takes over the jobs of a process whose leases have passed (killed, or cut off
+from the database): a job whose server still has a worker here is followed again by its prompt
+id (through ``/history``, as after a restart); any other goes back to the head of the queue and
+its prompt is removed from its server when that server is driven again. One process at a time
+(``leadership``) sweeps the queue. A process stopped with SIGTERM gives its jobs back at once.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from dataclasses import replace
 from typing import Any
 
 from ..comfyui_client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from ..database import Leadership
 from ..images import PhotoStore
 from ..storage import AvatarStore
 from ..workflow import Workflow
 from . import outcomes
 from .estimates import Busy, RunTimes, schedule
+from .fleet import Fleet, WorkerEntry
 from .ledger import JobLedger, ms
 from .prompt import FailoverAsked, Phase, PromptRun, RunSettings, ShutdownAsked, withdraw
 from .records import Job, JobRecords, Waiting
@@ -39,6 +48,10 @@ logger = logging.getLogger(__name__)
 MONITOR_INTERVAL = 0.25
 # A worker whose server failed a submission waits this long before claiming again.
 SUBMIT_FAILURE_PAUSE = 1.0
+# With a shared database: how often expired leases are looked for (seconds).
+RECLAIM_INTERVAL = 1.0
+# A registry row whose lease passed this long ago is deleted.
+FORGET_WORKERS_AFTER = 3600.0
 
 
 class ServerWorker:
@@ -83,7 +96,8 @@ class ServerWorker:
 
     def _open(self) -> bool:
         return (
-            self.state.usable
+            self.dispatcher.database_error is None
+            and self.state.usable
             and len(self.runs) < self.slots
             and time.monotonic() >= self.paused_until
         )
@@ -101,6 +115,7 @@ class ServerWorker:
                     self.state.url,
                     self.owner,
                     exclude_styles=self.state.withheld(),
+                    lease_seconds=dispatcher.lease,
                 )
             except Exception:  # the database is locked or broken: try again shortly
                 logger.exception("worker %s could not claim a job", self.state.url)
@@ -138,6 +153,9 @@ class Dispatcher:
         settings: RunSettings,
         slots: int = 2,
         down_grace: float = 10.0,
+        lease: float = 60.0,
+        fleet: Fleet | None = None,
+        leadership: Leadership | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.records = records
@@ -161,6 +179,18 @@ class Dispatcher:
         # Jobs cancelled after a worker claimed them but before their run was registered.
         self._cancels: set[str] = set()
         self.drain_seconds: float | None = None
+        # Processes sharing the database: leases, the registry, the queue sweeper's role.
+        self.shared = records.dialect.shared
+        self.lease = lease
+        self.fleet = fleet if fleet is not None else Fleet(records.database)
+        self.leadership = leadership if leadership is not None else Leadership()
+        self.started_at = clock()
+        # Why the database cannot be used now (None: it answers), and since when.
+        self.database_error: str | None = None
+        self._database_lost_at: float | None = None
+        self._beat_at = 0.0
+        self._reclaim_at = 0.0
+        self._cancels_seen: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -186,6 +216,8 @@ class Dispatcher:
             self._monitor.join(max(0.0, deadline - time.monotonic()))
         for thread in list(self.threads):
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.shared:
+            self._leave()
 
     def notify(self) -> None:
         """Something changed (a new job, a free slot, a server back): workers look again."""
@@ -205,28 +237,48 @@ class Dispatcher:
         return None
 
     def cancel(self, job_id: str) -> None:
-        """Tell a held job's run that it was cancelled (or its run, once it is registered)."""
+        """Tell a held job's run that it was cancelled (or its run, once it is registered).
+
+        With a shared database a job held by another process learns it from its record.
+        """
         with self.changed:
             run = next(
                 (w.runs[job_id] for w in self.workers if w.runs.get(job_id) is not None), None
             )
-            if run is None:
+            claimed_here = any(job_id in w.runs for w in self.workers)
+            if run is None and (claimed_here or not self.shared):
                 self._cancels.add(job_id)
         if run is not None:
             run.cancel()
 
     def any_usable(self) -> bool:
-        """Whether some server can take jobs now."""
-        return any(state.usable for state in self.states.values())
+        """Whether some server can take jobs now (with a shared database: anywhere in the
+        fleet)."""
+        if any(state.usable for state in self.states.values()):
+            return True
+        return self.shared and any(entry.usable for entry in self.fleet.live(self.clock()))
 
     def reasons(self) -> dict[str, str | None]:
         """Why each server cannot take jobs (None: it can)."""
-        return {url: state.reason() for url, state in self.states.items()}
+        reasons: dict[str, str | None] = {}
+        if self.shared:
+            for entry in self.fleet.live(self.clock()):
+                if reasons.get(entry.server, "") is not None:
+                    reasons[entry.server] = None if entry.usable else entry.reason
+        reasons.update({url: state.reason() for url, state in self.states.items()})
+        return reasons
 
     # -- taking up jobs after a restart ----------------------------------------------------
 
     def resume(self, jobs: Sequence[Job]) -> int:
-        """Take up jobs left unfinished by the previous run; return how many were in flight."""
+        """Take up jobs left unfinished by the previous run; return how many were in flight.
+
+        (With a shared database nothing is taken up here: jobs whose leases pass are taken
+        over by whichever process sees them first.)
+        """
+        if self.shared:
+            self.notify()
+            return 0
         in_flight = 0
         for job in jobs:
             if job.server is None:
@@ -304,6 +356,7 @@ class Dispatcher:
             with self.changed:
                 worker.runs.pop(job.id, None)
                 self._cancels.discard(job.id)
+                self._cancels_seen.discard(job.id)
             self.threads.discard(threading.current_thread())
             self.notify()
 
@@ -347,9 +400,168 @@ class Dispatcher:
         while not self.stopping.wait(MONITOR_INTERVAL):
             try:
                 self._check_servers()
-                self._sweep_queue()
+                if self.shared and not self._share():
+                    continue
+                if self.leadership.held():
+                    self._sweep_queue()
             except Exception:  # the monitor must outlive any one bad round
                 logger.exception("dispatcher monitor round failed")
+
+    # -- a shared database: heartbeat, leases, cancels, takeover ---------------------------
+
+    def _share(self) -> bool:
+        """One round of what processes sharing the database owe each other; False when the
+        database did not answer."""
+        now = self.clock()
+        try:
+            if now >= self._beat_at:
+                self._beat_at = now + self.lease / 3
+                held = self.records.renew_leases(f"{self.owner}/", now + self.lease)
+                self.fleet.beat(self._entries(now))
+                self._fence(held)
+            self._take_cancels()
+            if now >= self._reclaim_at:
+                self._reclaim_at = now + RECLAIM_INTERVAL
+                self._reclaim(now)
+        except Exception as exc:  # the database is gone or broken: no new work until it is back
+            self._database_failed(exc, now)
+            return False
+        if self.database_error is not None:
+            logger.warning("the database answers again: taking jobs again")
+            self.database_error = None
+            self._database_lost_at = None
+            self.notify()
+        return True
+
+    def _database_failed(self, exc: Exception, now: float) -> None:
+        if self.database_error is None:
+            self._database_lost_at = now
+            logger.error(
+                "lost the database (%s): this process takes no new jobs until it answers again",
+                exc,
+            )
+        self.database_error = f"the database does not answer: {exc}"
+        self._beat_at = 0.0  # beat again as soon as it answers
+        if self._database_lost_at is not None and now - self._database_lost_at > self.lease:
+            with self.changed:
+                runs = [run for w in self.workers for run in w.runs.values() if run is not None]
+            if runs:
+                logger.error(
+                    "the database has not answered for %.0f s (past the lease): %d job(s) "
+                    "left to the processes that take them over",
+                    now - self._database_lost_at,
+                    len(runs),
+                )
+                for run in runs:
+                    run.stop(ShutdownAsked())
+
+    def _entries(self, now: float) -> list[WorkerEntry]:
+        with self.changed:
+            return [
+                WorkerEntry(
+                    id=worker.owner,
+                    process=self.owner,
+                    server=worker.state.url,
+                    slots=worker.slots,
+                    jobs=len(worker.runs),
+                    usable=worker.state.usable,
+                    reason=worker.state.reason(),
+                    started_at=self.started_at,
+                    heartbeat_at=now,
+                    lease_expires=now + self.lease,
+                    withheld=sorted(worker.state.withheld()),
+                )
+                for worker in self.workers
+            ]
+
+    def _fence(self, held: set[str]) -> None:
+        """Stop following jobs another process took over (this one's lease had passed)."""
+        with self.changed:
+            lost = [
+                (job_id, run)
+                for worker in self.workers
+                for job_id, run in worker.runs.items()
+                if run is not None and job_id not in held and not run.job.ended
+            ]
+        for job_id, run in lost:
+            current = self.records.get(job_id)
+            if current is not None and not current.ended and current.owner != run.job.owner:
+                logger.warning(
+                    "job %s was taken over by another process; not followed here", job_id
+                )
+                run.stop(ShutdownAsked())
+
+    def _take_cancels(self) -> None:
+        """Cancels asked on any process, for the jobs this one holds."""
+        for job_id in self.records.cancel_requests(f"{self.owner}/"):
+            if job_id not in self._cancels_seen:
+                self._cancels_seen.add(job_id)
+                self.cancel(job_id)
+
+    def _reclaim(self, now: float) -> None:
+        """Take over the jobs of processes whose leases have passed."""
+        expired = self.records.expired(now)
+        if not expired:
+            return
+        live = {entry.server for entry in self.fleet.live(now) if entry.process != self.owner}
+        with self.changed:
+            running_here = {job_id for worker in self.workers for job_id in worker.runs}
+        for job in expired:
+            if job.id in running_here:
+                continue  # this process's own lease lapsed while it was cut off; renewed next
+            worker = next((w for w in self.workers if w.state.url == job.server), None)
+            if job.server is not None and worker is None and job.server in live:
+                continue  # a process driving that server takes it (it can follow the prompt)
+            if worker is not None and worker.state.usable and job.prompt_id is not None:
+                taken = self.records.take_over(job, worker.owner, until=now + self.lease, now=now)
+                if taken is not None:
+                    logger.warning(
+                        "job %s: its holder %s is gone; following prompt %s on %s here",
+                        job.id,
+                        job.owner,
+                        job.prompt_id,
+                        job.server,
+                    )
+                    worker.take(taken)
+                continue
+            taken = self.records.take_over(
+                job, f"{self.owner}/takeover", until=now + self.lease, now=now
+            )
+            if taken is None:
+                continue
+            if taken.server is None:  # taken out of the queue by a process that died
+                self.records.update(taken, owner=None, lease_expires=None)
+                logger.warning("job %s: back in the queue (its process is gone)", job.id)
+                continue
+            if taken.prompt_id is not None:
+                self.records.abandon_prompt(taken.server, taken.prompt_id, taken.id)
+            requeued = self.records.requeue(taken, front=True)
+            self.ledger.requeued(requeued)
+            logger.warning(
+                "job %s: its holder %s is gone; back to the head of the queue", job.id, job.owner
+            )
+        self.fleet.prune(now - FORGET_WORKERS_AFTER)
+        self.notify()
+
+    def _leave(self) -> None:
+        """Leave the fleet: the jobs this process holds go back to the queue at once."""
+        try:
+            for job in self.records.held_by(f"{self.owner}/"):
+                worker = next((w for w in self.workers if w.state.url == job.server), None)
+                withdrawn = (
+                    worker is not None
+                    and job.prompt_id is not None
+                    and withdraw(worker.client, job.prompt_id)
+                )
+                if job.prompt_id and job.server and not withdrawn:
+                    self.records.abandon_prompt(job.server, job.prompt_id, job.id)
+                requeued = self.records.requeue(job, front=True)
+                self.ledger.requeued(requeued)
+                logger.info("job %s given back to the queue (this process stops)", job.id)
+            self.fleet.leave([worker.owner for worker in self.workers])
+        except Exception:  # the database is gone: leases pass and other processes take over
+            logger.exception("could not give jobs back when stopping; their leases will pass")
+        self.leadership.release()
 
     def _check_servers(self) -> None:
         for worker in self.workers:

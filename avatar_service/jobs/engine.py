@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Seeds chosen by the service stay below 2**53 so JavaScript clients read them exactly.
 RANDOM_SEED_LIMIT = 2**53
+# With a shared database, how often a waiting request reads the job's record again (seconds).
+SHARED_RECHECK = 1.0
 # Retry-After bounds for a full queue.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX, RETRY_AFTER_UNKNOWN = 1, 600, 10
 
@@ -158,7 +160,10 @@ class JobEngine:
         while not self.dispatcher.any_usable():
             if time.monotonic() >= deadline:
                 return False
-            self.dispatcher.workers[0].client.wait_connected(0.05)
+            if self.dispatcher.workers:
+                self.dispatcher.workers[0].client.wait_connected(0.05)
+            else:  # a replica without workers of its own: the fleet is in the registry
+                time.sleep(0.05)
         return True
 
     def get(self, job_id: str) -> Job:
@@ -171,8 +176,19 @@ class JobEngine:
     def wait(self, job_id: str, timeout: float) -> Job:
         """Wait up to ``timeout`` seconds for the job to end; return its record either way."""
         job = self.get(job_id)
-        if not job.ended and timeout > 0:
+        if job.ended or timeout <= 0:
+            return job
+        if not self.records.dialect.shared:
             self.events.wait_ended(job_id, timeout)
+            return self.get(job_id)
+        # Another process may run the job: its events arrive by notification, and the record
+        # (the source of truth) is read again every SHARED_RECHECK seconds in case one is missed.
+        deadline = time.monotonic() + timeout
+        while not job.ended and not self.events.closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.events.wait_ended(job_id, min(remaining, SHARED_RECHECK))
             job = self.get(job_id)
         return job
 
@@ -201,6 +217,9 @@ class JobEngine:
         self.get(job_id)
         run = self.dispatcher.find_run(job_id)
         preview = run.preview if run is not None else None
+        if preview is None and self.records.dialect.shared:  # another process runs the job
+            kept = self.records.preview(job_id)
+            preview = None if kept is None else Preview(content_type=kept[0], data=kept[1])
         if preview is None:
             raise NotFound(
                 "no preview for this job (none sent yet, or the job is not running)",

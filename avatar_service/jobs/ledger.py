@@ -33,6 +33,7 @@ class JobLedger:
         self.clock = clock
         self.on_end: list[Callable[[Job, dict[str, Any]], None]] = []
         self._progress_written: dict[str, float] = {}
+        self._preview_written: dict[str, float] = {}
         # The latest progress of each running job, which the record may not have yet.
         self._live_progress: dict[str, dict[str, Any]] = {}
 
@@ -97,8 +98,17 @@ class JobLedger:
         self.events.publish(job.id, "progress", progress)
         return job
 
-    def preview(self, job: Job) -> None:
-        """A new preview frame is available."""
+    def preview(self, job: Job, frame: Any = None) -> None:
+        """A new preview frame is available (kept in the database, at most twice a second,
+        when other processes may be asked for it)."""
+        if frame is not None and self.records.dialect.shared:
+            now = time.monotonic()
+            if now - self._preview_written.get(job.id, 0.0) >= PROGRESS_WRITE_INTERVAL:
+                self._preview_written[job.id] = now
+                try:
+                    self.records.save_preview(job.id, frame.content_type, frame.data)
+                except Exception:  # a preview is a nicety: never let it end the run
+                    logger.exception("job %s: could not keep its preview", job.id)
         self.events.publish(job.id, "preview", {"url": job.to_dict()["links"]["preview"]})
 
     def finish(
@@ -134,6 +144,11 @@ class JobLedger:
             owner=None,
             lease_expires=None,
         )
+        if self._preview_written.pop(job.id, None) is not None:
+            try:
+                self.records.forget_preview(job.id)
+            except Exception:  # the row is small; the next retention sweep may not even need it
+                logger.exception("job %s: could not drop its preview", job.id)
         body = job.to_dict()
         for hook in self.on_end:
             try:

@@ -71,7 +71,35 @@ CREATE TABLE IF NOT EXISTS abandoned_prompts (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_SCHEMA, V2_SCHEMA)
+# Version 3: processes that share the database (PostgreSQL). ``workers`` is the registry of the
+# live fleet: one row per worker (one ComfyUI server driven by one process), renewed by its
+# heartbeat; a row whose lease has passed belongs to a process that is gone. ``job_previews``
+# keeps the latest live preview of a running job, so any process can serve it.
+V3_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    process TEXT NOT NULL,
+    server TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    jobs INTEGER NOT NULL DEFAULT 0,
+    usable INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    withheld TEXT NOT NULL DEFAULT '[]',
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    lease_expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workers_server ON workers(server, lease_expires);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
+CREATE TABLE IF NOT EXISTS job_previews (
+    job_id TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1_SCHEMA, V2_SCHEMA, V3_SCHEMA)
 
 # Version 1 of the outbox: the webhook tables as first shipped.
 DELIVERIES_V1_SCHEMA = """

@@ -296,7 +296,7 @@ class PromptRun:
         elif isinstance(event, ExecutionInterrupted):
             self.interrupted = True
         elif isinstance(event, PreviewReady):
-            self.ledger.preview(self.job)
+            self.ledger.preview(self.job, self.preview)
         elif isinstance(event, QueueChanged):
             if (
                 self.phase is Phase.WAITING

@@ -245,16 +245,98 @@ class JobRecords:
             ).fetchall()
         return _from_row(row[0]) if row else None
 
-    def take_waiting(self, job_id: str) -> Job | None:
+    def take_waiting(self, job_id: str, *, lease_seconds: float = 60.0) -> Job | None:
         """Atomically take a waiting job out of the queue (to cancel or expire it); None if a
-        worker claimed it first or it is not waiting."""
+        worker claimed it first or it is not waiting. (Its lease lets another process put it
+        back should this one die before ending it.)"""
         with self._transaction() as db:
             row = db.execute(
-                "UPDATE jobs SET owner = ? WHERE id = ? AND status = 'queued' "
+                "UPDATE jobs SET owner = ?, lease_expires = ? WHERE id = ? AND status = 'queued' "
                 "AND server IS NULL AND owner IS NULL RETURNING *",
-                (SERVICE_OWNER, job_id),
+                (SERVICE_OWNER, time.time() + lease_seconds, job_id),
             ).fetchall()
         return _from_row(row[0]) if row else None
+
+    # -- leases (processes sharing the database) -------------------------------------------
+
+    def renew_leases(self, owner_prefix: str, until: float) -> set[str]:
+        """Extend the lease of every unfinished job whose owner starts with ``owner_prefix``;
+        the ids of the jobs still held (a job taken over by another process is not)."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE owner LIKE ? "
+                "AND status IN ('queued', 'running') RETURNING id",
+                (until, _prefix_pattern(owner_prefix)),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def held_by(self, owner_prefix: str) -> list[Job]:
+        """The unfinished jobs whose owner starts with ``owner_prefix``."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE owner LIKE ? AND status IN ('queued', 'running') "
+                "ORDER BY queue_order",
+                (_prefix_pattern(owner_prefix),),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def cancel_requests(self, owner_prefix: str) -> list[str]:
+        """Ids of unfinished jobs held under ``owner_prefix`` whose cancel was asked."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE owner LIKE ? AND cancel_requested = 1 "
+                "AND status IN ('queued', 'running')",
+                (_prefix_pattern(owner_prefix),),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def expired(self, now: float, limit: int = 50) -> list[Job]:
+        """Unfinished jobs whose holder's lease has passed (its process is gone), oldest first."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND owner IS NOT NULL "
+                "AND lease_expires IS NOT NULL AND lease_expires < ? "
+                "ORDER BY queue_order LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def take_over(self, job: Job, owner: str, *, until: float, now: float) -> Job | None:
+        """Atomically become the holder of a job whose lease has passed; None when another
+        process took it over first, or its holder came back and renewed it."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET owner = ?, lease_expires = ? WHERE id = ? AND owner = ? "
+                "AND lease_expires < ? AND status IN ('queued', 'running') RETURNING *",
+                (owner, until, job.id, job.owner, now),
+            ).fetchall()
+        return _from_row(row[0]) if row else None
+
+    # -- live previews (served by any process) ---------------------------------------------
+
+    def save_preview(self, job_id: str, content_type: str, data: bytes) -> None:
+        """Keep the latest live preview of a running job."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO job_previews (job_id, content_type, data, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                "content_type = excluded.content_type, data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                (job_id, content_type, data, time.time()),
+            )
+
+    def preview(self, job_id: str) -> tuple[str, bytes] | None:
+        """The latest live preview kept for a job (content type, bytes), or None."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT content_type, data FROM job_previews WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def forget_preview(self, job_id: str) -> None:
+        """The job ended: its live preview is no longer served."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM job_previews WHERE job_id = ?", (job_id,))
 
     def requeue(self, job: Job, *, front: bool) -> Job:
         """Put a claimed job back into the queue: at its head (failover) or at its end.
@@ -331,6 +413,13 @@ class JobRecords:
     def _transaction(self) -> Iterator[Connection]:
         with self.database.transaction() as db:
             yield db
+
+
+def _prefix_pattern(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with ``prefix`` (ids use no wildcards)."""
+    if "%" in prefix or "_" in prefix:
+        raise ValueError(f"owner prefix {prefix!r} contains a LIKE wildcard")
+    return f"{prefix}%"
 
 
 _COLUMN_NAMES = tuple(f.name for f in fields(Job))
