@@ -103,9 +103,8 @@ class ApiServices:
         return api
 
     def close(self) -> None:
-        """Stop the retention thread and close the database connections."""
+        """Stop the retention thread (the database, shared with the jobs, closes with them)."""
         self.retention.stop()
-        self.database.close()
 
     def submit(
         self,

@@ -39,7 +39,10 @@ EXIT_UNREACHABLE = 3
 
 def init_app(app: Flask) -> None:
     """Register the command groups."""
+    from .worker import worker_command
+
     app.cli.add_command(workflows_cli)
+    app.cli.add_command(worker_command)
 
 
 def _services():

@@ -106,7 +106,7 @@ class Outbox:
             raise ValueError(f"workers must be 1 or more, got {workers}")
         if database is None and db_path is None:
             raise ValueError("an outbox needs a database (or the path of a SQLite file)")
-        self._owns_database = database is None
+        self._owns_database = database is None  # opened here from a path: closed by stop()
         self.database = database if database is not None else as_database(Path(db_path))
         self.db_path = self.database.path
         self.max_attempts = max_attempts
@@ -170,6 +170,8 @@ class Outbox:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         _, not_done = wait_futures(futures, timeout=max(deadline - time.monotonic(), 0))
+        if self._owns_database and not not_done:
+            self.database.close()
         if client is None:
             return
         if not not_done:

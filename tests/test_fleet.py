@@ -1,0 +1,140 @@
+"""API replicas and worker processes on one PostgreSQL: real processes, real stand-ins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_standin import StandIn
+from tests.conftest import make_photo
+from tests.fleet import Fleet, Replica
+from tests.receivers import eventually
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, postgres_url: str):
+    """A fleet of processes on the test's own schema; every process is stopped afterwards."""
+    made = Fleet(tmp_path, postgres_url)
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def standins(tmp_path: Path):
+    """Start stand-in ComfyUI servers on free ports; all are stopped after the test."""
+    started: list[StandIn] = []
+
+    def start(name: str) -> StandIn:
+        server = StandIn(root=tmp_path / name).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def upload(replica: Replica, color: tuple[int, int, int]) -> str:
+    answer = replica.http.post(
+        "/upload-image", files={"image": ("me.png", make_photo(color), "image/png")}
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["imageName"]
+
+
+def start_job(replica: Replica, name: str) -> str:
+    answer = replica.http.post("/generate-avatar-by-image", json={"imageName": name, "async": True})
+    assert answer.status_code == 202, answer.text
+    return answer.json()["jobId"]
+
+
+def read_sse(replica: Replica, job_id: str) -> list[dict]:
+    """The whole event stream of a job, as read from one replica (it ends with the job)."""
+    events, current = [], {}
+    with replica.http.stream("GET", f"/jobs/{job_id}/events", timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line:
+                if current:
+                    events.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                key, _, value = line.partition(": ")
+                current[key] = json.loads(value) if key == "data" else value
+    return events
+
+
+def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
+    fleet, standins, tmp_path
+):
+    """Replica A takes jobs, a worker process runs them, replica B reads, streams and cancels."""
+    server = standins("gpu1")
+    server.set_faults(step_delay=0.05)
+    a = fleet.replica("a")
+    b = fleet.replica("b")
+    fleet.worker("w1", server.url)
+    a.wait_up()
+    b.wait_up()
+    b.wait_workers({server.url})
+
+    name = upload(a, (200, 80, 40))
+    streamed = start_job(a, name)
+    events = read_sse(b, streamed)
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "state" and kinds[-1] == "succeeded"
+    assert "running" in kinds and "progress" in kinds
+    done = b.http.get(f"/jobs/{streamed}").json()
+    assert done["status"] == "succeeded" and len(done["avatars"]) == 1
+    avatar = b.http.get(
+        done["avatars"][0]["url"].replace(done["links"]["self"].split("/jobs")[0], "")
+    )
+    assert avatar.status_code == 200 and avatar.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+    server.set_faults(step_delay=0.5)
+    cancelled = start_job(a, name)
+    b.wait_job(cancelled, until=lambda record: record["status"] == "running")
+    answer = b.http.post(f"/jobs/{cancelled}/cancel")
+    assert answer.status_code in (200, 202), answer.text
+    record = a.wait_job(cancelled, timeout=20)
+    assert record["status"] == "cancelled"
+    assert record["avatars"] == []
+    eventually(lambda: server.interrupts, timeout=10)
+    assert b.http.get(f"/jobs/{cancelled}").json()["status"] == "cancelled"
+
+
+def test_kill_9_of_a_replica_and_a_worker_loses_no_job_and_runs_none_twice(
+    fleet, standins, tmp_path
+):
+    """A killed mid-job, a worker killed mid-job, one joining later: every job, one avatar."""
+    first, second, third = standins("gpu1"), standins("gpu2"), standins("gpu3")
+    for server in (first, second, third):
+        server.set_faults(step_delay=0.05)
+    a = fleet.replica("a")
+    b = fleet.replica("b")
+    doomed = fleet.worker("w1", first.url)
+    fleet.worker("w2", second.url)
+    a.wait_up()
+    b.wait_up()
+    b.wait_workers({first.url, second.url})
+
+    name = upload(a, (30, 160, 90))
+    jobs = [start_job(a, name) for _ in range(8)]
+    a.process.kill()
+    eventually(lambda: first.prompts, timeout=20)
+    doomed.kill()
+    fleet.worker("w3", third.url)
+    b.wait_workers({third.url})
+
+    records = [b.wait_job(job_id, timeout=60) for job_id in jobs]
+    assert [record["status"] for record in records] == ["succeeded"] * len(jobs)
+    assert all(len(record["avatars"]) == 1 for record in records)
+    saved = sorted(p.name for p in (tmp_path / "generated_avatar").iterdir() if p.suffix == ".png")
+    assert len(saved) == len(jobs)
+    assert {name.split("_", 1)[0] for name in saved} == set(jobs)
+    assert third.prompts, "the worker that joined later took jobs"
+    report = b.http.get("/readyz").json()
+    assert {w["server"] for w in report["workers"]} == {second.url, third.url}
