@@ -138,3 +138,45 @@ def test_kill_9_of_a_replica_and_a_worker_loses_no_job_and_runs_none_twice(
     assert third.prompts, "the worker that joined later took jobs"
     report = b.http.get("/readyz").json()
     assert {w["server"] for w in report["workers"]} == {second.url, third.url}
+
+
+def test_a_worker_stopped_with_sigterm_gives_its_jobs_back_at_once(fleet, standins, tmp_path):
+    """SIGTERM: the worker withdraws its prompts and requeues its jobs (long before its lease
+    would pass); another worker finishes them, one avatar each."""
+    leaving, staying = standins("gpu1"), standins("gpu2")
+    leaving.set_faults(step_delay=0.5)
+    a = fleet.replica("a", WORKER_LEASE="300")
+    worker = fleet.worker("w1", leaving.url, WORKER_LEASE="300")
+    a.wait_up()
+    a.wait_workers({leaving.url})
+    name = upload(a, (90, 40, 160))
+    jobs = [start_job(a, name) for _ in range(2)]
+    for job_id in jobs:
+        a.wait_job(job_id, until=lambda record: record["status"] == "running" or record["startedAt"])
+    assert worker.terminate() == 0
+    assert "given back to the queue" in worker.output()
+    eventually(lambda: leaving.interrupts, timeout=10)
+    fleet.worker("w2", staying.url, WORKER_LEASE="300")
+    records = [a.wait_job(job_id, timeout=30) for job_id in jobs]
+    assert [record["status"] for record in records] == ["succeeded", "succeeded"]
+    assert all(len(record["avatars"]) == 1 for record in records)
+    saved = [p for p in (tmp_path / "generated_avatar").iterdir() if p.suffix == ".png"]
+    assert len(saved) == 2
+    assert {w["server"] for w in a.http.get("/readyz").json()["workers"]} == {staying.url}
+
+
+def test_a_replica_without_workers_is_not_ready_and_says_why(fleet):
+    """/readyz: the database answers, no live worker: 503 with the reason; jobs are refused."""
+    a = fleet.replica("a", LOCAL_WORKERS="false")
+    a.wait_up()
+    answer = a.http.get("/readyz")
+    assert answer.status_code == 503
+    report = answer.json()
+    assert report == {
+        "ready": False,
+        "database": {"ok": True, "engine": "postgresql"},
+        "workers": [],
+        "servers": {},
+        "reason": "no live worker can take jobs (none registered, or their ComfyUI servers "
+        "are unreachable)",
+    }
