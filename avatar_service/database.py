@@ -25,9 +25,12 @@ from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
-# How long a statement waits for a lock (SQLite) or a connection from the pool (PostgreSQL).
+# How long a statement waits for a lock (SQLite).
 LOCK_TIMEOUT = 30.0
+# How long a connection to PostgreSQL may take to open, and a transaction may wait for one from
+# the pool (when the database is gone, callers learn it after this, not later).
 CONNECT_TIMEOUT = 5
+POOL_TIMEOUT = 10.0
 # A process without a role tries to take it at most this often (seconds).
 LEADERSHIP_RETRY = 1.0
 
@@ -186,7 +189,7 @@ class PostgresDatabase(Database):
             max_size=pool_size,
             kwargs={"row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT},
             check=ConnectionPool.check_connection,
-            timeout=LOCK_TIMEOUT,
+            timeout=POOL_TIMEOUT,
             open=False,
             name="avatar-service",
         )
@@ -220,6 +223,16 @@ class PostgresDatabase(Database):
     def lock_for_migration(self, connection: Connection) -> None:
         """Processes starting together migrate one after the other."""
         connection.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+
+    def ping(self) -> None:
+        """Open a connection of its own and run one statement (the pool may hold broken ones)."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as connection:
+                connection.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
 
     def leadership(self, name: str) -> Leadership:
         """A role held by one process at a time: a session advisory lock on a connection of

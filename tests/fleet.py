@@ -91,7 +91,7 @@ class Fleet:
     def replica(self, name: str, **extra: str) -> Replica:
         """Start an API replica without workers of its own."""
         port = free_port()
-        env = self._env(name, PORT=str(port), LOCAL_WORKERS="false", **extra)
+        env = self._env(name, **{"PORT": str(port), "LOCAL_WORKERS": "false", **extra})
         process = Process(name, [sys.executable, "app.py"], env, self.scratch / f"{name}.log")
         self.processes.append(process)
         replica = Replica(process, f"http://127.0.0.1:{port}")
@@ -109,6 +109,9 @@ class Fleet:
         """Stop every process still running (SIGTERM, then kill)."""
         for replica in self.replicas:
             replica.http.close()
+        for process in self.processes:  # all at once: they leave in parallel
+            if process.alive:
+                process.process.send_signal(signal.SIGTERM)
         for process in self.processes:
             process.terminate(timeout=10)
 

@@ -151,8 +151,7 @@ def test_a_worker_stopped_with_sigterm_gives_its_jobs_back_at_once(fleet, standi
     a.wait_workers({leaving.url})
     name = upload(a, (90, 40, 160))
     jobs = [start_job(a, name) for _ in range(2)]
-    for job_id in jobs:
-        a.wait_job(job_id, until=lambda record: record["status"] == "running" or record["startedAt"])
+    eventually(lambda: len(leaving.prompts) == 2, timeout=20)  # one running, one waiting there
     assert worker.terminate() == 0
     assert "given back to the queue" in worker.output()
     eventually(lambda: leaving.interrupts, timeout=10)
@@ -162,7 +161,8 @@ def test_a_worker_stopped_with_sigterm_gives_its_jobs_back_at_once(fleet, standi
     assert all(len(record["avatars"]) == 1 for record in records)
     saved = [p for p in (tmp_path / "generated_avatar").iterdir() if p.suffix == ".png"]
     assert len(saved) == 2
-    assert {w["server"] for w in a.http.get("/readyz").json()["workers"]} == {staying.url}
+    report = a.http.get("/readyz").json()
+    assert {w["server"] for w in report["workers"]} == {staying.url}, report
 
 
 def test_a_replica_without_workers_is_not_ready_and_says_why(fleet):
@@ -180,3 +180,50 @@ def test_a_replica_without_workers_is_not_ready_and_says_why(fleet):
         "reason": "no live worker can take jobs (none registered, or their ComfyUI servers "
         "are unreachable)",
     }
+
+
+def test_a_process_that_loses_the_database_stops_taking_work_and_says_why(
+    fleet, standins, postgres_url, tmp_path
+):
+    """Replica A reaches PostgreSQL through a proxy that is cut mid-job: its /readyz says why
+    (503), a worker elsewhere takes its job over once the lease passes and saves one avatar;
+    restored, A is ready again."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.tcp_proxy import TcpProxy
+
+    parts = urlsplit(postgres_url)
+    proxy = TcpProxy((parts.hostname, parts.port or 5432)).start()
+    try:
+        via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+        cut_off, other = standins("gpu1"), standins("gpu2")
+        cut_off.set_faults(step_delay=0.3)
+        a = fleet.replica(
+            "a", LOCAL_WORKERS="true", COMFYUI_URL=cut_off.url, DATABASE_URL=via_proxy
+        )
+        b = fleet.replica("b")
+        a.wait_up()
+        b.wait_up()
+        b.wait_workers({cut_off.url})
+        job_id = start_job(a, upload(a, (120, 120, 30)))
+        a.wait_job(job_id, until=lambda record: record["status"] == "running")
+        fleet.worker("w2", other.url)
+        b.wait_workers({other.url})
+
+        proxy.cut()
+        eventually(lambda: a.http.get("/readyz").status_code == 503, timeout=20)
+        report = a.http.get("/readyz").json()
+        assert report["ready"] is False
+        assert report["database"]["ok"] is False
+        assert report["reason"].startswith("the database does not answer")
+        record = b.wait_job(job_id, timeout=40)
+        assert record["status"] == "succeeded" and len(record["avatars"]) == 1
+        eventually(lambda: "lost the database" in a.process.output(), timeout=30)
+
+        proxy.restore()
+        eventually(lambda: a.http.get("/readyz").status_code == 200, timeout=30)
+        saved = [p for p in (tmp_path / "generated_avatar").iterdir() if p.suffix == ".png"]
+        assert len(saved) == 1
+    finally:
+        fleet.stop()  # while the proxy still forwards: the processes leave cleanly
+        proxy.stop()

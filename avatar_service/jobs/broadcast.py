@@ -76,13 +76,17 @@ class EventBroadcast:
             logger.exception("could not notify other processes of %s of job %s", event, job_id)
 
     def _listen(self) -> None:
+        failing = False
         while not self._stopping.is_set():
             try:
                 connection = self.database.connect(autocommit=True)
             except Exception as exc:
-                logger.warning("event listener cannot connect: %s", exc)
+                if not failing:  # once per outage
+                    logger.warning("event listener cannot connect (trying every second): %s", exc)
+                failing = True
                 self._stopping.wait(RECONNECT_PAUSE)
                 continue
+            failing = False
             try:
                 connection.execute(f'LISTEN "{self.channel}"')
                 self.listening.set()

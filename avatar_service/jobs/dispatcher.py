@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..comfyui_client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
-from ..database import Leadership
+from ..database import DatabaseUnavailable, Leadership
 from ..images import PhotoStore
 from ..storage import AvatarStore
 from ..workflow import Workflow
@@ -39,7 +39,7 @@ from .estimates import Busy, RunTimes, schedule
 from .fleet import Fleet, WorkerEntry
 from .ledger import JobLedger, ms
 from .prompt import FailoverAsked, Phase, PromptRun, RunSettings, ShutdownAsked, withdraw
-from .records import Job, JobRecords, Waiting
+from .records import Job, JobRecords, LeaseLost, Waiting
 from .results import collect_avatars
 from .servers import ServerState
 
@@ -342,6 +342,10 @@ class Dispatcher:
             logger.info("job %s left unfinished for the next start", job.id)
         except outcomes.FailedOver:
             self._give_back(run.job if run else job, worker, "its server was given up")
+        except (LeaseLost, DatabaseUnavailable) as exc:
+            # Cut off from the database, or past the lease: the process that takes the job over
+            # ends it; nothing is written from here.
+            logger.error("job %s left to the process that takes it over: %s", job.id, exc)
         except Exception as exc:  # every failure ends the job; none escapes the thread
             current = run.job if run else job
             if self.stopping.is_set():
@@ -399,9 +403,9 @@ class Dispatcher:
     def _watch(self) -> None:
         while not self.stopping.wait(MONITOR_INTERVAL):
             try:
-                self._check_servers()
                 if self.shared and not self._share():
-                    continue
+                    continue  # nothing else can be done without the database
+                self._check_servers()
                 if self.leadership.held():
                     self._sweep_queue()
             except Exception:  # the monitor must outlive any one bad round

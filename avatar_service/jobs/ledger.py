@@ -131,8 +131,12 @@ class JobLedger:
         if error is not None:
             record = {"status": error.status, **error.to_dict()}
             record.setdefault("details", {})["jobId"] = job.id
+        # With a shared database only the job's holder may end it (a process cut off past its
+        # lease has lost the job to another, whose end counts): LeaseLost otherwise.
+        held_by = job.owner if self.records.dialect.shared else None
         job = self.records.update(
             job,
+            expect_owner=held_by,
             status=status,
             finished_at=now,
             error=record,

@@ -31,6 +31,15 @@ HEAD_OF_QUEUE_OFFSET = 1e10
 SERVICE_OWNER = "service"
 
 
+class LeaseLost(RuntimeError):
+    """A job's holder lost it: another process took it over after its lease passed."""
+
+    def __init__(self, job_id: str, owner: str) -> None:
+        super().__init__(f"job {job_id} is no longer held by {owner}")
+        self.job_id = job_id
+        self.owner = owner
+
+
 @dataclass(frozen=True)
 class Job:
     """One generation request and everything known about it."""
@@ -164,14 +173,23 @@ class JobRecords:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _from_row(row) if row else None
 
-    def update(self, job: Job, **changes: Any) -> Job:
-        """Apply changes to a job and persist them; return the new record."""
+    def update(self, job: Job, *, expect_owner: str | None = None, **changes: Any) -> Job:
+        """Apply changes to a job and persist them; return the new record.
+
+        ``expect_owner``: write only while that owner still holds the job (else ``LeaseLost``:
+        another process took it over).
+        """
         updated = replace(job, **changes)
         row = _to_row(updated)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         values = [row[name] for name in changes]
+        guard, extra = ("", ()) if expect_owner is None else (" AND owner = ?", (expect_owner,))
         with self._transaction() as db:
-            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job.id))
+            cursor = db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ?{guard}", (*values, job.id, *extra)
+            )
+            if expect_owner is not None and cursor.rowcount == 0:
+                raise LeaseLost(job.id, expect_owner)
         return updated
 
     def unfinished(self) -> list[Job]:
