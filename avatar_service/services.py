@@ -321,8 +321,19 @@ class Services:
             state.catalogue_read(object_info)
 
     def describe_styles(self) -> list[dict[str, Any]]:
-        """GET /styles: each workflow with its parameters."""
-        return [describe(workflow) for _, workflow in sorted(self.workflows.items())]
+        """GET /styles: each workflow with its parameters (with a shared database, also the
+        live servers of the fleet that can run it now: ``liveServers``)."""
+        styles = [describe(workflow) for _, workflow in sorted(self.workflows.items())]
+        if self.database.dialect.shared:
+            try:
+                live = [entry for entry in self.runner.dispatcher.fleet.live() if entry.usable]
+            except DatabaseUnavailable:
+                live = []
+            for style in styles:
+                style["liveServers"] = sorted(
+                    {entry.server for entry in live if style["name"] not in entry.withheld}
+                )
+        return styles
 
     def readiness(self) -> dict[str, Any]:
         """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is.

@@ -80,6 +80,8 @@ def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
     a.wait_up()
     b.wait_up()
     b.wait_workers({server.url})
+    styles = {style["name"]: style for style in b.http.get("/styles").json()["styles"]}
+    assert styles["avatar"]["liveServers"] == [server.url]
 
     name = upload(a, (200, 80, 40))
     streamed = start_job(a, name)
