@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, send_file, stream_with_context
 
 from .errors import BadRequest, Conflict, error_from_record
+from .framing import crop_problem
 from .jobs import GenerateRequest
 from .services import Services
 from .store import Job
@@ -37,8 +38,8 @@ def upload_image():
             code="missing_file",
             details={"receivedFields": sorted(request.files) + sorted(request.form)},
         )
-    stored = services().photos.save(upload.read(services().settings.max_upload_bytes + 1))
-    return stored.to_dict(), 201
+    stored = services().framing.save_photo(upload.read(services().settings.max_upload_bytes + 1))
+    return stored, 201
 
 
 @bp.post("/generate-avatar-by-image")
@@ -47,7 +48,7 @@ def generate_avatar():
     svc = services()
     generate, respond_async = parse_generate(_json_body(), svc)
     respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
-    job = svc.runner.submit(generate, base_url=request.host_url)
+    job = svc.runner.submit(svc.framing.frame(generate), base_url=request.host_url)
     if not respond_async:
         job = svc.wait_for_job(job.id)
     return job_response(job, svc)
@@ -178,6 +179,12 @@ def parse_generate(body: Any, svc: Services) -> tuple[GenerateRequest, bool]:
             if svc.settings.webhook_allowed_urls
             else "not accepted: WEBHOOK_ALLOWED_URLS allows no callback URL"
         )
+    crop = body.get("crop")
+    if crop is not None:
+        known_size = svc.framing.photo_size(image_name) if isinstance(image_name, str) else None
+        problem = crop_problem(crop, known_size)
+        if problem:
+            problems["crop"] = problem
     if problems:
         field, message = next(iter(problems.items()))
         summary = f"{field}: {message}" if len(problems) == 1 else "several fields are invalid"
@@ -191,6 +198,7 @@ def parse_generate(body: Any, svc: Services) -> tuple[GenerateRequest, bool]:
             style=style_name,
             seed=seed,
             callback_url=callback_url,
+            crop=None if crop is None else {**crop, "source": "request"},
         ),
         respond_async,
     )

@@ -9,6 +9,7 @@ Every error a client can see is a ServiceError, answered as
     ├── Conflict (409)                cancelling a job that has ended
     ├── PayloadTooLarge (413)         photo over MAX_UPLOAD_MB
     ├── UnsupportedMediaType (415)    not a JPEG, PNG or WebP photo
+    ├── UnprocessablePhoto (422)      a photo FACE_POLICY rules out (no face, several faces)
     ├── BadGateway (502)              ComfyUI rejected the graph or failed while running it
     ├── ServiceUnavailable (503)      ComfyUI unreachable (sends Retry-After)
     └── GatewayTimeout (504)          the job deadline passed
@@ -93,6 +94,13 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
+class UnprocessablePhoto(ServiceError):
+    """The photo is a valid image but cannot make an avatar under the face policy."""
+
+    status = 422
+    code = "unprocessable_photo"
+
+
 class BadGateway(ServiceError):
     """ComfyUI answered, but not with a usable result."""
 
@@ -126,6 +134,7 @@ _CLASS_BY_STATUS: dict[int, type[ServiceError]] = {
         Conflict,
         PayloadTooLarge,
         UnsupportedMediaType,
+        UnprocessablePhoto,
         BadGateway,
         ServiceUnavailable,
         GatewayTimeout,

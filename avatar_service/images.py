@@ -6,6 +6,7 @@ import io
 import re
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,13 @@ class PhotoStore:
         self.max_pixels = max_pixels
         self.min_side = min_side
 
-    def save(self, data: bytes) -> StoredPhoto:
-        """Validate the bytes of an uploaded photo and store it; raise a ServiceError if refused."""
+    def save(
+        self, data: bytes, *, inspect: Callable[[Image.Image], None] | None = None
+    ) -> StoredPhoto:
+        """Validate the bytes of an uploaded photo and store it; raise a ServiceError if refused.
+
+        ``inspect`` sees the photo as it will be stored, and may refuse it by raising.
+        """
         if len(data) > self.max_bytes:
             raise PayloadTooLarge(
                 f"the photo is larger than the limit of {self.max_bytes} bytes",
@@ -66,6 +72,8 @@ class PhotoStore:
             )
         image = _bounded(image)
         width, height = image.size
+        if inspect is not None:
+            inspect(image)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         name = f"{secrets.token_urlsafe(16)}.png"

@@ -40,6 +40,7 @@ from .errors import (
     ServiceUnavailable,
 )
 from .events import JobEvents
+from .framing import prepared_bytes
 from .images import PhotoStore
 from .publish import Publisher
 from .storage import AvatarStore
@@ -76,6 +77,7 @@ class GenerateRequest:
     style: str
     seed: int | None = None
     callback_url: str | None = None
+    crop: dict[str, Any] | None = None
 
 
 class _Cancelled(Exception):
@@ -181,6 +183,7 @@ class JobRunner:
             seed=seed,
             base_url=self.public_base_url or base_url.rstrip("/"),
             callback_url=request.callback_url,
+            crop=request.crop,
             created_at=now,
             deadline=now + self.job_timeout,
         )
@@ -358,7 +361,7 @@ class JobRunner:
         """Upload the photo, patch the workflow copy and queue it under a prompt_id of ours."""
         if self.get(job.id).cancel_requested:
             raise _Cancelled
-        photo = self.photos.path_of(job.image_name).read_bytes()
+        photo = prepared_bytes(self.photos.path_of(job.image_name), job.crop)
         comfy_image = client.upload_image(photo, job.image_name, subfolder=UPLOAD_SUBFOLDER)
         graph = patch_workflow(
             workflow,

@@ -17,6 +17,8 @@ from .comfyui_client import ComfyUIClient, ComfyUIError
 from .config import ConfigError, Settings
 from .errors import ServiceUnavailable
 from .events import JobEvents
+from .faces import FaceDetector
+from .framing import Framing
 from .images import PhotoStore
 from .jobs import JobRunner
 from .publish import Publisher
@@ -41,6 +43,7 @@ class Services:
     settings: Settings
     workflows: dict[str, Workflow]
     photos: PhotoStore
+    framing: Framing
     avatars: AvatarStore
     store: JobStore
     events: JobEvents
@@ -82,6 +85,13 @@ class Services:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_image_pixels,
             min_side=settings.min_image_side,
+        )
+        framing = Framing(
+            photos,
+            FaceDetector() if settings.face_policy != "off" else None,
+            policy=settings.face_policy,
+            multiple=settings.face_multiple,
+            margin=settings.face_margin,
         )
         avatars = AvatarStore(output_dir)
         database = instance_path / "avatar_service.sqlite3"
@@ -146,6 +156,7 @@ class Services:
             settings=settings,
             workflows=workflows,
             photos=photos,
+            framing=framing,
             avatars=avatars,
             store=store,
             events=events,

@@ -39,12 +39,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     avatars TEXT NOT NULL DEFAULT '[]',
     timings TEXT NOT NULL DEFAULT '{}',
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    crop TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
 
-_JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings"})
+# Columns added after the first release: (name, SQL type), added to older databases at open.
+_ADDED_COLUMNS = (("crop", "TEXT"),)
+_JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings", "crop"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Job:
     avatars: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
+    crop: dict[str, Any] | None = None
 
     @property
     def ended(self) -> bool:
@@ -103,6 +107,7 @@ class Job:
             "error": self.error,
             "avatars": avatars,
             "timings": self.timings,
+            "crop": self.crop,
             "links": {
                 "self": f"{self.base_url}/jobs/{self.id}",
                 "events": f"{self.base_url}/jobs/{self.id}/events",
@@ -128,6 +133,10 @@ class JobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
             db.executescript(_SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         """Close every connection this store opened."""

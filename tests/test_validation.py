@@ -83,7 +83,8 @@ def test_upload_applies_exif_orientation_and_hides_client_name(service, tmp_path
     body = answer.json()
     assert (body["width"], body["height"]) == (80, 160)
     assert "etc" not in body["imageName"] and "x.jpg" not in body["imageName"]
-    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [body["imageName"]]
+    stored = sorted(p.name for p in (tmp_path / "uploads").iterdir())
+    assert stored == [body["imageName"], f"{body['imageName']}.json"]  # the photo, its faces
 
 
 def test_webp_is_accepted(service):
