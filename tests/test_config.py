@@ -30,6 +30,11 @@ from avatar_service.config import ConfigError, Settings
         ({"COMFYUI_URL": " , "}, "COMFYUI_URL"),
         ({"UPLOAD_URL": "localhost:9000/upload"}, "UPLOAD_URL"),
         ({"WEBHOOK_MAX_ATTEMPTS": "0"}, "WEBHOOK_MAX_ATTEMPTS"),
+        ({"FACE_POLICY": "always"}, "FACE_POLICY"),
+        ({"FACE_MULTIPLE": "all"}, "FACE_MULTIPLE"),
+        ({"FACE_MARGIN": "-0.1"}, "FACE_MARGIN"),
+        ({"FACE_MARGIN": "nan"}, "FACE_MARGIN"),
+        ({"FACE_MARGIN": "11"}, "FACE_MARGIN"),
     ],
 )
 def test_bad_settings_are_refused_by_name(environ, variable):
