@@ -20,8 +20,10 @@ CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
 # The copy the detector sees is at most this many pixels on its long side.
 DETECT_LONG_SIDE = 640
 # Faces smaller than this fraction of the copy's short side are not looked for (too small to
-# make an avatar from, and where most false positives of a cascade are).
-MIN_FACE_FRACTION = 1 / 16
+# make an avatar from, where most false positives of a cascade are, and most of its cost).
+MIN_FACE_FRACTION = 1 / 10
+# Step between the scales searched; 1.15 costs about half of 1.1 and finds the same faces here.
+SCALE_STEP = 1.15
 MIN_FACE_PIXELS = 24
 
 
@@ -108,7 +110,7 @@ class FaceDetector:
         smallest = max(MIN_FACE_PIXELS, round(min(pixels.shape) * MIN_FACE_FRACTION))
         boxes, _, weights = self._cascade().detectMultiScale3(
             pixels,
-            scaleFactor=1.1,
+            scaleFactor=SCALE_STEP,
             minNeighbors=5,
             minSize=(smallest, smallest),
             outputRejectLevels=True,
