@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -52,6 +53,7 @@ class Settings:
     instance_path: Path = Path("instance")
     default_style: str = "avatar"
     public_base_url: str = ""
+    trusted_hosts: tuple[str, ...] = ()
     upload_url: str = ""
     upload_field_name: str = "file"
     upload_timeout: float = 30.0
@@ -134,6 +136,12 @@ class Settings:
             raise ConfigError(
                 f"FACE_MARGIN={self.face_margin!r}: must be a number from 0 to {_FACE_MARGIN_MAX}"
             )
+        for host in self.trusted_hosts:
+            if not _TRUSTED_HOST.fullmatch(host):
+                raise ConfigError(
+                    f"TRUSTED_HOSTS: {host!r} is not a host name (no scheme, port or path; "
+                    "a leading dot allows every subdomain)"
+                )
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: one of {', '.join(_LOG_LEVELS)}")
 
@@ -143,6 +151,7 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+_TRUSTED_HOST = re.compile(r"\.?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Mirrors of framing.FACE_POLICIES / MULTIPLE_FACE_RULES (config imports nothing heavy).
 _FACE_POLICIES = ("off", "prefer", "require")
