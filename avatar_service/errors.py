@@ -5,11 +5,16 @@ Every error a client can see is a ServiceError, answered as
 
     ServiceError (500 internal_error)
     ├── BadRequest (400)              invalid JSON, fields, images
+    ├── Unauthorized (401)            missing or unknown API key or token (WWW-Authenticate)
+    ├── Forbidden (403)               a valid key that does not own the job
     ├── NotFound (404)                unknown imageName, job, avatar, style
     ├── Conflict (409)                cancelling a job that has ended
+    ├── Gone (410)                    an avatar deleted by retention
     ├── PayloadTooLarge (413)         photo over MAX_UPLOAD_MB
     ├── UnsupportedMediaType (415)    not a JPEG, PNG or WebP photo
-    ├── UnprocessablePhoto (422)      a photo FACE_POLICY rules out (no face, several faces)
+    ├── UnprocessableContent (422)    an Idempotency-Key reused with another body
+    │   └── UnprocessablePhoto        a photo FACE_POLICY rules out (no face, several faces)
+    ├── TooManyRequests (429)         a rate limit (sends Retry-After)
     ├── BadGateway (502)              ComfyUI rejected the graph or failed while running it
     ├── ServiceUnavailable (503)      ComfyUI unreachable (sends Retry-After)
     └── GatewayTimeout (504)          the job deadline passed
@@ -66,6 +71,24 @@ class BadRequest(ServiceError):
     code = "invalid_request"
 
 
+class Unauthorized(ServiceError):
+    """No API key, an unknown one, or a bad or expired token."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(ServiceError):
+    """A valid key that may not touch this resource."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     """The named thing does not exist."""
 
@@ -78,6 +101,13 @@ class Conflict(ServiceError):
 
     status = 409
     code = "conflict"
+
+
+class Gone(ServiceError):
+    """The resource existed and was deleted on purpose."""
+
+    status = 410
+    code = "gone"
 
 
 class PayloadTooLarge(ServiceError):
@@ -94,11 +124,24 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
-class UnprocessablePhoto(ServiceError):
-    """The photo is a valid image but cannot make an avatar under the face policy."""
+class UnprocessableContent(ServiceError):
+    """The request is well-formed but cannot be processed as sent."""
 
     status = 422
+    code = "unprocessable_content"
+
+
+class UnprocessablePhoto(UnprocessableContent):
+    """The photo is a valid image but cannot make an avatar under the face policy."""
+
     code = "unprocessable_photo"
+
+
+class TooManyRequests(ServiceError):
+    """A rate limit was reached."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class BadGateway(ServiceError):
@@ -130,11 +173,15 @@ _CLASS_BY_STATUS: dict[int, type[ServiceError]] = {
     cls.status: cls
     for cls in (
         BadRequest,
+        Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
+        Gone,
         PayloadTooLarge,
         UnsupportedMediaType,
-        UnprocessablePhoto,
+        UnprocessableContent,
+        TooManyRequests,
         BadGateway,
         ServiceUnavailable,
         GatewayTimeout,
@@ -176,6 +223,12 @@ def register_error_handlers(app: Flask) -> None:
             mapped = PayloadTooLarge(
                 "the request body is larger than the service accepts",
                 details={"maxBytes": limit} if limit else None,
+            )
+        elif error.code == 429:
+            limit = getattr(error, "limit", None)
+            mapped = TooManyRequests(
+                f"too many requests (limit: {limit.limit})" if limit else "too many requests",
+                details={"limit": str(limit.limit)} if limit else None,
             )
         else:
             mapped = ServiceError(

@@ -99,8 +99,13 @@ class FaceDetector:
         self._local = threading.local()
         self._cascade()  # fail at start, not at the first upload, if the file cannot be read
 
-    def detect(self, image: Image.Image) -> list[Face]:
-        """The faces in ``image`` (any mode), in its pixel coordinates, largest first."""
+    def detect(self, image: Image.Image, *, size: tuple[int, int] | None = None) -> list[Face]:
+        """The faces in ``image`` (any mode), largest first.
+
+        Boxes are in the pixel coordinates of ``size`` (the photo ``image`` is a reduced copy
+        of), or of ``image`` itself.
+        """
+        width, height = size or image.size
         grey = ImageOps.grayscale(image) if image.mode != "L" else image
         scale = min(1.0, self.long_side / max(grey.size))
         if scale < 1.0:
@@ -115,12 +120,12 @@ class FaceDetector:
             minSize=(smallest, smallest),
             outputRejectLevels=True,
         )
-        sx, sy = image.width / grey.width, image.height / grey.height
+        sx, sy = width / grey.width, height / grey.height
         faces = []
         for (x, y, w, h), weight in zip(boxes, weights, strict=True):
             left, top = round(x * sx), round(y * sy)
-            right = min(image.width, round((x + w) * sx))
-            bottom = min(image.height, round((y + h) * sy))
+            right = min(width, round((x + w) * sx))
+            bottom = min(height, round((y + h) * sy))
             box = Box(left, top, right - left, bottom - top)
             faces.append(Face(box, round(float(weight), 3)))
         faces.sort(key=lambda face: (-face.box.area, face.box.x, face.box.y))

@@ -15,13 +15,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
 from .errors import ServiceError, UnprocessablePhoto
 from .faces import Box, Face, FaceDetector
-from .images import PhotoStore
+from .images import PhotoStore, reduced_copy
 from .storage import write_atomic
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ MULTIPLE_FACE_RULES = ("largest", "refuse")
 # A face crop is never smaller than this on its short side (when the photo allows).
 MIN_CROP_SIDE = 64
 CROP_FIELDS = ("x", "y", "width", "height")
+CROP_SHAPE_MESSAGE = 'must be an object {"x", "y", "width", "height"} of integers'
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,10 @@ def _place(start: int, size: int, face_start: int, face_size: int, photo_size: i
 def crop_problem(value: Any, photo_size: tuple[int, int] | None) -> str | None:
     """Why a request's ``crop`` is unacceptable, or None; bounds checked when the size is known."""
     if not isinstance(value, dict) or set(value) != set(CROP_FIELDS):
-        return 'must be an object {"x", "y", "width", "height"} of integers'
+        return CROP_SHAPE_MESSAGE
     numbers = [value[name] for name in CROP_FIELDS]
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-        return 'must be an object {"x", "y", "width", "height"} of integers'
+        return CROP_SHAPE_MESSAGE
     x, y, width, height = numbers
     if x < 0 or y < 0 or width < 1 or height < 1:
         return "x and y must be at least 0, width and height at least 1"
@@ -166,21 +167,21 @@ class Framing:
         self.multiple = multiple
         self.margin = margin
 
-    def save_photo(self, data: bytes) -> dict[str, Any]:
-        """Store an uploaded photo (refused before storing if the policy rules it out).
+    def save_photo(self, upload: BinaryIO | bytes) -> dict[str, Any]:
+        """Store an uploaded photo, file or bytes (refused, unstored, if the policy rules it out).
 
         Returns the upload answer: imageName, width, height and, unless FACE_POLICY is off,
         ``faces`` (largest first).
         """
         if self.policy == "off":
-            return self.photos.save(data).to_dict()
+            return self.photos.save(upload).to_dict()
         found: list[Face] = []
 
-        def inspect(image: Image.Image) -> None:
-            found.extend(self._detect(image))
+        def inspect(image: Image.Image, size: tuple[int, int]) -> None:
+            found.extend(self._detect(image, size))
             self._check(found, when="upload")
 
-        stored = self.photos.save(data, inspect=inspect)
+        stored = self.photos.save(upload, inspect=inspect)
         self._write_sidecar(stored.image_name, stored.width, stored.height, found)
         return {**stored.to_dict(), "faces": [face.to_dict() for face in found]}
 
@@ -225,9 +226,9 @@ class Framing:
             crop = Crop(box, "center")
         return replace(request, crop=crop.to_dict())
 
-    def _detect(self, image: Image.Image) -> list[Face]:
+    def _detect(self, image: Image.Image, size: tuple[int, int]) -> list[Face]:
         assert self.detector is not None
-        return self.detector.detect(image)
+        return self.detector.detect(image, size=size)
 
     def _check(self, faces: list[Face], *, when: str) -> None:
         """Refuse by policy: no face under ``require``, several under ``refuse``."""
@@ -254,10 +255,9 @@ class Framing:
         sidecar = self._read_sidecar(path)
         if sidecar is not None:
             return [Face.from_dict(face) for face in sidecar["faces"]]
-        with Image.open(path) as image:
-            image.load()
-            faces = self._detect(image)
+        with self.photos.decode_slot(), Image.open(path) as image:
             size = image.size
+            faces = self._detect(reduced_copy(image), size)
         self._write_sidecar(path.name, size[0], size[1], faces)
         logger.info(
             "detected %d face(s) in %s, stored before face detection", len(faces), path.name
