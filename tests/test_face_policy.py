@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageOps
+from prometheus_client.parser import text_string_to_metric_families
 
 from avatar_service.faces import Box
 from avatar_service.framing import center_crop
@@ -251,3 +252,33 @@ def test_no_face_refusal_is_quick_for_a_large_photo(make_service):
     assert answer.status_code == 422
     assert answer.json() == NO_FACE_BODY
     assert time.monotonic() - started < 30  # a hang guard only; the timing is in bench/
+
+
+def test_face_refusal_is_counted_as_a_refused_upload(make_service):
+    """/metrics counts a FACE_POLICY refusal under its error code, like other refused uploads."""
+    service = make_service(face_policy="require")
+    assert upload(service, photos.gradient()).status_code == 422
+    assert upload(service, photos.astronaut()).status_code == 201
+    text = service.http.get("/metrics").text
+    uploads = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "avatar_uploads_total"
+    }
+    assert uploads == {"no_face_found": 1, "stored": 1}
+
+
+def test_integral_float_crop_is_read_as_integers(service):
+    """As for width and height, a crop of 100.0 is the integer 100 (JSON Schema's integers)."""
+    image_name = service.upload(photos.png(photos.astronaut()))
+    crop = {"x": 10.0, "y": 0, "width": 100.0, "height": 100}
+    answer = generate(service, image_name, crop=crop)
+    assert answer.status_code in {200, 202}, answer.text
+    assert answer.json()["crop"] == {
+        "x": 10,
+        "y": 0,
+        "width": 100,
+        "height": 100,
+        "source": "request",
+    }
