@@ -33,9 +33,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["avatar_service"] = services
     register_error_handlers(app)
 
-    from . import api, cli
+    from . import api, cli, webpage
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(webpage.bp)
     cli.init_app(app)
     # Background work (websockets, resuming jobs, webhooks) starts with the server (app.py) or
     # at the first request; CLI commands that never serve do not start it.
