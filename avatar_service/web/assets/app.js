@@ -350,7 +350,7 @@
   // Dropping a file anywhere else must not navigate away from the page.
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
-  if (window.matchMedia && window.matchMedia("(pointer: coarse)").matches) {
+  if (window.matchMedia && window.matchMedia("(hover: none) and (pointer: coarse)").matches) {
     body.classList.add("has-camera");
     el.cameraInput.tabIndex = 0;
   }
@@ -553,6 +553,7 @@
   function follow(record) {
     state.job = record;
     state.previewCount = 0;
+    el.progressBox.dataset.jobId = record.jobId;
     showProgress("Queued…");
     el.cancel.hidden = false;
     // On a phone the result panel is below the form: bring the progress into view.
