@@ -246,6 +246,24 @@ def test_cancel_stops_the_job(open_page, make_service, standin, tmp_path):
     assert not page.locator("#generate-button").is_disabled()
 
 
+def test_queue_position_is_shown_while_waiting(open_page, make_service, standin, tmp_path):
+    """Behind another job the page shows its place in the queue, then runs when it is free."""
+    service = make_service()
+    standin.set_faults(step_delay=0.2)
+    blocker = service.http.post(
+        "/generate-avatar-by-image", json={"imageName": service.upload(portrait()), "async": True}
+    ).json()["jobId"]
+    service.wait_job(blocker, until=lambda record: record["status"] == "running")
+    page = open_page(service.url)
+    page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
+    page.click("#generate-button")
+    assert wait_text(page, "#status-text", "queue") == "Waiting in the queue: position 2."
+    standin.set_faults(step_delay=0)
+    service.http.post(f"/jobs/{blocker}/cancel")
+    page.wait_for_selector("#result-image", state="visible")
+    assert page.locator("#job-error").is_hidden()
+
+
 # -- errors next to their cause ------------------------------------------------------------------
 
 

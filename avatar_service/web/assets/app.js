@@ -157,7 +157,7 @@
     }
   }
 
-  async function api(path, options = {}, retried = false) {
+  async function api(path, options = {}) {
     const headers = new Headers(options.headers || {});
     headers.set("Accept", "application/json");
     const key = storedKey();
@@ -180,9 +180,10 @@
     if (answer.ok) return { status: answer.status, data };
     const error = (data && data.error) || { message: "the service answered " + answer.status };
     const failure = new ApiError(answer.status, error, answer.headers.get("Retry-After"));
-    if (answer.status === 401 && !retried) {
-      const gotKey = await askForKey(key ? "The saved API key was not accepted." : "");
-      if (gotKey) return api(path, options, true);
+    if (answer.status === 401) {
+      // Ask until a key is accepted or the person gives up (Cancel, Escape).
+      const gotKey = await askForKey(key ? "This API key was not accepted." : "");
+      if (gotKey) return api(path, options);
     }
     throw failure;
   }
