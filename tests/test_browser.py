@@ -138,6 +138,37 @@ def wait_text(page, selector: str, pattern: str) -> str:
     return text_of(page, selector)
 
 
+LOW_CONTRAST_SCRIPT = """() => {
+  const parse = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = parse(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!text || !el.checkVisibility() || el.closest(":disabled")) continue;
+    const a = lum(parse(getComputedStyle(el).color).slice(0, 3));
+    const b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(`${el.tagName.toLowerCase()}#${el.id}: ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
+def low_contrast(page) -> list[str]:
+    """Visible text whose contrast with its background is under 4.5:1 (WCAG AA)."""
+    return page.evaluate(LOW_CONTRAST_SCRIPT)
+
+
 def job_id_of(page) -> str:
     """The id of the job whose avatar the page shows (from the result image's URL)."""
     src = page.locator("#result-image").get_attribute("src")
@@ -192,6 +223,7 @@ def test_photo_to_avatar_with_progress_download_and_recent(
     saved = Path(download.value.path()).read_bytes()
     assert saved == (tmp_path / "generated_avatar" / avatar["fileName"]).read_bytes()
     assert page.locator("#recent-list li").count() == 1
+    assert low_contrast(page) == []
     if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         page.evaluate("() => window.scrollTo(0, 0)")
@@ -331,6 +363,9 @@ def test_bad_size_and_seed_are_shown_next_to_the_fields(open_page, service, tmp_
     )
     assert page.locator("#width-input").get_attribute("aria-invalid") == "true"
     assert page.locator("#progress-box").is_hidden()
+    assert low_contrast(page) == []
+    page.emulate_media(color_scheme="dark")
+    assert low_contrast(page) == []
 
 
 def test_a_failed_job_shows_comfyuis_error(open_page, make_service, standin, tmp_path):
