@@ -19,7 +19,7 @@ run: setup
 	./scripts/run
 
 standin: setup
-	$(BIN)/python -m comfyui_standin --port 8188
+	./scripts/standin
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

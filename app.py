@@ -15,6 +15,7 @@ from avatar_service.config import ConfigError, Settings  # noqa: E402
 
 logger = logging.getLogger("avatar_service")
 SHUTDOWN_GRACE_SECONDS = 1.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def main() -> int:
@@ -54,7 +55,7 @@ def main() -> int:
             _start(services, settings)
             app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
         else:
-            from waitress import create_server
+            from avatar_service.server import create_server
 
             try:  # bind first: a second process on a busy port stops before touching any job
                 server = create_server(
@@ -63,7 +64,6 @@ def main() -> int:
                     port=settings.port,
                     threads=settings.threads,
                     channel_timeout=max(120, int(settings.sync_wait) + 30),
-                    ident="avatar-service",
                 )
             except OSError as exc:
                 logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
@@ -80,6 +80,12 @@ def main() -> int:
 
 def _start(services, settings: Settings) -> None:
     services.start()
+    if not (settings.public_base_url or settings.trusted_hosts) and settings.host not in _LOOPBACK:
+        logger.warning(
+            "listening on %s with neither PUBLIC_BASE_URL nor TRUSTED_HOSTS set: job and avatar "
+            "URLs are built from each request's Host header; set one of them",
+            settings.host,
+        )
     logger.info(
         "avatar service on http://%s:%d, ComfyUI at %s, styles %s",
         settings.host,

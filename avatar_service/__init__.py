@@ -28,6 +28,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(instance_path))
     app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 1024 * 1024
+    # Job and avatar URLs are built from the Host header when PUBLIC_BASE_URL is unset: with
+    # TRUSTED_HOSTS, a forged Host is a 400 (untrusted_host) before any view runs.
+    app.config["TRUSTED_HOSTS"] = list(settings.trusted_hosts) or None
     app.json.sort_keys = False
     services = Services.build(settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path))
     app.extensions["avatar_service"] = services

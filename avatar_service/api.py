@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -74,8 +75,7 @@ def job_events(job_id: str):
     """Server-Sent Events of the job's state changes, ending when the job ends."""
     svc = services()
     svc.runner.get(job_id)
-    epoch, _, number = request.headers.get("Last-Event-ID", "").partition(".")
-    after = int(number) if epoch == svc.events.epoch and number.isdigit() else None
+    after = parse_last_event_id(request.headers.get("Last-Event-ID", ""), svc.events.epoch)
     stream = svc.open_stream(stream_with_context(sse_stream(svc, job_id, after)))
     return Response(
         stream,
@@ -119,6 +119,21 @@ def readyz():
 
 
 # -- helpers used by the routes ----------------------------------------------------------------
+
+
+def parse_last_event_id(value: str, epoch: str) -> int | None:
+    """The event number of a ``Last-Event-ID`` of this run (``<epoch>.<n>``, ASCII digits only).
+
+    Anything else (another run's id, garbage, Unicode digits such as "²") is None: the client
+    gets the current state first, as a new one would.
+    """
+    match = _EVENT_ID.fullmatch(value.strip())
+    if match is None or match["epoch"] != epoch:
+        return None
+    return int(match["number"])
+
+
+_EVENT_ID = re.compile(r"(?P<epoch>[0-9a-f]{1,16})\.(?P<number>[0-9]{1,9})", re.ASCII)
 
 
 def _json_body() -> Any:

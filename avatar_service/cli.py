@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .comfyui_client import ComfyUIClient, ComfyUIError
+from .config import Settings
 from .storage import write_atomic
 from .workflow import (
     Problem,
@@ -73,7 +75,8 @@ def _print_roles(graph: dict[str, Any], roles: Roles) -> None:
 
 def _server_problems(graph: dict[str, Any], server: str | None) -> list[Problem] | None:
     """Problems against a server's /object_info, or None when no server could be asked."""
-    url = server or _services().settings.comfyui_url[0]
+    url, source = _server_and_source(server)
+    click.echo(f"ComfyUI server: {url} ({source})")
     client = ComfyUIClient(url, timeout=httpx.Timeout(30, connect=5))
     try:
         object_info = client.object_info()
@@ -84,6 +87,16 @@ def _server_problems(graph: dict[str, Any], server: str | None) -> list[Problem]
         client.close()
     click.echo(f"checked against ComfyUI at {url} ({len(object_info)} node classes)")
     return check_against_object_info(graph, object_info)
+
+
+def _server_and_source(server: str | None) -> tuple[str, str]:
+    """The ComfyUI to check against, and where that choice came from (said in the output)."""
+    if server:
+        return server, "from --server"
+    configured = _services().settings.comfyui_url
+    if "COMFYUI_URL" not in os.environ and configured == Settings.comfyui_url:
+        return configured[0], "the default: COMFYUI_URL is not set; choose one with --server URL"
+    return configured[0], "the first COMFYUI_URL"
 
 
 def _print_problems(problems: list[Problem]) -> None:

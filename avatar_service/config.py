@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -49,6 +50,7 @@ class Settings:
     instance_path: Path = Path("instance")
     default_style: str = "avatar"
     public_base_url: str = ""
+    trusted_hosts: tuple[str, ...] = ()
     upload_url: str = ""
     upload_field_name: str = "file"
     upload_timeout: float = 30.0
@@ -119,6 +121,12 @@ class Settings:
             raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
         if not self.host.strip():
             raise ConfigError("HOST must not be empty (0.0.0.0 listens on every address)")
+        for host in self.trusted_hosts:
+            if not _TRUSTED_HOST.fullmatch(host):
+                raise ConfigError(
+                    f"TRUSTED_HOSTS: {host!r} is not a host name (no scheme, port or path; "
+                    "a leading dot allows every subdomain)"
+                )
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: one of {', '.join(_LOG_LEVELS)}")
 
@@ -128,6 +136,7 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+_TRUSTED_HOST = re.compile(r"\.?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Numeric settings and their smallest allowed value (those in _POSITIVE must exceed 0).
 _NUMBER_MINIMUMS: dict[str, float] = {

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +157,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
-        if error.code == 413:
+        if isinstance(error, SecurityError):
+            mapped: ServiceError = BadRequest(
+                "the request's Host header is not a host this service answers to (TRUSTED_HOSTS)",
+                code="untrusted_host",
+            )
+        elif error.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            mapped: ServiceError = PayloadTooLarge(
+            mapped = PayloadTooLarge(
                 "the request body is larger than the service accepts",
                 details={"maxBytes": limit} if limit else None,
             )

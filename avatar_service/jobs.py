@@ -588,25 +588,29 @@ class JobRunner:
         """The history entry (written before ``executing`` null; a lagging server gets a moment)."""
         for delay in (0.0, 0.1, 0.3, 0.6, 1.0):
             time.sleep(delay)
-            entry = self._patiently(job, lambda: client.history(prompt_id))
+            entry = self._patiently(job, lambda: client.history(prompt_id), finished=True)
             if entry is not None:
                 return entry
         return None
 
-    def _patiently(self, job: Job, call: Callable[[], T]) -> T:
-        """``call()``, retried while ComfyUI refuses connections, until the job's deadline.
+    def _patiently(self, job: Job, call: Callable[[], T], *, finished: bool = False) -> T:
+        """``call()``, retried with backoff while ComfyUI refuses connections, until the deadline.
 
-        A server that accepts but does not answer in time is not asked again: its read timeout
-        has already been waited for.
+        A server that accepts but does not answer in time is not asked again for a prompt that
+        may still run: its read timeout has already been waited for. Once the prompt has
+        ``finished`` (its images exist), slow answers and 5xx are retried too: a blip must not
+        cost a finished render.
         """
         delay = 0.2
         while True:
             try:
                 return call()
-            except ComfyUIUnavailable as exc:
-                if exc.timed_out or self._stopping.is_set() or self.clock() + delay > job.deadline:
+            except (ComfyUIUnavailable, ComfyUIProtocolError) as exc:
+                if not _is_transient(exc, finished=finished):
                     raise
-                logger.info("job %s: ComfyUI unreachable; retrying in %.1f s", job.id, delay)
+                if self._stopping.is_set() or self.clock() + delay > job.deadline:
+                    raise
+                logger.info("job %s: %s; retrying in %.1f s", job.id, exc.message, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.poll_interval)
 
@@ -653,6 +657,7 @@ class JobRunner:
                         subfolder=image.get("subfolder", ""),
                         folder_type=image.get("type", "output"),
                     ),
+                    finished=True,
                 )
             except ComfyUIError as exc:
                 logger.error("job %s: fetching %s failed: %s", job.id, image.get("filename"), exc)
@@ -822,6 +827,14 @@ def _failure(exc: BaseException, job: Job) -> ServiceError:
     if isinstance(exc, ComfyUIError):
         return BadGateway(exc.message, code="comfyui_error", details={"server": exc.server})
     return ServiceError("internal error while running the job; see the service log")
+
+
+def _is_transient(exc: ComfyUIError, *, finished: bool) -> bool:
+    """Whether asking again may succeed: refused connections always; timeouts and 5xx only for
+    a finished prompt (asking again cannot start anything twice)."""
+    if isinstance(exc, ComfyUIUnavailable):
+        return finished or not exc.timed_out
+    return finished and isinstance(exc, ComfyUIProtocolError) and (exc.status or 0) >= 500
 
 
 def _already_ended(job: Job) -> Conflict:

@@ -162,7 +162,7 @@ def run(runs: int, size: int) -> dict:
         standin_args = [
             sys.executable, "-m", "comfyui_standin", "--port", str(comfy_port),
             "--input-dir", str(dirs["input"]), "--output-dir", str(dirs["output"]),
-            "--temp-dir", str(dirs["temp"]),
+            "--temp-dir", str(dirs["temp"]), "--node-cost", "0", "--pixel-cost", "0",
         ]  # fmt: skip
         service_env = {
             "COMFYUI_URL": comfy_url,

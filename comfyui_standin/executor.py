@@ -9,13 +9,14 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
 
 from comfyui_standin.catalogue import OBJECT_INFO
+from comfyui_standin.cost import count_pixels, node_seconds
 from comfyui_standin.faults import Faults
 from comfyui_standin.nodes import NODES, Dirs, NodeContext
 from comfyui_standin.validation import full_type_name, is_link
@@ -415,14 +416,17 @@ class _Run:
             preview_prefixes=executor.preview_prefixes,
             on_step=on_step,
         )
+        started = time.monotonic()
         try:
             if faults.fail_at_node is not None and faults.fail_at_node in (node_id, class_type):
                 raise RuntimeError(
                     f"Stand-in fault: failure injected at node {node_id} ({class_type})"
                 )
-            result = node_def.function(ctx, **kwargs)
-            if isinstance(result, Awaitable):
-                result = await result
+            if node_def.is_async:
+                result = await node_def.function(ctx, **kwargs)
+            else:
+                # ComfyUI executes in its own thread: big Pillow work must not stall the server.
+                result = await asyncio.to_thread(node_def.function, ctx, **kwargs)
         except Interrupted:
             raise
         except Exception as exc:
@@ -433,8 +437,11 @@ class _Run:
         if node_def.output_node:
             outputs: tuple = ()
             ui = result
+            produced: Any = kwargs.get("images")
         else:
             outputs, ui = result, None
+            produced = outputs
+        await self._take_cost(started, count_pixels(produced))
         if ui is not None:
             self.ui[node_id] = ui
             self.send_executed(node_id, ui)
@@ -445,6 +452,16 @@ class _Run:
             if ui is not None:
                 executor.ui_cache[signature] = ui
         self.executed.append(node_id)
+
+    async def _take_cost(self, started: float, pixels: int) -> None:
+        """Hold the node until its cost (node_cost + pixel_cost per megapixel) has passed.
+
+        Like a real node's work, this is not cut short by an interrupt: ComfyUI notices one at
+        the next node start or sampler step, so the prompt stays running in /queue meanwhile.
+        """
+        remaining = started + node_seconds(self.executor.faults, pixels) - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
 
 def declared_inputs(class_type: str) -> set[str]:

@@ -30,6 +30,7 @@ from comfyui_standin.catalogue import CHECKPOINTS, CUSTOM_NODE_PACKS, INPUT_FILE
 from comfyui_standin.executor import Executor, QueueItem
 from comfyui_standin.faults import Faults
 from comfyui_standin.nodes import Dirs
+from comfyui_standin.page import index_response
 from comfyui_standin.validation import validate_prompt
 
 logger = logging.getLogger(__name__)
@@ -413,6 +414,7 @@ def build_app(state: Callable[[], ComfyServer], control: Control) -> web.Applica
     )
     routes = Routes(state)
     table = [
+        ("GET", "/", routes.index),
         ("GET", "/ws", routes.websocket),
         ("GET", "/prompt", routes.get_prompt),
         ("POST", "/prompt", routes.post_prompt),
@@ -434,8 +436,12 @@ def build_app(state: Callable[[], ComfyServer], control: Control) -> web.Applica
         ("GET", "/view", routes.view),
     ]
     for method, path, handler in table:
-        app.router.add_route(method, path, handler)
-        app.router.add_route(method, "/api" + path, handler)
+        for route in (path, "/api" + path):
+            if method == "GET":
+                # Like ComfyUI's route table: every GET route answers HEAD too.
+                app.router.add_get(route, handler)
+            else:
+                app.router.add_route(method, route, handler)
     app.router.add_get("/_standin/faults", control.get_faults)
     app.router.add_post("/_standin/faults", control.post_faults)
     app.router.add_delete("/_standin/faults", control.clear_faults)
@@ -473,7 +479,7 @@ class Control:
         refuse = body.pop("refuse_connections", None)
         try:
             self.faults.update(**body)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         answer = self.faults.as_dict()
         if refuse:
@@ -514,6 +520,10 @@ class Routes:
 
     def __init__(self, state: Callable[[], ComfyServer]) -> None:
         self.state = state
+
+    async def index(self, request: web.Request) -> web.Response:
+        """GET /: where ComfyUI serves its frontend, a page saying this is the stand-in."""
+        return index_response(COMFYUI_VERSION)
 
     # -- websocket -----------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:

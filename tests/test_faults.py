@@ -175,15 +175,32 @@ def test_comfyui_stopped_mid_job_fails_at_deadline(make_service, standin, photo)
 
 
 @pytest.mark.parametrize("fault", [{"view_status": 500}, {"view_delay": 8.0}])
-def test_view_failing_is_502_and_logged(make_service, standin, photo, fault, caplog):
-    """/view failing or too slow: 502 avatar_fetch_failed, and the failure is logged."""
-    service = make_service(comfyui_read_timeout=1.0)
+def test_view_failing_until_deadline_is_502_and_logged(make_service, standin, photo, fault, caplog):
+    """/view failing or too slow until the job's deadline: 502 avatar_fetch_failed, logged."""
+    service = make_service(comfyui_read_timeout=0.5, job_timeout=3.0)
     standin.set_faults(**fault)
     name = service.upload(photo)
     answer = generate(service, name)
     assert answer.status_code == 502
     assert answer.json()["error"]["code"] == "avatar_fetch_failed"
     assert any("fetching" in record.getMessage() for record in caplog.records)
+    assert standin.request_count("GET /view") >= 2  # asked again before giving up
+
+
+@pytest.mark.parametrize("fault", [{"view_status": 500}, {"view_status": 503}, {"view_delay": 8.0}])
+def test_view_blip_does_not_lose_the_render(make_service, standin, photo, fault):
+    """/view failing once (5xx or slower than the read timeout) is retried: the job succeeds."""
+    service = make_service(comfyui_read_timeout=0.5)
+    standin.set_faults(**fault)
+    name = service.upload(photo)
+    job_id = generate(service, name, **{"async": True}).json()["jobId"]
+    wait_for(lambda: standin.request_count("GET /view") >= 1, message="a first /view")
+    standin.set_faults(view_status=None, view_delay=0.0)
+    record = service.wait_job(job_id, timeout=20)
+    assert record["status"] == "succeeded", record["error"]
+    assert len(record["avatars"]) == 1
+    assert service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").status_code == 200
+    assert len(standin.prompts) == 1  # fetched again, never generated again
 
 
 def test_service_restart_reconciles_job_in_flight(make_service, standin, photo):

@@ -371,3 +371,17 @@ def test_open_streams_leave_threads_for_health_and_cancel(make_service, standin,
     again = service.http.stream("GET", f"/jobs/{job_id}/events", timeout=10)
     with again as response:
         assert response.status_code == 200
+
+
+@pytest.mark.parametrize("suffix", ["²", "³", "1²", "¹0", "-1", "1e3", "99999999999999999999"])
+def test_sse_resume_with_malformed_id_gets_state(service, standin, photo, suffix):
+    """A Last-Event-ID whose number is not plain ASCII digits is ignored, never a 500."""
+    name = service.upload(photo)
+    job_id = start_job(service, name)
+    service.wait_job(job_id)
+    epoch = service.services.events.epoch
+    # Header bytes are read as latin-1, where "²" (0xB2) is a Unicode digit that int() refuses.
+    value = f"{epoch}.{suffix}".encode("latin-1")
+    [only] = read_sse(service, job_id, headers={"Last-Event-ID": value})
+    assert only["event"] == "state"
+    assert only["data"]["status"] == "succeeded"

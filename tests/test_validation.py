@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import threading
 
 import pytest
 from PIL import Image
@@ -222,3 +225,117 @@ def test_huge_photo_is_stored_scaled_down(service, tmp_path):
     assert (body["width"], body["height"]) == (3413, 2048)
     with Image.open(tmp_path / "uploads" / body["imageName"]) as stored:
         assert stored.size == (3413, 2048)
+
+
+def test_forged_host_is_refused_with_trusted_hosts(make_service, photo):
+    """With TRUSTED_HOSTS, a forged Host header is a 400 before any URL is built from it."""
+    service = make_service(trusted_hosts="127.0.0.1,localhost")
+    answer = service.http.post(
+        "/upload-image", files={"image": ("p.png", photo)}, headers={"Host": "evil.example"}
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "code": "untrusted_host",
+            "message": "the request's Host header is not a host this service answers to "
+            "(TRUSTED_HOSTS)",
+        }
+    }
+    name = service.upload(photo)
+    forged = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": name, "async": True},
+        headers={"Host": "evil.example:80"},
+    )
+    assert forged.status_code == 400
+    assert forged.json()["error"]["code"] == "untrusted_host"
+    trusted = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": name, "async": True},
+        headers={"Host": "localhost:5000"},
+    )
+    assert trusted.status_code == 202
+    assert trusted.json()["links"]["self"].startswith("http://localhost:5000/jobs/")
+
+
+@pytest.mark.parametrize("value", ["http://example.com", "example.com/path", "a b", "x:80"])
+def test_trusted_hosts_must_be_host_names(service_config, value):
+    """TRUSTED_HOSTS entries with a scheme, path, port or space stop the start, named."""
+    from avatar_service import create_app
+    from avatar_service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="TRUSTED_HOSTS"):
+        create_app({**service_config, "TRUSTED_HOSTS": value})
+
+
+def raw_exchange(service, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to the service and read the whole answer (the server closes after it)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(service.url)
+    chunks: list[bytes] = []
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        # Send from a thread while reading here: the server answers (and closes) before it has
+        # read all of an oversized request, and the answer must be read before the reset.
+        sender = threading.Thread(target=_send_quietly, args=(sock, request))
+        sender.start()
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        sender.join(timeout=10)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in header_lines)
+    }
+    return int(status_line.split()[1]), headers, body
+
+
+def _send_quietly(sock, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the server may close before everything was sent
+        sock.sendall(data)
+
+
+SERVER_REFUSALS = [
+    pytest.param(
+        b"GET /healthz?" + b"a" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        431,
+        "request_headers_too_large",
+        id="huge-url",
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 300_000 + b"\r\n\r\n",
+        431,
+        "request_headers_too_large",
+        id="huge-header",
+    ),
+    pytest.param(
+        b"POST /upload-image HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+        413,
+        "payload_too_large",
+        id="huge-content-length",
+    ),
+    pytest.param(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        400,
+        "bad_request",
+        id="bad-content-length",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), SERVER_REFUSALS)
+def test_requests_refused_by_the_server_answer_json(service, request_bytes, status, code):
+    """What waitress refuses before the app (431, 413, 400) still answers the JSON error shape."""
+    answered, headers, body = raw_exchange(service, request_bytes)
+    assert answered == status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["message"]
+    if status == 413:
+        assert error["details"] == {"maxBytes": service.app.config["MAX_CONTENT_LENGTH"]}

@@ -258,3 +258,28 @@ def test_check_against_an_unreachable_named_server_fails(cli, tmp_path):
     result = cli("check", str(path), "--server", "http://127.0.0.1:9")
     assert result.exit_code == 3
     assert "not reachable" in result.output
+
+
+def test_check_says_which_server_it_used(cli, tmp_path, standin):
+    """`check` names the server it asked and why that one (first COMFYUI_URL here)."""
+    path = write(tmp_path / "graph.json", avatar_graph())
+    result = cli("check", str(path))
+    assert f"ComfyUI server: {standin.url} (the first COMFYUI_URL)" in result.output
+
+
+def test_check_without_comfyui_url_says_it_uses_the_default(
+    service_config, workflows_dir, tmp_path, monkeypatch
+):
+    """With no COMFYUI_URL anywhere, `check` says it falls back to the default server."""
+    monkeypatch.delenv("COMFYUI_URL", raising=False)
+    config = {key: value for key, value in service_config.items() if key != "COMFYUI_URL"}
+    app = create_app({**config, "WORKFLOWS_DIR": workflows_dir})
+    try:
+        path = write(tmp_path / "graph.json", avatar_graph())
+        result = app.test_cli_runner().invoke(args=["workflows", "check", str(path)])
+    finally:
+        app.extensions["avatar_service"].close()
+    assert (
+        "ComfyUI server: http://127.0.0.1:8188 (the default: COMFYUI_URL is not set; "
+        "choose one with --server URL)"
+    ) in result.output

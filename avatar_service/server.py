@@ -1,0 +1,69 @@
+"""The production WSGI server: waitress, answering its own errors in the service's JSON shape.
+
+Waitress refuses some requests before the app sees them: a header block or URL over
+``max_request_header_size`` (431), a body over ``max_request_body_size`` (413), a malformed
+request line or chunked body (400), an unknown transfer coding (501). It writes those answers
+itself, as text; here its error task writes ``{"error": {"code", "message", "details"}}`` instead.
+The body limit is the app's own ``MAX_CONTENT_LENGTH``, so an oversized upload is refused from its
+``Content-Length`` alone rather than spooled to disk first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress.server import create_server as create_waitress_server
+from waitress.task import ErrorTask
+
+# Waitress's error classes by status, as the service's error codes.
+_CODES = {
+    400: "bad_request",
+    413: "payload_too_large",
+    431: "request_headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+class _JsonErrorTask(ErrorTask):
+    """Waitress's answer to a request it refused, in the service's error shape."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = {
+            "code": _CODES.get(error.code, "bad_request"),
+            "message": f"{error.reason}: {error.body}",
+        }
+        if error.code == 413:
+            body["details"] = {"maxBytes": self.channel.server.adj.max_request_body_size}
+        data = json.dumps({"error": body}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(data)
+        self.write(data)
+
+
+class _JsonErrorChannel(HTTPChannel):
+    error_task_class = _JsonErrorTask
+
+
+def create_server(
+    app: Flask, *, host: str, port: int, threads: int, **options: Any
+) -> BaseWSGIServer | MultiSocketServer:
+    """A waitress server for ``app`` (bound, not yet serving) whose own errors are JSON."""
+    server = create_waitress_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+        ident="avatar-service",
+        **options,
+    )
+    server.channel_class = _JsonErrorChannel
+    return server
