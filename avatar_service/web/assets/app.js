@@ -275,8 +275,11 @@
     } catch (_) {
       /* private mode: the key lasts for this page only */
     }
+    const waiting = state.keyWaiters.length > 0;
     el.keyDialog.close();
     settleKeyWaiters(true);
+    // A key given through the "API key" link after a refusal: load what was refused.
+    if (!waiting && !state.styles.length) loadStyles();
   });
   el.keyCancel.addEventListener("click", () => el.keyDialog.close());
   el.keyDialog.addEventListener("close", () => settleKeyWaiters(false));
@@ -423,6 +426,7 @@
   });
 
   async function loadStyles() {
+    clearErrors("style");
     try {
       const { data } = await api("/styles");
       state.styles = data.styles || [];
