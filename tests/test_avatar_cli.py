@@ -11,15 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from avatar_service.config import Settings
 from tests.conftest import make_photo
 from tests.receivers import Receiver, Reply
 
 AVATAR = Path(sys.executable).with_name("avatar")
 RUN_TIMEOUT = 60
+HAS_API_KEYS = "api_keys" in {field.name for field in fields(Settings)}
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +324,18 @@ def test_key_is_sent_as_bearer_and_401_is_explained(avatar, tmp_path):
     )
     assert [request.headers["authorization"] for request in sent] == ["Bearer k1", "Bearer k2"]
     assert [request.path for request in sent] == [f"/jobs/{'a' * 32}/cancel"] * 2
+
+
+@pytest.mark.skipif(not HAS_API_KEYS, reason="API keys not available in this build")
+def test_generate_with_api_keys_on(avatar, make_service, photos, tmp_path):
+    """With keys on: no key exits 1 with the service's 401; AVATAR_KEY makes it work."""
+    key = "cli-key-0123456789abcdef"
+    service = make_service(api_keys=key)
+    refused = run(avatar, "generate", str(photos[0]), "--server", service.url, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.rstrip().endswith("[unauthorized]")
+    done = run(
+        avatar, "generate", str(photos[0]), "--server", service.url, cwd=tmp_path, AVATAR_KEY=key
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{photos[0]} -> ")
