@@ -60,14 +60,15 @@ def open_page(browser, request):
     contexts = []
     errors: list[str] = []
 
-    def open_(url: str, **context_options):
+    def open_(url: str, *, styles_loaded: bool = True, **context_options):
         context = browser.new_context(accept_downloads=True, **context_options)
         context.set_default_timeout(WAIT_MS)
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url + "/")
-        page.wait_for_selector("#style-select option", state="attached")
+        if styles_loaded:
+            page.wait_for_selector("#style-select option", state="attached")
         return page
 
     yield open_
@@ -430,7 +431,7 @@ def test_no_standin_banner_on_a_real_comfyui(open_page, make_service, recording)
 def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
     """With API keys on, the page asks for the key once, then works with it."""
     service = make_service(api_keys="sesame-0123456789abcdef")
-    page = open_page(service.url)
+    page = open_page(service.url, styles_loaded=False)
     page.locator("#key-dialog").wait_for(state="visible")
     page.fill("#key-input", "wrong-key-0123456789")
     page.click("#key-save")
