@@ -27,7 +27,7 @@ def queue_text(data: dict[str, Any]) -> str:
     text = f"queued #{position}" if position else "queued"
     seconds = estimated_start(data)
     if seconds is not None:
-        text += f", starts in ~{seconds} s"
+        text += ", starting any moment" if seconds <= 1 else f", starts in ~{seconds} s"
     return text
 
 

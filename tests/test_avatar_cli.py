@@ -339,3 +339,23 @@ def test_generate_with_api_keys_on(avatar, make_service, photos, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{photos[0]} -> ")
+
+
+def test_queue_text_shows_the_estimated_start():
+    """The queue column says the place and, when the service estimates it, the start."""
+    from datetime import UTC, datetime, timedelta
+
+    from avatar_cli.progress import queue_text
+
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat().replace("+00:00", "Z")
+    assert queue_text({"queuePosition": 2}) == "queued #2"
+    assert queue_text({"queuePosition": None}) == "queued"
+    assert queue_text({"queuePosition": 3, "estimatedStartAt": soon}) in {
+        "queued #3, starts in ~29 s",
+        "queued #3, starts in ~30 s",
+    }
+    assert queue_text({"queuePosition": 1, "estimatedStartAt": past}) == (
+        "queued #1, starting any moment"
+    )
+    assert queue_text({"queuePosition": 1, "estimatedStartAt": "soon"}) == "queued #1"
