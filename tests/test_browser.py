@@ -242,6 +242,25 @@ def test_photo_to_avatar_with_progress_download_and_recent(
     assert page.locator("#result-image").get_attribute("src") == avatar["url"]
 
 
+def test_a_dropped_photo_is_taken(open_page, service):
+    """Dropping a photo on the drop zone previews it like a chosen one."""
+    page = open_page(service.url)
+    data = portrait()
+    transfer = page.evaluate_handle(
+        """(bytes) => {
+            const transfer = new DataTransfer();
+            const file = new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"});
+            transfer.items.add(file);
+            return transfer;
+        }""",
+        list(data),
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.locator("#photo-preview").wait_for(state="visible")
+    assert text_of(page, "#photo-name") == f"dropped.png ({int(len(data) / 1024 + 0.5)} KB)"
+    assert page.locator("#photo-error").is_hidden()
+
+
 def test_live_preview_frames_are_shown(open_page, make_service, tmp_path):
     """When ComfyUI sends preview frames, the page shows the latest one while the job runs."""
     standin = StandIn(root=tmp_path / "previewing", previews=True).start()

@@ -335,8 +335,12 @@
       el.photoName.textContent = `${state.file.name}: this browser cannot preview it.`;
     }
   });
-  el.photoInput.addEventListener("change", () => takePhoto(el.photoInput.files[0]));
-  el.cameraInput.addEventListener("change", () => takePhoto(el.cameraInput.files[0]));
+  for (const input of [el.photoInput, el.cameraInput]) {
+    input.addEventListener("change", () => {
+      takePhoto(input.files[0]);
+      input.value = ""; // choosing the same file again is a change too
+    });
+  }
   for (const name of ["dragenter", "dragover"]) {
     el.drop.addEventListener(name, (event) => {
       event.preventDefault();
@@ -376,12 +380,12 @@
     return state.styles.find((style) => style.name === el.styleSelect.value) || null;
   }
 
-  function renderStyleOptions(keepGender) {
+  function renderStyleOptions(keepChoices) {
     const style = currentStyle();
     if (!style) return;
     el.styleDescription.textContent = style.description || "";
     const defaults = style.defaults || {};
-    const chosen = keepGender && selectedValue("gender");
+    const chosen = keepChoices && selectedValue("gender");
     const gender = style.genders.includes(chosen) ? chosen : defaults.gender || style.genders[0];
     el.genderOptions.replaceChildren(
       ...style.genders.map((name) =>
@@ -390,7 +394,7 @@
     );
     const width = defaults.width || 512;
     const height = defaults.height || 512;
-    const presetId = keepGender && selectedValue("size");
+    const presetId = keepChoices && selectedValue("size");
     const presets = SIZE_PRESETS.slice();
     if (!presets.some((p) => p.width === width && p.height === height)) {
       presets.unshift({ id: `${width}x${height}`, width, height, label: `${width} × ${height}` });
