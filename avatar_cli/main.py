@@ -60,6 +60,7 @@ def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="avatar-service", prog_name="avatar")
 def cli() -> None:
     """Make avatars from photos with the avatar service."""
 

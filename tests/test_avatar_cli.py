@@ -191,13 +191,15 @@ def test_a_failed_job_exits_1_with_comfyuis_error(avatar, service, standin, phot
 
 
 def test_unreachable_service_and_bad_usage(avatar, photos, tmp_path):
-    """No service: exit 1 saying so; a malformed --size: usage error, exit 2."""
+    """No service: exit 1 saying so; a malformed --size: usage error, exit 2; --version."""
     down = run(avatar, "styles", "--server", "http://127.0.0.1:9", cwd=tmp_path)
     assert down.returncode == 1
     assert down.stderr.startswith("error: cannot reach the avatar service at http://127.0.0.1:9")
     usage = run(avatar, "generate", str(photos[0]), "--size", "big", cwd=tmp_path)
     assert usage.returncode == 2
     assert "Invalid value for '--size': use WIDTHxHEIGHT, e.g. 768x768" in usage.stderr
+    version = run(avatar, "--version", cwd=tmp_path)
+    assert (version.returncode, version.stdout) == (0, "avatar, version 0.1.0\n")
 
 
 def test_styles(avatar, service, tmp_path):
