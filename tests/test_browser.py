@@ -446,6 +446,16 @@ def test_no_standin_banner_on_a_real_comfyui(open_page, make_service, recording)
         replay.stop()
 
 
+def test_a_service_that_is_not_ready_says_why(open_page, make_service):
+    """With no ComfyUI reachable, a banner gives /readyz's reason (and no stand-in banner)."""
+    service = make_service(comfyui_url="http://127.0.0.1:9")
+    page = open_page(service.url)
+    assert wait_text(page, "#ready-banner", "ready") == (
+        "The service is not ready: No ComfyUI server is reachable."
+    )
+    assert page.locator("#standin-banner").is_hidden()
+
+
 @pytest.mark.skipif(not HAS_API_KEYS, reason="API keys not available in this build")
 def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
     """With API keys on, the page asks for the key once, then works with it."""
