@@ -23,7 +23,7 @@
     unsupported_image_type: "This file is not a JPEG, PNG or WebP photo; choose another one.",
     photo_too_large: "This photo is too large: at most {maxSize}.",
     payload_too_large: "This photo is far too large for the service.",
-    image_not_found: "The service no longer has this photo; choose it again.",
+    image_not_found: "The service no longer has this photo; press Generate again to send it anew.",
     job_not_found: "The service no longer knows this job.",
     job_cancelled: "The job was cancelled.",
     job_already_ended: "The job had already ended.",
