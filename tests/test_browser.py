@@ -283,6 +283,24 @@ def test_live_preview_frames_are_shown(open_page, make_service, tmp_path):
         standin.stop()
 
 
+def test_a_reload_takes_up_the_job_in_flight(open_page, make_service, standin, tmp_path):
+    """Reloading the page while a job runs follows the same job to its avatar."""
+    service = make_service()
+    standin.set_faults(step_delay=0.05)
+    page = open_page(service.url)
+    page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
+    page.click("#generate-button")
+    wait_text(page, "#step-text", r"^Step \d+ of 70$")
+    job_id = page.locator("#progress-box").get_attribute("data-job-id")
+    page.reload()
+    wait_text(page, "#step-text", r"^Step \d+ of 70$")
+    assert page.locator("#progress-box").get_attribute("data-job-id") == job_id
+    assert page.locator("#generate-button").is_disabled()
+    page.wait_for_selector("#result-image", state="visible")
+    assert job_id_of(page) == job_id
+    assert service.http.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+
+
 def test_cancel_stops_the_job(open_page, make_service, standin, tmp_path):
     """Cancel while the sampler runs: the job is cancelled in the service and the page says so."""
     service = make_service()

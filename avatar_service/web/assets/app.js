@@ -6,6 +6,7 @@
   const ACCEPTED_TYPES = ["image/jpeg", "image/png", "image/webp"];
   const KEY_STORAGE = "avatarService.apiKey";
   const RECENT_STORAGE = "avatarService.recent";
+  const JOB_STORAGE = "avatarService.job"; // the job in flight, taken up again after a reload
   const RECENT_MAX = 12;
   const POLL_MS = 1000;
   const SIZE_PRESETS = [
@@ -560,6 +561,12 @@
   }
 
   function follow(record) {
+    setBusy(true);
+    try {
+      sessionStorage.setItem(JOB_STORAGE, record.jobId);
+    } catch (_) {
+      /* storage disabled: a reload forgets the job, nothing else */
+    }
     state.job = record;
     state.previewCount = 0;
     el.progressBox.dataset.jobId = record.jobId;
@@ -697,6 +704,32 @@
     stopFollowing();
     hideProgress();
     setBusy(false);
+    try {
+      sessionStorage.removeItem(JOB_STORAGE);
+    } catch (_) {
+      /* nothing stored */
+    }
+  }
+
+  async function resumeJob() {
+    let jobId = null;
+    try {
+      jobId = sessionStorage.getItem(JOB_STORAGE);
+    } catch (_) {
+      return;
+    }
+    if (!jobId) return;
+    try {
+      const { data } = await api("/jobs/" + encodeURIComponent(jobId));
+      if (isEnded(data)) {
+        sessionStorage.removeItem(JOB_STORAGE);
+        if (data.status === "succeeded") showResult(data);
+        return;
+      }
+      follow(data);
+    } catch (_) {
+      sessionStorage.removeItem(JOB_STORAGE); // unknown or expired: start afresh
+    }
   }
 
   el.cancel.addEventListener("click", async () => {
@@ -832,4 +865,5 @@
   renderRecent();
   loadStatus();
   loadStyles();
+  resumeJob();
 })();
