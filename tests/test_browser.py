@@ -188,14 +188,14 @@ def test_photo_to_avatar_with_progress_download_and_recent(
     service = make_service()
     standin.set_faults(step_delay=0.02)
     page = open_page(service.url, viewport={"width": 1100, "height": 1000})
-    assert page.locator("#standin-banner").is_visible()
+    page.locator("#standin-banner").wait_for(state="visible")  # after /readyz answers
     assert "not real avatars" in text_of(page, "#standin-banner")
 
     page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
-    assert page.locator("#photo-preview").is_visible()
+    page.locator("#photo-preview").wait_for(state="visible")  # once the image has loaded
     page.check("input[name=gender][value=female]")
     page.select_option("#style-select", "cartoon")
-    assert "cartoon" in text_of(page, "#style-description").lower()
+    assert "cartoon" in wait_text(page, "#style-description", "[Cc]artoon").lower()
     page.check("input[name=size][value=custom]")
     page.fill("#width-input", "256")
     page.fill("#height-input", "256")
@@ -347,12 +347,12 @@ def test_a_non_image_is_refused_before_upload(open_page, service, tmp_path):
         "request", lambda request: uploads.append(request.url) if "upload" in request.url else None
     )
     page.set_input_files("#photo-input", str(photo_file(tmp_path, "notes.txt", b"hello")))
-    assert text_of(page, "#photo-error") == (
+    assert wait_text(page, "#photo-error", "notes") == (
         "“notes.txt” is a text/plain file; choose a JPEG, PNG or WebP photo."
     )
     assert page.locator("#photo-input").get_attribute("aria-invalid") == "true"
     page.click("#generate-button")
-    assert text_of(page, "#photo-error") == "Choose a photo first."
+    assert wait_text(page, "#photo-error", "Choose") == "Choose a photo first."
     assert uploads == []
 
 
@@ -393,10 +393,10 @@ def test_bad_size_and_seed_are_shown_next_to_the_fields(open_page, service, tmp_
     page.fill("#width-input", "100")
     page.fill("#seed-input", "twelve")
     page.click("#generate-button")
-    assert text_of(page, "#size-error") == (
+    assert wait_text(page, "#size-error", "Width") == (
         "Width and height must be whole numbers from 64 to 2048, multiples of 8."
     )
-    assert text_of(page, "#seed-error") == (
+    assert wait_text(page, "#seed-error", "seed") == (
         "The seed must be a whole number from 0 to 9007199254740991."
     )
     assert page.locator("#width-input").get_attribute("aria-invalid") == "true"
