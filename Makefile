@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run standin test lint format bench clean
+.PHONY: setup run standin test lint format bench bench-memory clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m bench.latency --runs 200 --update-readme
+	$(BIN)/python -m bench.upload_memory --update-readme
+
+bench-memory: setup
+	$(BIN)/python -m bench.upload_memory --update-readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

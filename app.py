@@ -12,6 +12,7 @@ load_dotenv()
 
 from avatar_service import create_app  # noqa: E402  (settings are read after .env is loaded)
 from avatar_service.config import ConfigError, Settings  # noqa: E402
+from avatar_service.memory import limit_malloc_arenas  # noqa: E402
 
 logger = logging.getLogger("avatar_service")
 SHUTDOWN_GRACE_SECONDS = 1.0
@@ -20,15 +21,13 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 def main() -> int:
     """Start the service; debug mode (Flask's reloader and debugger) only when DEBUG=true."""
+    limit_malloc_arenas()  # before any thread starts
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     # One line per outbound request is noise at INFO; failures are logged by the service itself.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
@@ -76,6 +75,23 @@ def main() -> int:
     finally:
         services.close()
     return 0
+
+
+def configure_logging(settings: Settings) -> None:
+    """One line per record: text, or JSON objects (with the request's fields) if LOG_FORMAT=json."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 def _start(services, settings: Settings) -> None:

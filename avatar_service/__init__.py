@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask_cors import CORS
+from flask_limiter import Limiter
 
+from .api_services import ApiServices
 from .config import Settings
 from .errors import register_error_handlers
 from .services import Services
 
+__version__ = "0.1.0"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _SETTING_KEYS = frozenset(field.name.upper() for field in fields(Settings))
 
@@ -34,14 +38,79 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     services = Services.build(settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path))
     app.extensions["avatar_service"] = services
+    app.extensions["avatar_api"] = ApiServices.build(
+        settings, services, instance_path=Path(app.instance_path)
+    )
     register_error_handlers(app)
 
     from . import api, cli, webpage
 
     app.register_blueprint(api.bp)
     app.register_blueprint(webpage.bp)
+    _add_cors(app, settings)
+    _add_rate_limits(app, settings, key_func=api.rate_limit_key)
     cli.init_app(app)
     # Background work (websockets, resuming jobs, webhooks) starts with the server (app.py) or
     # at the first request; CLI commands that never serve do not start it.
     app.before_request(services.start)
     return app
+
+
+# Headers a browser may send, and response headers its scripts may read, across origins.
+CORS_ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "Prefer",
+    "X-Request-ID",
+)
+CORS_EXPOSE_HEADERS = (
+    "Idempotent-Replayed",
+    "Location",
+    "Retry-After",
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "WWW-Authenticate",
+)
+
+
+def _add_cors(app: Flask, settings: Settings) -> None:
+    """Answer browsers on the CORS_ORIGINS (none by default: same-origin only)."""
+    if not settings.cors_origins:
+        return
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        allow_headers=list(CORS_ALLOW_HEADERS),
+        expose_headers=list(CORS_EXPOSE_HEADERS),
+        methods=["GET", "POST", "DELETE", "OPTIONS"],
+        max_age=600,
+        vary_header=True,
+    )
+
+
+def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
+    """Limit generate and upload per API key (or client address), as RATE_LIMIT_* say."""
+    limiter = Limiter(
+        key_func=key_func,
+        app=app,
+        storage_uri=settings.rate_limit_storage,
+        storage_options={"socket_connect_timeout": 2, "socket_timeout": 2}
+        if settings.rate_limit_storage.startswith("redis")
+        else {},
+        strategy="fixed-window",
+        headers_enabled=True,
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+    )
+    app.extensions["avatar_limiter"] = limiter
+    for endpoint, rate in (
+        ("api.generate_avatar", settings.rate_limit_generate),
+        ("api.upload_image", settings.rate_limit_upload),
+    ):
+        if rate:
+            view = app.view_functions[endpoint]
+            app.view_functions[endpoint] = limiter.limit(rate, methods=["POST"])(view)

@@ -1,30 +1,85 @@
-"""HTTP routes: parse and validate, call one service method, serialise."""
+"""HTTP routes: parse and validate, call one service method, serialise.
+
+Every route but the public ones (health, readiness, service info, the document and its docs,
+metrics with its own key) needs ``Authorization: Bearer <key>`` when API keys are configured;
+the one hook ``authorize`` checks it, and that a job belongs to the key that made it.
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import re
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, request, send_file, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    make_response,
+    request,
+    send_file,
+    send_from_directory,
+    stream_with_context,
+)
 
-from .errors import BadRequest, Conflict, error_from_record
-from .jobs import GenerateRequest
+from . import __version__
+from .access import Caller
+from .api_services import ApiServices
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    Unauthorized,
+    error_from_record,
+)
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document
+from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
 from .services import Services
+from .storage import AVATAR_NAME_PATTERN
 from .store import Job
-from .webhooks import is_allowed_callback
+
+logger = logging.getLogger(__name__)
+request_logger = logging.getLogger("avatar_service.requests")
 
 bp = Blueprint("api", __name__)
 
-MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
-MAX_SEED = 2**64 - 1
 SSE_KEEPALIVE_SECONDS = 15.0
+# Routes anyone may call, keys or not.
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "api.healthz",
+        "api.readyz",
+        "api.service_info",
+        "api.openapi_document",
+        "api.docs",
+        "api.docs_asset",
+        "api.metrics",
+    }
+)
+# GET routes that accept a job's signed token (?token=) instead of the Authorization header.
+TOKEN_ENDPOINTS = frozenset({"api.job_events", "api.job_preview", "api.get_avatar"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def services() -> Services:
     """The services built by create_app."""
     return current_app.extensions["avatar_service"]
+
+
+def front() -> ApiServices:
+    """The HTTP-facing services (keys, idempotency, retention, metrics, schemas)."""
+    return current_app.extensions["avatar_api"]
 
 
 @bp.post("/upload-image")
@@ -38,20 +93,31 @@ def upload_image():
             code="missing_file",
             details={"receivedFields": sorted(request.files) + sorted(request.form)},
         )
-    stored = services().photos.save(upload.read(services().settings.max_upload_bytes + 1))
+    stored = services().photos.save(upload.stream)
     return stored.to_dict(), 201
 
 
 @bp.post("/generate-avatar-by-image")
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
-    svc = services()
-    generate, respond_async = parse_generate(_json_body(), svc)
+    svc, api = services(), front()
+    body = _json_body()
+    generate, respond_async = api.generate_schema.parse(body)
     respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
-    job = svc.runner.submit(generate, base_url=request.host_url)
+    job, new = api.submit(
+        svc,
+        generate,
+        base_url=request.host_url,
+        caller=g.get("caller"),
+        idempotency_key=_idempotency_key(),
+        body=body,
+    )
     if not respond_async:
         job = svc.wait_for_job(job.id)
-    return job_response(job, svc)
+    response = make_response(job_response(job, svc))
+    if not new:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @bp.get("/jobs/<job_id>")
@@ -95,7 +161,15 @@ def job_preview(job_id: str):
 
 @bp.get("/avatars/<file_name>")
 def get_avatar(file_name: str):
-    """A generated avatar image."""
+    """A generated avatar image; 410 once retention has deleted it."""
+    deleted_at = front().retention.deleted_at(file_name)
+    if deleted_at is not None and not (services().avatars.directory / file_name).is_file():
+        raise Gone(
+            "this avatar was deleted: avatars are kept for RETENTION_HOURS "
+            f"({front().settings.retention_hours:g} h)",
+            code="avatar_expired",
+            details={"fileName": file_name, "deletedAt": _iso(deleted_at)},
+        )
     return send_file(services().avatars.path_of(file_name), max_age=86400)
 
 
@@ -118,7 +192,201 @@ def readyz():
     return report, 200 if report["ready"] else 503
 
 
+@bp.get("/service-info")
+def service_info():
+    """What a client needs to know first: whether a key is needed, limits, where things are."""
+    settings, api = services().settings, front()
+    return {
+        "authRequired": api.access.enabled,
+        "version": __version__,
+        "limits": {
+            "maxUploadBytes": settings.max_upload_bytes,
+            "minImageSide": settings.min_image_side,
+            "maxImagePixels": settings.max_image_pixels,
+            "minSide": MIN_SIDE,
+            "maxSide": MAX_SIDE,
+            "sideStep": SIDE_STEP,
+            "maxSeed": MAX_SEED,
+            "syncWaitSeconds": settings.sync_wait,
+            "rateLimitGenerate": settings.rate_limit_generate or None,
+            "rateLimitUpload": settings.rate_limit_upload or None,
+            "tokenTtlSeconds": settings.token_ttl if api.access.enabled else None,
+        },
+        "styles": request.host_url + "styles",
+        "openapi": request.host_url + "openapi.json",
+        "docs": request.host_url + "docs",
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI 3.1 document of this service, built from the schemas that validate requests."""
+    api = front()
+    return build_document(
+        api.generate_schema, version=__version__, auth=api.access.enabled, settings=api.settings
+    )
+
+
+@bp.get("/docs")
+def docs():
+    """Interactive documentation (Swagger UI, served from this service)."""
+    return Response(DOCS_PAGE, mimetype="text/html")
+
+
+@bp.get("/docs/<asset>")
+def docs_asset(asset: str):
+    """The files of the interactive documentation."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    if asset not in DOCS_ASSETS:
+        raise NotFound("no such file", code="not_found", details={"file": asset})
+    return send_from_directory(str(swagger_ui_path), asset, max_age=86400)
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus metrics (Authorization: Bearer METRICS_KEY when that is set)."""
+    api = front()
+    if api.settings.metrics_key and not _bearer_matches(api.settings.metrics_key):
+        raise Unauthorized("send METRICS_KEY as Authorization: Bearer <key>")
+    return Response(api.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
+
+
+# -- hooks: keys and ownership, request ids, the request log, metrics ---------------------------
+
+
+@bp.before_request
+def authorize() -> None:
+    """With keys on: a known key (or, on token routes, the job's token); a job its key's own."""
+    access = front().access
+    public = request.endpoint in PUBLIC_ENDPOINTS or request.path == "/"  # "/": the web page
+    if not access.enabled or request.method == "OPTIONS" or public:
+        return
+    job_id = _job_of_request()
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if not scheme:
+        token = request.args.get("token")
+        if token is None or request.endpoint not in TOKEN_ENDPOINTS or job_id is None:
+            raise Unauthorized("this service needs an API key: send Authorization: Bearer <key>")
+        if not access.check_token(token, job_id):
+            raise Unauthorized(
+                "the token is not valid for this job or has expired; "
+                "read the job record again for fresh links"
+            )
+        return
+    caller = access.authenticate(presented.strip()) if scheme.lower() == "bearer" else None
+    if caller is None:
+        raise Unauthorized("unknown API key (send Authorization: Bearer <key>)")
+    g.caller = caller
+    if job_id is not None and not caller.admin:
+        owner = access.owner(job_id)
+        if owner != caller.key_id and (owner is not None or services().store.get(job_id)):
+            raise Forbidden("this job was created with another API key", details={"jobId": job_id})
+
+
+@bp.before_app_request
+def begin_request() -> None:
+    """Take the client's X-Request-ID (or make one) and start the clock."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.started = time.monotonic()
+
+
+@bp.after_app_request
+def finish_request(response: Response) -> Response:
+    """Echo the request id, count the request, and log one line about it."""
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    elapsed = time.monotonic() - g.get("started", time.monotonic())
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    api = current_app.extensions.get("avatar_api")
+    if api is not None:
+        api.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        api.metrics.request_seconds.labels(route).observe(elapsed)
+        if response.status_code == 429:
+            api.metrics.rate_limited.labels(route).inc()
+        if request.endpoint == "api.upload_image":
+            api.metrics.uploads.labels(_outcome(response)).inc()
+    job_id = (request.view_args or {}).get("job_id") or _job_id_of(response)
+    caller: Caller | None = g.get("caller")
+    request_logger.info(
+        "%s %s %d %.1fms request_id=%s job_id=%s key=%s",
+        request.method,
+        request.path,
+        response.status_code,
+        elapsed * 1000,
+        g.get("request_id"),
+        job_id or "-",
+        caller.key_id if caller else "-",
+        extra={
+            "request_id": g.get("request_id"),
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(elapsed * 1000, 1),
+            "job_id": job_id,
+            "key_id": caller.key_id if caller else None,
+            "remote_addr": request.remote_addr,
+        },
+    )
+    return response
+
+
+def rate_limit_key() -> str:
+    """Whom a rate limit counts: the API key (by its id), else the client's address."""
+    caller: Caller | None = g.get("caller")
+    return caller.key_id if caller else f"addr:{request.remote_addr}"
+
+
 # -- helpers used by the routes ----------------------------------------------------------------
+
+
+def _job_of_request() -> str | None:
+    """The job a request is about: from the URL, or the job id at the head of an avatar name."""
+    args = request.view_args or {}
+    if "job_id" in args:
+        return args["job_id"]
+    file_name = args.get("file_name")
+    if isinstance(file_name, str) and AVATAR_NAME_PATTERN.fullmatch(file_name):
+        return file_name.split("_", 1)[0]
+    return None
+
+
+def _bearer_matches(secret: str) -> bool:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode(), secret.encode()
+    )
+
+
+def _idempotency_key() -> str | None:
+    """The Idempotency-Key header (1 to 255 visible ASCII characters), if sent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def _outcome(response: Response) -> str:
+    if response.status_code < 400:
+        return "stored"
+    body = response.get_json(silent=True) if response.is_json else None
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("code")) if isinstance(error, dict) else str(response.status_code)
+
+
+def _job_id_of(response: Response) -> str | None:
+    if response.is_streamed or not response.is_json or response.direct_passthrough:
+        return None
+    body = response.get_json(silent=True)
+    if isinstance(body, dict):
+        job_id = body.get("jobId") or ((body.get("error") or {}).get("details") or {}).get("jobId")
+        return job_id if isinstance(job_id, str) else None
+    return None
 
 
 def parse_last_event_id(value: str, epoch: str) -> int | None:
@@ -144,83 +412,44 @@ def _json_body() -> Any:
         return None
 
 
-def parse_generate(body: Any, svc: Services) -> tuple[GenerateRequest, bool]:
-    """Validate a generate request body; one 400 naming every bad field."""
-    if not isinstance(body, dict):
-        raise BadRequest(
-            "the body must be a JSON object (send Content-Type: application/json)",
-            code="invalid_json",
-        )
-    problems: dict[str, str] = {}
-    image_name = body.get("imageName")
-    if not isinstance(image_name, str) or not image_name:
-        problems["imageName"] = "required: the imageName returned by POST /upload-image"
-    style_name = body.get("style", svc.settings.default_style)
-    workflow = svc.workflows.get(style_name) if isinstance(style_name, str) else None
-    if workflow is None:
-        problems["style"] = f"unknown style; one of {sorted(svc.workflows)}"
-        defaults: Mapping[str, Any] = {}
-        genders: list[str] = ["female", "male", "neutral"]
-    else:
-        defaults = workflow.presets.defaults
-        genders = sorted(workflow.presets.gender_text)
-    gender = body.get("gender", defaults.get("gender", "neutral"))
-    if isinstance(gender, str):
-        gender = gender.strip().lower()
-    if gender not in genders:
-        problems["gender"] = f"must be one of {genders}"
-    sizes = {}
-    for name in ("width", "height"):
-        value = body.get(name, defaults.get(name, 512))
-        if not _is_int(value) or not MIN_SIDE <= value <= MAX_SIDE or value % SIDE_STEP:
-            problems[name] = (
-                f"must be an integer from {MIN_SIDE} to {MAX_SIDE} and a multiple of {SIDE_STEP}"
-            )
-        sizes[name] = value
-    seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
-        problems["seed"] = f"must be an integer from 0 to {MAX_SEED}"
-    respond_async = body.get("async", False)
-    if not isinstance(respond_async, bool):
-        problems["async"] = "must be true or false"
-    callback_url = body.get("callbackUrl")
-    if callback_url is not None and not (
-        isinstance(callback_url, str)
-        and is_allowed_callback(callback_url, svc.settings.webhook_allowed_urls)
-    ):
-        problems["callbackUrl"] = (
-            "must start with one of the URLs allowed by WEBHOOK_ALLOWED_URLS"
-            if svc.settings.webhook_allowed_urls
-            else "not accepted: WEBHOOK_ALLOWED_URLS allows no callback URL"
-        )
-    if problems:
-        field, message = next(iter(problems.items()))
-        summary = f"{field}: {message}" if len(problems) == 1 else "several fields are invalid"
-        raise BadRequest(summary, code="invalid_fields", details={"fields": problems})
-    return (
-        GenerateRequest(
-            image_name=image_name,
-            gender=gender,
-            width=sizes["width"],
-            height=sizes["height"],
-            style=style_name,
-            seed=seed,
-            callback_url=callback_url,
-        ),
-        respond_async,
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def job_body(job: Job, svc: Services) -> dict[str, Any]:
     """The JSON record of a job, with its webhook deliveries when webhooks are on."""
-    body = job.to_dict()
+    body = with_access(job.to_dict())
     if svc.webhooks is not None:
         body["webhooks"] = svc.webhooks.deliveries(job.id)
     return body
+
+
+def with_access(body: dict[str, Any]) -> dict[str, Any]:
+    """A job record with its browser links signed (keys on) and deleted avatars marked."""
+    api = front()
+    job_id = body.get("jobId")
+    if not isinstance(job_id, str) or "links" not in body:
+        return body
+    body = {**body, "links": dict(body["links"])}
+    deleted = api.retention.deleted_of_job(job_id) if api.retention.enabled else {}
+    token = api.access.token(job_id) if api.access.enabled else None
+    avatars = []
+    for avatar in body.get("avatars") or []:
+        avatar = dict(avatar)
+        if token:
+            avatar["url"] = _with_token(avatar["url"], token)
+        if avatar.get("fileName") in deleted:
+            avatar["deletedAt"] = _iso(deleted[avatar["fileName"]])
+        avatars.append(avatar)
+    body["avatars"] = avatars
+    if token:
+        for name in ("events", "preview"):
+            body["links"][name] = _with_token(body["links"][name], token)
+    return body
+
+
+def _with_token(url: str, token: str) -> str:
+    return f"{url}{'&' if urlsplit(url).query else '?'}token={token}"
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def job_response(job: Job, svc: Services):
@@ -251,7 +480,10 @@ def sse_stream(svc: Services, job_id: str, after: int | None) -> Iterator[str]:
         fresh, ended = svc.events.read(job_id, after, SSE_KEEPALIVE_SECONDS)
         for event in fresh:
             after = event.id
-            yield _sse_frame(svc.events.epoch, event.id, event.event, event.data)
+            data = with_access(event.data)
+            if event.event == "preview" and front().access.enabled:
+                data = {**data, "url": _with_token(data["url"], front().access.token(job_id))}
+            yield _sse_frame(svc.events.epoch, event.id, event.event, data)
         if ended:
             return
         if not fresh:

@@ -7,9 +7,12 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from dataclasses import field as setting
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from limits import parse_many
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,8 @@ class Settings:
     max_upload_mb: float = 10.0
     max_image_pixels: int = 40_000_000
     min_image_side: int = 64
+    max_concurrent_decodes: int = 2
+    decode_wait: float = 60.0
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
     workflows_dir: Path = Path("workflows")
@@ -67,6 +72,20 @@ class Settings:
     threads: int = 32
     debug: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"
+    cors_origins: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = setting(default=(), repr=False)
+    api_keys_file: str = ""
+    admin_api_keys: tuple[str, ...] = setting(default=(), repr=False)
+    token_secret: str = setting(default="", repr=False)
+    token_ttl: float = 3600.0
+    rate_limit_generate: str = ""
+    rate_limit_upload: str = ""
+    rate_limit_storage: str = "memory://"
+    idempotency_ttl: float = 86400.0
+    metrics_key: str = setting(default="", repr=False)
+    retention_hours: float = 0.0
+    retention_interval: float = 600.0
 
     @classmethod
     def from_env(
@@ -129,6 +148,38 @@ class Settings:
                 )
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: one of {', '.join(_LOG_LEVELS)}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT={self.log_format!r}: text or json")
+        for origin in self.cors_origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in {"http", "https"} or not parts.hostname):
+                raise ConfigError(
+                    f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com (or *)"
+                )
+        for name in ("rate_limit_generate", "rate_limit_upload"):
+            value = getattr(self, name)
+            if value:
+                try:
+                    parse_many(value)
+                except ValueError:
+                    raise ConfigError(
+                        f"{name.upper()}={value!r}: a rate like '10/minute' or "
+                        "'5 per second; 100 per hour'"
+                    ) from None
+        if urlsplit(self.rate_limit_storage).scheme not in {"memory", "redis", "rediss"}:
+            raise ConfigError(
+                f"RATE_LIMIT_STORAGE={self.rate_limit_storage!r}: memory:// or redis://host:port"
+            )
+        if self.api_keys_file and not Path(self.api_keys_file).is_file():
+            raise ConfigError(f"API_KEYS_FILE={self.api_keys_file!r}: no such file")
+        if self.admin_api_keys and not (self.api_keys or self.api_keys_file):
+            raise ConfigError("ADMIN_API_KEYS needs API_KEYS or API_KEYS_FILE (keys are off)")
+        for key in (*self.api_keys, *self.admin_api_keys):
+            if len(key) < 16 or not key.isprintable() or " " in key:
+                raise ConfigError(
+                    "API_KEYS, ADMIN_API_KEYS: each key must be at least 16 printable characters "
+                    "without spaces"
+                )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -150,6 +201,8 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "max_upload_mb": 0,
     "max_image_pixels": 4096,
     "min_image_side": 1,
+    "max_concurrent_decodes": 1,
+    "decode_wait": 0,
     "upload_timeout": 0,
     "upload_max_attempts": 1,
     "upload_backoff": 0,
@@ -157,6 +210,10 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "webhook_max_attempts": 1,
     "webhook_backoff": 0,
     "threads": 4,
+    "token_ttl": 0,
+    "idempotency_ttl": 0,
+    "retention_hours": 0,
+    "retention_interval": 0,
 }
 _POSITIVE = frozenset(
     {
@@ -168,6 +225,9 @@ _POSITIVE = frozenset(
         "max_upload_mb",
         "upload_timeout",
         "webhook_timeout",
+        "token_ttl",
+        "idempotency_ttl",
+        "retention_interval",
     }
 )
 

@@ -5,10 +5,15 @@ Every error a client can see is a ServiceError, answered as
 
     ServiceError (500 internal_error)
     ├── BadRequest (400)              invalid JSON, fields, images
+    ├── Unauthorized (401)            missing or unknown API key or token (WWW-Authenticate)
+    ├── Forbidden (403)               a valid key that does not own the job
     ├── NotFound (404)                unknown imageName, job, avatar, style
     ├── Conflict (409)                cancelling a job that has ended
+    ├── Gone (410)                    an avatar deleted by retention
     ├── PayloadTooLarge (413)         photo over MAX_UPLOAD_MB
     ├── UnsupportedMediaType (415)    not a JPEG, PNG or WebP photo
+    ├── UnprocessableContent (422)    an Idempotency-Key reused with another body
+    ├── TooManyRequests (429)         a rate limit (sends Retry-After)
     ├── BadGateway (502)              ComfyUI rejected the graph or failed while running it
     ├── ServiceUnavailable (503)      ComfyUI unreachable (sends Retry-After)
     └── GatewayTimeout (504)          the job deadline passed
@@ -65,6 +70,24 @@ class BadRequest(ServiceError):
     code = "invalid_request"
 
 
+class Unauthorized(ServiceError):
+    """No API key, an unknown one, or a bad or expired token."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(ServiceError):
+    """A valid key that may not touch this resource."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     """The named thing does not exist."""
 
@@ -79,6 +102,13 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class Gone(ServiceError):
+    """The resource existed and was deleted on purpose."""
+
+    status = 410
+    code = "gone"
+
+
 class PayloadTooLarge(ServiceError):
     """The upload is larger than allowed."""
 
@@ -91,6 +121,20 @@ class UnsupportedMediaType(ServiceError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class UnprocessableContent(ServiceError):
+    """The request is well-formed but cannot be processed as sent."""
+
+    status = 422
+    code = "unprocessable_content"
+
+
+class TooManyRequests(ServiceError):
+    """A rate limit was reached."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class BadGateway(ServiceError):
@@ -122,10 +166,15 @@ _CLASS_BY_STATUS: dict[int, type[ServiceError]] = {
     cls.status: cls
     for cls in (
         BadRequest,
+        Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
+        Gone,
         PayloadTooLarge,
         UnsupportedMediaType,
+        UnprocessableContent,
+        TooManyRequests,
         BadGateway,
         ServiceUnavailable,
         GatewayTimeout,
@@ -167,6 +216,12 @@ def register_error_handlers(app: Flask) -> None:
             mapped = PayloadTooLarge(
                 "the request body is larger than the service accepts",
                 details={"maxBytes": limit} if limit else None,
+            )
+        elif error.code == 429:
+            limit = getattr(error, "limit", None)
+            mapped = TooManyRequests(
+                f"too many requests (limit: {limit.limit})" if limit else "too many requests",
+                details={"limit": str(limit.limit)} if limit else None,
             )
         else:
             mapped = ServiceError(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Events of ended jobs are kept this long for late SSE clients resuming with Last-Event-ID.
 RETENTION_SECONDS = 600.0
@@ -38,6 +42,11 @@ class JobEvents:
         self._channels: dict[str, _Channel] = {}
         self._ended: deque[str] = deque()
         self._closing = False
+        self._listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+
+    def add_listener(self, listener: Callable[[str, str, dict[str, Any]], None]) -> None:
+        """Call ``listener(job_id, event, data)`` after each event is published (e.g. metrics)."""
+        self._listeners.append(listener)
 
     @property
     def closing(self) -> bool:
@@ -62,6 +71,11 @@ class JobEvents:
                 self._ended.append(job_id)
                 self._prune()
             self._condition.notify_all()
+        for listener in self._listeners:
+            try:
+                listener(job_id, event, data)
+            except Exception:  # an observer must never change a job's course
+                logger.exception("event listener failed on %s of job %s", event, job_id)
 
     def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
         """Events with id > ``after`` (waiting up to ``timeout``), and whether the log has ended."""

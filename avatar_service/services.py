@@ -55,6 +55,9 @@ class Services:
     long_requests: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(1), repr=False
     )
+    # Called once when the service starts and when it closes (parts built beside it).
+    on_start: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -82,6 +85,8 @@ class Services:
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_image_pixels,
             min_side=settings.min_image_side,
+            max_concurrent_decodes=settings.max_concurrent_decodes,
+            decode_wait=settings.decode_wait,
         )
         avatars = AvatarStore(output_dir)
         database = instance_path / "avatar_service.sqlite3"
@@ -167,6 +172,8 @@ class Services:
             client.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        for start in self.on_start:
+            start()
         resumed = self.runner.resume_unfinished()
         if resumed:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
@@ -215,6 +222,8 @@ class Services:
         if self._closed:
             return
         self._closed = True
+        for close in self.on_close:
+            close()
         self.runner.stop(timeout=5)
         for client in self.clients:
             client.close()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import NotFound
 
@@ -15,11 +18,18 @@ AVATAR_NAME_PATTERN = re.compile(r"^[a-f0-9]{32}_\d{1,3}\.(png|jpg|jpeg|webp)$")
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file so that readers see either nothing or all of it, even after a crash."""
+    with open_atomic(path) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def open_atomic(path: Path) -> Iterator[BinaryIO]:
+    """A file to write in pieces; it appears at ``path`` whole when the block ends without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

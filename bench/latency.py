@@ -54,13 +54,15 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def process(
+    args: list[str], env: dict[str, str], ready_url: str, *, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
-        args, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        args, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         wait_http(ready_url)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:

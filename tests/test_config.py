@@ -30,6 +30,21 @@ from avatar_service.config import ConfigError, Settings
         ({"COMFYUI_URL": " , "}, "COMFYUI_URL"),
         ({"UPLOAD_URL": "localhost:9000/upload"}, "UPLOAD_URL"),
         ({"WEBHOOK_MAX_ATTEMPTS": "0"}, "WEBHOOK_MAX_ATTEMPTS"),
+        ({"CORS_ORIGINS": "app.example.com"}, "CORS_ORIGINS"),
+        ({"API_KEYS": "short"}, "API_KEYS"),
+        ({"API_KEYS_FILE": "/no/such/keys.txt"}, "API_KEYS_FILE"),
+        ({"ADMIN_API_KEYS": "admin-0123456789abcdef"}, "ADMIN_API_KEYS"),
+        ({"RATE_LIMIT_GENERATE": "lots"}, "RATE_LIMIT_GENERATE"),
+        ({"RATE_LIMIT_UPLOAD": "10 per fortnight"}, "RATE_LIMIT_UPLOAD"),
+        ({"RATE_LIMIT_STORAGE": "memcached://x"}, "RATE_LIMIT_STORAGE"),
+        ({"TOKEN_TTL": "0"}, "TOKEN_TTL"),
+        ({"IDEMPOTENCY_TTL": "-1"}, "IDEMPOTENCY_TTL"),
+        ({"RETENTION_HOURS": "-1"}, "RETENTION_HOURS"),
+        ({"RETENTION_INTERVAL": "0"}, "RETENTION_INTERVAL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"MAX_CONCURRENT_DECODES": "0"}, "MAX_CONCURRENT_DECODES"),
+        ({"MAX_CONCURRENT_DECODES": "1.5"}, "MAX_CONCURRENT_DECODES"),
+        ({"DECODE_WAIT": "-1"}, "DECODE_WAIT"),
     ],
 )
 def test_bad_settings_are_refused_by_name(environ, variable):
@@ -60,3 +75,35 @@ def test_unknown_override_is_refused():
     """An override naming no setting is a mistake, not silently ignored."""
     with pytest.raises(ConfigError, match="NOPE"):
         Settings.from_env({}, overrides={"NOPE": 1})
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    """API keys, the token secret and the metrics key never show in a printed Settings."""
+    settings = Settings.from_env(
+        {
+            "API_KEYS": "user-key-0123456789ab",
+            "ADMIN_API_KEYS": "admin-key-0123456789ab",
+            "TOKEN_SECRET": "token-secret-value",
+            "METRICS_KEY": "metrics-key-value",
+            "CORS_ORIGINS": "https://app.example.com, http://localhost:3000",
+            "RATE_LIMIT_GENERATE": "10/minute; 100/hour",
+        }
+    )
+    text = repr(settings)
+    for secret in ("user-key", "admin-key", "token-secret", "metrics-key"):
+        assert secret not in text
+    assert settings.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert settings.rate_limit_generate == "10/minute; 100/hour"
+
+
+def test_every_setting_is_documented():
+    """Each setting is in .env.example and in the README's settings table."""
+    from dataclasses import fields
+
+    root = Path(__file__).resolve().parents[1]
+    example = (root / ".env.example").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for field in fields(Settings):
+        name = field.name.upper()
+        assert f"{name}=" in example, f"{name} is missing from .env.example"
+        assert f"| `{name}` |" in readme, f"{name} is missing from the README's settings table"

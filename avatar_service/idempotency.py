@@ -1,0 +1,86 @@
+"""Idempotency-Key on generate: one key and body make one job, however often it is sent.
+
+A key is reserved in the database before the job is made (so two concurrent requests with one
+key cannot both start a job), bound to the job once it exists, and forgotten when making the job
+failed or IDEMPOTENCY_TTL has passed. Keys belong to the caller (its API key, or "anonymous").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .database import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    job_id TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+"""
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of presenting a key: new (make the job), or the job it already names."""
+
+    new: bool
+    job_id: str | None = None
+    same_body: bool = True
+
+
+def body_hash(body: Any) -> str:
+    """A fingerprint of a JSON body that ignores key order and spacing."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class IdempotencyKeys:
+    """Reserves, binds and looks up idempotency keys (kept IDEMPOTENCY_TTL seconds)."""
+
+    def __init__(self, database: Database, *, ttl: float, clock=time.time) -> None:
+        self._db = database
+        self.ttl = ttl
+        self._clock = clock
+
+    def reserve(self, scope: str, key: str, fingerprint: str) -> Reservation:
+        """Reserve ``key`` for a new job, or say which job (if any yet) it already names."""
+        now = self._clock()
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - self.ttl,))
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO idempotency_keys (scope, key, body_hash, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (scope, key, fingerprint, now),
+            ).rowcount
+            if inserted:
+                return Reservation(new=True)
+            stored_hash, job_id = db.execute(
+                "SELECT body_hash, job_id FROM idempotency_keys WHERE scope = ? AND key = ?",
+                (scope, key),
+            ).fetchone()
+        return Reservation(new=False, job_id=job_id, same_body=stored_hash == fingerprint)
+
+    def bind(self, scope: str, key: str, job_id: str) -> None:
+        """Name the job made for a reserved key."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE idempotency_keys SET job_id = ? WHERE scope = ? AND key = ?",
+                (job_id, scope, key),
+            )
+
+    def release(self, scope: str, key: str) -> None:
+        """Forget a reservation whose job could not be made, so a retry may try again."""
+        with self._db.transaction() as db:
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND job_id IS NULL",
+                (scope, key),
+            )

@@ -1,0 +1,135 @@
+"""Deletes photos and avatars older than RETENTION_HOURS, and remembers which avatars it deleted.
+
+Off by default (RETENTION_HOURS=0 keeps everything). A sweep runs every RETENTION_INTERVAL
+seconds in a background thread; a file that a job still in flight needs is never deleted.
+Deleted avatars are recorded so that ``GET /avatars/<name>`` answers 410 and the job record
+says when they were deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .database import Database
+from .storage import AVATAR_NAME_PATTERN
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deleted_avatars (
+    file_name TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    deleted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deleted_avatars_job ON deleted_avatars(job_id);
+"""
+
+
+class Retention:
+    """Sweeps old files out of the photo and avatar folders."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        photo_dir: Path,
+        avatar_dir: Path,
+        max_age_hours: float,
+        interval: float,
+        in_use: Callable[[], Iterable[str]],  # photo names and job ids of jobs in flight
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = database
+        self.photo_dir = photo_dir
+        self.avatar_dir = avatar_dir
+        self.max_age = max_age_hours * 3600
+        self.interval = interval
+        self._in_use = in_use
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether files are deleted at all."""
+        return self.max_age > 0
+
+    def start(self) -> None:
+        """Start sweeping in the background (when enabled)."""
+        if not self.enabled or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sweeping."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception:  # a failed sweep must not end the thread; the next one retries
+                logger.exception("retention sweep failed")
+            self._stop.wait(self.interval)
+
+    def sweep(self) -> tuple[int, int]:
+        """Delete every photo and avatar older than the age; return how many of each."""
+        if not self.enabled:
+            return 0, 0
+        cutoff = self._clock() - self.max_age
+        keep = set(self._in_use())
+        photos = sum(1 for _ in self._delete_older(self.photo_dir, cutoff, keep, "*.png"))
+        avatars = 0
+        for path in self._delete_older(self.avatar_dir, cutoff, keep, "*"):
+            if AVATAR_NAME_PATTERN.fullmatch(path.name):
+                with self._db.transaction() as db:
+                    db.execute(
+                        "INSERT OR REPLACE INTO deleted_avatars (file_name, job_id, deleted_at) "
+                        "VALUES (?, ?, ?)",
+                        (path.name, path.name.split("_", 1)[0], self._clock()),
+                    )
+                avatars += 1
+        if photos or avatars:
+            logger.info(
+                "retention: deleted %d photo(s) and %d avatar(s) older than %.4g h",
+                photos,
+                avatars,
+                self.max_age / 3600,
+            )
+        return photos, avatars
+
+    def _delete_older(self, directory: Path, cutoff: float, keep: set[str], pattern: str):
+        for path in directory.glob(pattern):
+            owner = path.name.split("_", 1)[0]  # an avatar's job id
+            if path.name.startswith(".") or keep & {path.name, owner} or not path.is_file():
+                continue
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            yield path
+
+    def deleted_at(self, file_name: str) -> float | None:
+        """When an avatar was deleted by retention (None: it was not)."""
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT deleted_at FROM deleted_avatars WHERE file_name = ?", (file_name,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def deleted_of_job(self, job_id: str) -> dict[str, float]:
+        """The avatars of a job deleted by retention, with when."""
+        with self._db.transaction() as db:
+            rows = db.execute(
+                "SELECT file_name, deleted_at FROM deleted_avatars WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        return dict(rows)

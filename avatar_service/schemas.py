@@ -1,0 +1,192 @@
+"""Request schemas, declared once: they validate requests and are the OpenAPI document's source.
+
+Each field of the generate request is a JSON Schema (2020-12) fragment and the message a client
+gets when its value breaks it. ``GenerateSchema.parse`` checks a body field by field with
+jsonschema and answers one 400 ``invalid_fields`` naming every bad field;
+``GenerateSchema.request_schema`` is the same fragments put together for ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from .errors import BadRequest
+from .jobs import GenerateRequest
+from .workflow import Workflow
+
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
+MAX_SEED = 2**64 - 1
+DEFAULT_GENDERS = ("female", "male", "neutral")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One request field: its JSON Schema, the message for a bad value, and whether required."""
+
+    schema: dict[str, Any]
+    message: str
+    required: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        """Whether a value satisfies the schema."""
+        return Draft202012Validator(self.schema).is_valid(value)
+
+
+class GenerateSchema:
+    """The body of POST /generate-avatar-by-image, for the styles and settings of one app."""
+
+    def __init__(
+        self,
+        *,
+        workflows: Mapping[str, Workflow],
+        default_style: str,
+        callback_allowed: Callable[[str], bool],
+        callback_prefixes: Sequence[str],
+        callback_message: str,
+    ) -> None:
+        self.workflows = workflows
+        self.default_style = default_style
+        self.callback_allowed = callback_allowed
+        self.callback_prefixes = tuple(callback_prefixes)
+        self.callback_message = callback_message
+
+    def fields(self, workflow: Workflow | None) -> dict[str, Field]:
+        """Every field, with the defaults and genders of ``workflow`` (the request's style)."""
+        defaults: Mapping[str, Any] = workflow.presets.defaults if workflow else {}
+        genders = sorted(workflow.presets.gender_text) if workflow else list(DEFAULT_GENDERS)
+        side = f"must be an integer from {MIN_SIDE} to {MAX_SIDE} and a multiple of {SIDE_STEP}"
+        return {
+            "imageName": Field(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "the imageName answered by POST /upload-image",
+                },
+                "required: the imageName returned by POST /upload-image",
+                required=True,
+            ),
+            "style": Field(
+                {
+                    "type": "string",
+                    "enum": sorted(self.workflows),
+                    "default": self.default_style,
+                    "description": "a style from GET /styles",
+                },
+                f"unknown style; one of {sorted(self.workflows)}",
+            ),
+            "gender": Field(
+                {
+                    "type": "string",
+                    "enum": genders,
+                    "default": defaults.get("gender", "neutral"),
+                    "description": "case-insensitive; surrounding spaces are ignored",
+                },
+                f"must be one of {genders}",
+            ),
+            **{
+                name: Field(
+                    {
+                        "type": "integer",
+                        "minimum": MIN_SIDE,
+                        "maximum": MAX_SIDE,
+                        "multipleOf": SIDE_STEP,
+                        "default": defaults.get(name, 512),
+                        "description": f"{name} of the avatar in px",
+                    },
+                    side,
+                )
+                for name in ("width", "height")
+            },
+            "seed": Field(
+                {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "maximum": MAX_SEED,
+                    "description": "omitted or null: random (below 2**53); echoed in the record",
+                },
+                f"must be an integer from 0 to {MAX_SEED}",
+            ),
+            "async": Field(
+                {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "true: answer 202 at once (as does Prefer: respond-async)",
+                },
+                "must be true or false",
+            ),
+            "callbackUrl": Field(self._callback_schema(), self.callback_message),
+        }
+
+    def _callback_schema(self) -> dict[str, Any]:
+        if not self.callback_prefixes:
+            return {"type": "null", "description": "WEBHOOK_ALLOWED_URLS allows no callback URL"}
+        return {
+            "type": ["string", "null"],
+            "format": "uri",
+            "pattern": "^(?:" + "|".join(re.escape(p) for p in self.callback_prefixes) + ")",
+            "description": "a webhook URL for this job, under one of WEBHOOK_ALLOWED_URLS "
+            "(same scheme, host and port; a path below the allowed one)",
+        }
+
+    def request_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the whole body (defaults and genders of the default style)."""
+        fields = self.fields(self.workflows.get(self.default_style))
+        genders = sorted({g for w in self.workflows.values() for g in w.presets.gender_text})
+        properties = {name: dict(field.schema) for name, field in fields.items()}
+        properties["gender"]["enum"] = genders or list(DEFAULT_GENDERS)
+        return {
+            "type": "object",
+            "required": [name for name, field in fields.items() if field.required],
+            "properties": properties,
+        }
+
+    def parse(self, body: Any) -> tuple[GenerateRequest, bool]:
+        """Validate a body; one 400 ``invalid_fields`` naming every bad field."""
+        if not isinstance(body, dict):
+            raise BadRequest(
+                "the body must be a JSON object (send Content-Type: application/json)",
+                code="invalid_json",
+            )
+        style = body.get("style", self.default_style)
+        workflow = self.workflows.get(style) if isinstance(style, str) else None
+        fields = self.fields(workflow)
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name, field in fields.items():
+            if name not in body and field.required:
+                problems[name] = field.message
+                continue
+            value = body.get(name, field.schema.get("default"))
+            if name == "gender" and isinstance(value, str):
+                value = value.strip().lower()
+            ok = field.accepts(value)
+            if ok and name == "callbackUrl" and value is not None:
+                ok = self.callback_allowed(value)
+            if not ok:
+                problems[name] = field.message
+            if isinstance(value, float):  # JSON Schema's integers include 512.0: read it as 512
+                value = int(value)
+            values[name] = value
+        if problems:
+            field_name, message = next(iter(problems.items()))
+            summary = (
+                f"{field_name}: {message}" if len(problems) == 1 else "several fields are invalid"
+            )
+            raise BadRequest(summary, code="invalid_fields", details={"fields": problems})
+        return (
+            GenerateRequest(
+                image_name=values["imageName"],
+                gender=values["gender"],
+                width=values["width"],
+                height=values["height"],
+                style=values["style"],
+                seed=values["seed"],
+                callback_url=values["callbackUrl"],
+            ),
+            values["async"],
+        )

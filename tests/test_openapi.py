@@ -1,0 +1,149 @@
+"""The OpenAPI 3.1 document: built from the request schemas, covering every route, and true.
+
+schemathesis generates requests from the document against the live service (under waitress,
+in front of the stand-in) and checks that none answers 500 and every answer conforms.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from avatar_service import create_app
+
+KEY = "schema-key-0123456789abcdef"
+
+
+@pytest.fixture
+def document(service) -> dict:
+    """The document served by a live service."""
+    answer = service.http.get("/openapi.json")
+    assert answer.status_code == 200
+    return answer.json()
+
+
+def test_document_is_valid_openapi_31(service, document):
+    """The document declares OpenAPI 3.1 and its request schema is valid JSON Schema 2020-12."""
+    assert document["openapi"] == "3.1.0"
+    body = document["paths"]["/generate-avatar-by-image"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    Draft202012Validator.check_schema(schema)
+    assert schema["required"] == ["imageName"]
+    assert schema["properties"]["width"] == {
+        "type": "integer",
+        "minimum": 64,
+        "maximum": 2048,
+        "multipleOf": 8,
+        "default": 512,
+        "description": "width of the avatar in px",
+    }
+    styles = service.http.get("/styles").json()
+    assert schema["properties"]["style"]["enum"] == [style["name"] for style in styles["styles"]]
+    assert schema["properties"]["style"]["default"] == styles["default"]
+
+
+def test_every_route_is_in_the_document(service, document):
+    """Each route of the app, with each of its methods, is an operation of the document."""
+    documented = {
+        (path, method.upper()) for path, item in document["paths"].items() for method in item
+    }
+    for rule in service.app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method) in documented, f"{method} {path} is not documented"
+
+
+def test_document_messages_come_from_the_validating_schema(service, document):
+    """A request breaking the documented rule gets the 400 named by the same schema."""
+    schema = document["paths"]["/generate-avatar-by-image"]["post"]["requestBody"]
+    width = schema["content"]["application/json"]["schema"]["properties"]["width"]
+    answer = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": "x.png", "width": width["maximum"] + width["multipleOf"]},
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "code": "invalid_fields",
+            "message": "width: must be an integer from 64 to 2048 and a multiple of 8",
+            "details": {
+                "fields": {"width": "must be an integer from 64 to 2048 and a multiple of 8"}
+            },
+        }
+    }
+
+
+def test_docs_page_and_assets_are_served_locally(service):
+    """/docs is Swagger UI whose scripts and styles come from this service, not a CDN."""
+    page = service.http.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "http" not in page.text.split("<body>", 1)[1]  # no absolute URL: nothing external
+    for asset in re.findall(r'(?:src|href)="(docs/[^"]+)"', page.text):
+        answer = service.http.get("/" + asset)
+        assert answer.status_code == 200, asset
+        assert len(answer.content) > 100
+    missing = service.http.get("/docs/..%2Fapi.py")
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "with-keys"])
+def test_service_conforms_to_its_document(make_service, tmp_path, keys):
+    """schemathesis against the live service: no 500, every answer conforms to the document.
+
+    With keys on, schemathesis sends the key and also checks that requests without it are
+    refused (its ignored_auth check).
+    """
+    service = make_service(sync_wait=2.0, **({"api_keys": KEY} if keys else {}))
+    auth = ["--header", f"Authorization: Bearer {KEY}"] if keys else []
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
+            "run",
+            service.url + "/openapi.json",
+            "--max-examples",
+            "6",
+            "--seed",
+            "1",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+            "--workers",
+            "1",
+            "--no-color",
+            *auth,
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_app_builds_without_a_server(tmp_path):
+    """The document is built without a request to ComfyUI (CI can publish it)."""
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "instance",
+            "UPLOAD_DIR": tmp_path / "uploads",
+            "OUTPUT_DIR": tmp_path / "out",
+        }
+    )
+    with app.test_client() as client:
+        answer = client.get("/openapi.json")
+    assert answer.status_code == 200
+    assert "/jobs/{job_id}/events" in answer.get_json()["paths"]
