@@ -476,8 +476,8 @@ def test_a_service_that_is_not_ready_says_why(open_page, make_service):
 
 @pytest.mark.skipif(not HAS_API_KEYS, reason="API keys not available in this build")
 def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
-    """With API keys on, the page asks for the key once, then works with it."""
-    service = make_service(api_keys="sesame-0123456789abcdef")
+    """With API keys on, the page asks for the key once, then works with it (fresh links too)."""
+    service = make_service(api_keys="sesame-0123456789abcdef", token_ttl=3)
     page = open_page(service.url, styles_loaded=False)
     page.locator("#key-dialog").wait_for(state="visible")
     page.fill("#key-input", "wrong-key-0123456789")
@@ -490,3 +490,23 @@ def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
     page.click("#generate-button")
     page.wait_for_selector("#result-image", state="visible")
     assert page.locator("#key-dialog").is_hidden()
+
+    # The avatar's signed link expires (TOKEN_TTL); the recent strip asks for a fresh one.
+    old_url = page.locator("#recent-list button").get_attribute("data-url")
+    assert "token=" in old_url
+    deadline = time.monotonic() + 10
+    while service.http.get(old_url).status_code != 401:
+        assert time.monotonic() < deadline, "the signed link did not expire"
+        time.sleep(0.1)
+    # A new browser profile with this one's storage: no cached image to fall back on.
+    page = open_page(service.url, storage_state=page.context.storage_state())
+    wait_until(
+        page,
+        """(old) => {
+            const button = document.querySelector('#recent-list button');
+            return button && button.dataset.url !== old
+                && button.querySelector('img').naturalWidth > 0;
+        }""",
+        old_url,
+    )
+    assert page.locator("#key-dialog").is_hidden(), "the stored key is used without asking"

@@ -823,13 +823,30 @@
         image.src = entry.url;
         image.alt = "";
         image.loading = "lazy";
-        image.addEventListener("error", () => item.remove());
+        image.addEventListener("error", () => refreshRecent(entry, image, item), { once: true });
         button.append(image);
         button.addEventListener("click", () => display(entry));
         item.append(button);
         return item;
       })
     );
+  }
+
+  // Signed links (with API keys) expire: ask the job for fresh ones before giving up an entry.
+  async function refreshRecent(entry, image, item) {
+    try {
+      const { data } = await api("/jobs/" + encodeURIComponent(entry.jobId));
+      const avatar = (data.avatars || []).find((a) => a.fileName === entry.fileName);
+      if (!avatar || avatar.url === entry.url) throw new Error("no fresher link");
+      const list = recent().map((old) => (old.url === entry.url ? { ...old, url: avatar.url } : old));
+      entry.url = avatar.url;
+      image.closest("button").dataset.url = avatar.url;
+      image.addEventListener("error", () => item.remove(), { once: true });
+      image.src = avatar.url;
+      localStorage.setItem(RECENT_STORAGE, JSON.stringify(list));
+    } catch (_) {
+      item.remove(); // the job or its avatar is gone
+    }
   }
 
   el.clearRecent.addEventListener("click", () => {
