@@ -43,9 +43,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     register_error_handlers(app)
 
-    from . import api, cli
+    from . import api, cli, webpage
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(webpage.bp)
     _add_cors(app, settings)
     _add_rate_limits(app, settings, key_func=api.rate_limit_key)
     cli.init_app(app)

@@ -557,6 +557,38 @@ def build_document(
                 },
             }
         },
+        "/": {
+            "get": {
+                "operationId": "webPage",
+                "summary": "The web page: upload a photo, follow the job, keep the avatar",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/web/{filename}": {
+            "get": {
+                "operationId": "webPageAsset",
+                "summary": "A file of the web page (its script, style and icon)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                    "404": _error("no such file", "not_found"),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",

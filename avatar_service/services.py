@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from .comfyui_client import ComfyUIClient, ComfyUIError
+from .comfyui_client import ComfyUIClient, ComfyUIError, runs_standin
 from .config import ConfigError, Settings
 from .errors import ServiceUnavailable
 from .events import JobEvents
@@ -276,7 +276,7 @@ class Services:
         return [describe(workflow) for _, workflow in sorted(self.workflows.items())]
 
     def readiness(self) -> dict[str, Any]:
-        """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is."""
+        """Per ComfyUI server: websocket up, HTTP answering, stand-in or not; ready when one is."""
         servers = {}
         for client in self.clients:
             state: dict[str, Any] = {"websocket": client.connected}
@@ -284,6 +284,7 @@ class Services:
                 stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
                 state["version"] = (stats.get("system") or {}).get("comfyui_version")
+                state["standin"] = runs_standin(stats)
             except ComfyUIError as exc:
                 state["http"] = False
                 state["error"] = exc.message
@@ -299,7 +300,10 @@ class Services:
             state["ready"] = bool(state["websocket"] and state["http"] and default_ok)
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
-        report: dict[str, Any] = {"ready": ready, "servers": servers}
+        # True when every answering server is the stand-in: its images are not real avatars.
+        answering = [state for state in servers.values() if state["http"]]
+        standin = bool(answering) and all(state["standin"] for state in answering)
+        report: dict[str, Any] = {"ready": ready, "standin": standin, "servers": servers}
         if not ready:
             reachable = any(state["websocket"] and state["http"] for state in servers.values())
             report["reason"] = (
