@@ -53,7 +53,7 @@ class ServiceError(Exception):
         self.message = message
         if code is not None:
             self.code = code
-        self.details = dict(details or {})
+        self.details = {name: _echoable(value) for name, value in (details or {}).items()}
         self.headers = dict(headers or {})
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +62,17 @@ class ServiceError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+# A client's value echoed in an error's details is cut to this many characters: an 11 MB
+# imageName must not come back as an 11 MB error.
+ECHO_LIMIT = 1024
+
+
+def _echoable(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        return f"{value[:ECHO_LIMIT]}... ({len(value)} characters)"
+    return value
 
 
 class BadRequest(ServiceError):

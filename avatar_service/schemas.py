@@ -187,7 +187,7 @@ class GenerateSchema:
             ok = field.accepts(value)
             if ok and name == "callbackUrl" and value is not None:
                 ok = self.callback_allowed(value)
-            if isinstance(value, float):  # JSON Schema's integers include 512.0: read it as 512
+            if ok and isinstance(value, float):  # JSON Schema's integers include 512.0: 512
                 value = int(value)
             problem = None
             if name == "crop" and value is not None:

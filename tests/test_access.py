@@ -150,6 +150,9 @@ def test_record_links_carry_a_token_that_opens_events_and_avatars(keyed, photo):
         image = browser.get(avatar_url)
         assert image.status_code == 200
         assert image.headers["content-type"] == "image/png"
+        # behind a key, shared caches must not keep it for others
+        assert "private" in image.headers["cache-control"]
+        assert "public" not in image.headers["cache-control"]
         events = browser.get(links["events"])
         assert events.status_code == 200
         assert "event: state" in events.text
@@ -197,3 +200,5 @@ def test_without_keys_everything_stays_open(service, photo):
     job = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
     assert "token=" not in job["links"]["events"]
     assert "token=" not in job["avatars"][0]["url"]
+    avatar = service.http.get(job["avatars"][0]["url"])
+    assert avatar.headers["cache-control"] == "public, max-age=86400"

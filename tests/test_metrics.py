@@ -127,3 +127,12 @@ def test_forwarding_deliveries_are_counted(make_service, photo):
     found = samples(service.http.get("/metrics").text)
     assert found[("avatar_forward_deliveries_total", frozenset({("outcome", "delivered")}))] == 1
     assert found[("avatar_forward_deliveries_total", frozenset({("outcome", "failed")}))] == 1
+
+
+def test_made_up_methods_do_not_add_label_values(service):
+    """Requests with invented methods are counted as "other", so clients cannot grow /metrics."""
+    for method in ("AAA", "BBB", "XYZZY"):
+        assert service.http.request(method, "/healthz").status_code == 405
+    text = service.http.get("/metrics").text
+    assert 'method="AAA"' not in text and 'method="XYZZY"' not in text
+    assert 'avatar_http_requests_total{method="other",route="unmatched",status="405"} 3.0' in text
