@@ -295,6 +295,7 @@ def build_document(
                 "invalid_image",
                 "image_too_small",
                 "image_too_many_pixels",
+                "image_aspect_ratio",
             ),
             "401": unauthorized,
             "413": _error("too large", "photo_too_large", "payload_too_large"),
@@ -305,6 +306,11 @@ def build_document(
                 "several_faces",
             ),
             "429": limited,
+            "503": _error(
+                "too many photos are being decoded at once (MAX_CONCURRENT_DECODES)",
+                "service_busy",
+                headers=retry,
+            ),
         },
     }
     paths: dict[str, Any] = {
