@@ -106,7 +106,7 @@ def generate_avatar():
     job, new = api.submit(
         svc,
         generate,
-        base_url=request.host_url,
+        base_url=_base_url(svc),
         caller=g.get("caller"),
         idempotency_key=_idempotency_key(),
         body=body,
@@ -412,6 +412,18 @@ def parse_last_event_id(value: str, epoch: str) -> int | None:
 
 
 _EVENT_ID = re.compile(r"(?P<epoch>[0-9a-f]{1,16})\.(?P<number>[0-9]{1,9})", re.ASCII)
+
+
+def _base_url(svc: Services) -> str:
+    """Where this job's URLs point: PUBLIC_BASE_URL, else the URL the request was sent to."""
+    if not svc.settings.public_base_url and not request.host:
+        # Werkzeug reads a Host header with characters no host name has as empty.
+        raise BadRequest(
+            "the request's Host header is missing or not a host name; the job's URLs are built "
+            "from it (or set PUBLIC_BASE_URL)",
+            code="untrusted_host",
+        )
+    return request.host_url
 
 
 def _json_body() -> Any:

@@ -378,3 +378,16 @@ def test_docs_answer_with_a_trailing_slash(service):
     answer = service.http.get("/docs/")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("host", ['a"b<c>', "exa mple.com", "x/y"])
+def test_malformed_host_cannot_shape_job_urls(service, photo, host):
+    """Without PUBLIC_BASE_URL, a Host header that is no host name is a 400, not a broken URL."""
+    name = service.upload(photo)
+    answer = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": name, "async": True},
+        headers={"Host": host},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "untrusted_host"
