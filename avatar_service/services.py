@@ -13,10 +13,12 @@ from typing import Any, TextIO
 
 import httpx
 
-from .comfyui_client import ComfyUIClient, ComfyUIError
+from .comfyui_client import ComfyUIClient, ComfyUIError, runs_standin
 from .config import ConfigError, Settings
 from .errors import ServiceUnavailable
 from .events import JobEvents
+from .faces import FaceDetector
+from .framing import Framing
 from .images import PhotoStore
 from .jobs import Job, JobEngine, JobRecords
 from .jobs.dispatcher import Dispatcher
@@ -48,6 +50,7 @@ class Services:
     settings: Settings
     workflows: dict[str, Workflow]
     photos: PhotoStore
+    framing: Framing
     avatars: AvatarStore
     records: JobRecords
     events: JobEvents
@@ -94,6 +97,13 @@ class Services:
             min_side=settings.min_image_side,
             max_concurrent_decodes=settings.max_concurrent_decodes,
             decode_wait=settings.decode_wait,
+        )
+        framing = Framing(
+            photos,
+            FaceDetector() if settings.face_policy != "off" else None,
+            policy=settings.face_policy,
+            multiple=settings.face_multiple,
+            margin=settings.face_margin,
         )
         avatars = AvatarStore(output_dir)
         database = instance_path / "avatar_service.sqlite3"
@@ -176,6 +186,7 @@ class Services:
             settings=settings,
             workflows=workflows,
             photos=photos,
+            framing=framing,
             avatars=avatars,
             records=records,
             events=events,
@@ -295,7 +306,7 @@ class Services:
         return [describe(workflow) for _, workflow in sorted(self.workflows.items())]
 
     def readiness(self) -> dict[str, Any]:
-        """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is."""
+        """Per ComfyUI server: websocket up, HTTP answering, stand-in or not; ready when one is."""
         servers = {}
         dispatch = self.runner.dispatcher.snapshot()
         for client in self.clients:
@@ -311,6 +322,7 @@ class Services:
                 stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
                 state["version"] = (stats.get("system") or {}).get("comfyui_version")
+                state["standin"] = runs_standin(stats)
             except ComfyUIError as exc:
                 state["http"] = False
                 state["error"] = exc.message
@@ -328,7 +340,10 @@ class Services:
             )
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
-        report: dict[str, Any] = {"ready": ready, "servers": servers}
+        # True when every answering server is the stand-in: its images are not real avatars.
+        answering = [state for state in servers.values() if state["http"]]
+        standin = bool(answering) and all(state["standin"] for state in answering)
+        report: dict[str, Any] = {"ready": ready, "standin": standin, "servers": servers}
         if not ready:
             reachable = any(state["websocket"] and state["http"] for state in servers.values())
             report["reason"] = (

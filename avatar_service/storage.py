@@ -24,11 +24,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 @contextmanager
 def open_atomic(path: Path) -> Iterator[BinaryIO]:
-    """A file to write in pieces; it appears at ``path`` whole when the block ends without error."""
+    """A file to write in pieces; it appears at ``path`` whole when the block ends without error.
+
+    The handle can also read back what was written (before it is published).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "w+b") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -34,8 +34,8 @@ def test_seed_curl_flow_returns_avatar_of_requested_size(service, photo):
     upload = service.http.post("/upload-image", files={"image": ("me.jpg", photo, "image/jpeg")})
     assert upload.status_code == 201
     body = upload.json()
-    assert set(body) == {"imageName", "width", "height"}
-    assert (body["width"], body["height"]) == (96, 96)
+    assert set(body) == {"imageName", "width", "height", "faces"}
+    assert (body["width"], body["height"], body["faces"]) == (96, 96, [])
 
     answer = service.http.post(
         "/generate-avatar-by-image",

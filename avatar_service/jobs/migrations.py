@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -67,7 +68,19 @@ CREATE TABLE IF NOT EXISTS abandoned_prompts (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_SCHEMA, V2_SCHEMA)
+
+def add_crop_column(connection: sqlite3.Connection) -> None:
+    """Version 3: the part of the photo a job uses (``crop``, JSON). Some databases already
+    have the column (a release added it when the store was opened), so it is added only when
+    missing."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+    if "crop" not in present:
+        connection.execute("ALTER TABLE jobs ADD COLUMN crop TEXT")
+
+
+# A step is an SQL script, or a function of the connection for a step that must look first.
+Step = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[Step, ...] = (V1_SCHEMA, V2_SCHEMA, add_crop_column)
 
 # Version 1 of the outbox: the webhook tables as first shipped.
 DELIVERIES_V1_SCHEMA = """
@@ -108,7 +121,7 @@ ALTER TABLE delivery_attempts ADD COLUMN response TEXT;
 CREATE INDEX IF NOT EXISTS deliveries_kind_due ON deliveries (kind, state, next_attempt_at);
 """
 
-COMPONENTS: dict[str, tuple[str, ...]] = {
+COMPONENTS: dict[str, tuple[Step, ...]] = {
     "jobs": MIGRATIONS,
     "deliveries": (DELIVERIES_V1_SCHEMA, DELIVERIES_V2_SCHEMA),
 }
@@ -138,7 +151,13 @@ def _migrate(connection: sqlite3.Connection, component: str) -> int:
         )
         # executescript commits first; the statements and the version bump then run together.
         try:
-            connection.executescript(f"BEGIN;\n{script}\n{bump}\nCOMMIT;")
+            if callable(script):
+                connection.execute("BEGIN")
+                script(connection)
+                connection.execute(bump)
+                connection.execute("COMMIT")
+            else:
+                connection.executescript(f"BEGIN;\n{script}\n{bump}\nCOMMIT;")
         except sqlite3.Error:
             if connection.in_transaction:
                 connection.rollback()
