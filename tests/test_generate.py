@@ -19,6 +19,19 @@ def prompt_of(png: bytes) -> dict:
         return json.loads(image.text["prompt"])
 
 
+@pytest.fixture
+def service(make_service):
+    """A live service that keeps ComfyUI's prompt in each avatar PNG, so tests can read back the
+    graph that made it (the default strips it; see test_avatars_carry_no_comfyui_prompt)."""
+    return make_service(strip_avatar_metadata=False)
+
+
+@pytest.fixture
+def default_service(make_service):
+    """A live service with the default settings."""
+    return make_service()
+
+
 def nodes_of(graph: dict, class_type: str) -> list[dict]:
     return [node for node in graph.values() if node["class_type"] == class_type]
 
@@ -227,12 +240,13 @@ def test_styles_lists_workflows(service):
     assert body["default"] == "avatar"
 
 
-def test_avatars_carry_no_comfyui_prompt(service, photo):
+def test_avatars_carry_no_comfyui_prompt(default_service, photo):
     """The prompt ComfyUI embeds (graph, stored photo name) is dropped; the pixels are kept."""
     import io
 
     from PIL import Image
 
+    service = default_service
     name = service.upload(photo)
     record = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
     data = service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").content
