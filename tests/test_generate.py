@@ -20,16 +20,9 @@ def prompt_of(png: bytes) -> dict:
 
 
 @pytest.fixture
-def service(make_service):
-    """A live service that keeps ComfyUI's prompt in each avatar PNG, so tests can read back the
-    graph that made it (the default strips it; see test_avatars_carry_no_comfyui_prompt)."""
-    return make_service(strip_avatar_metadata=False)
-
-
-@pytest.fixture
 def default_service(make_service):
-    """A live service with the default settings."""
-    return make_service()
+    """A live service that strips ComfyUI's prompt from avatars, as the default does."""
+    return make_service(strip_avatar_metadata=True)
 
 
 def nodes_of(graph: dict, class_type: str) -> list[dict]:
