@@ -109,6 +109,9 @@ def _start(services, settings: Settings) -> None:
         ", ".join(settings.comfyui_url),
         ", ".join(sorted(services.workflows)),
     )
+    # 0.0.0.0 / :: listen everywhere but cannot be opened in a browser; this machine can.
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
+    logger.info("open the web page: http://%s:%d/", host, settings.port)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask_cors import CORS
 from flask_limiter import Limiter
 
@@ -43,9 +45,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     register_error_handlers(app)
 
-    from . import api, cli
+    from . import api, cli, webpage
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(webpage.bp)
     _add_cors(app, settings)
     _add_rate_limits(app, settings, key_func=api.rate_limit_key)
     cli.init_app(app)
@@ -90,9 +93,36 @@ def _add_cors(app: Flask, settings: Settings) -> None:
         vary_header=True,
     )
 
+    @app.after_request
+    def _vary_on_origin(response: Response) -> Response:
+        # flask-cors leaves Vary out with a single allowed origin, yet the answer still differs
+        # by Origin (no CORS headers without it): caches must key on it.
+        response.vary.add("Origin")
+        return response
+
 
 def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
-    """Limit generate and upload per API key (or client address), as RATE_LIMIT_* say."""
+    """Limit generate and upload per API key (or client address), as RATE_LIMIT_* say.
+
+    The rate-limit headers are written here rather than by Flask-Limiter, which would also put
+    its own Retry-After on every answer of a limited route (a 202, or a 503 whose Retry-After
+    says when ComfyUI may be back). An idempotent replay does not use up the budget.
+    """
+
+    # Registered before the limiter's own hook, so it runs after it (Flask runs them in
+    # reverse): the counts then include this request.
+    @app.after_request
+    def _rate_limit_headers(response: Response) -> Response:
+        current = limiter.current_limit
+        if current is None:
+            return response
+        response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+        response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+        response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+        if response.status_code == 429:
+            response.headers["Retry-After"] = str(max(1, math.ceil(current.reset_at - time.time())))
+        return response
+
     limiter = Limiter(
         key_func=key_func,
         app=app,
@@ -101,7 +131,7 @@ def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
         if settings.rate_limit_storage.startswith("redis")
         else {},
         strategy="fixed-window",
-        headers_enabled=True,
+        headers_enabled=False,
         swallow_errors=True,
         in_memory_fallback_enabled=True,
     )
@@ -112,4 +142,11 @@ def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
     ):
         if rate:
             view = app.view_functions[endpoint]
-            app.view_functions[endpoint] = limiter.limit(rate, methods=["POST"])(view)
+            app.view_functions[endpoint] = limiter.limit(
+                rate, methods=["POST"], deduct_when=_not_a_replay
+            )(view)
+
+
+def _not_a_replay(response: Response) -> bool:
+    """Whether a request counts against its rate limit: all but idempotent replays."""
+    return response.headers.get("Idempotent-Replayed") != "true"

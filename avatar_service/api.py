@@ -93,8 +93,7 @@ def upload_image():
             code="missing_file",
             details={"receivedFields": sorted(request.files) + sorted(request.form)},
         )
-    stored = services().photos.save(upload.stream)
-    return stored.to_dict(), 201
+    return services().framing.save_photo(upload.stream), 201
 
 
 @bp.post("/generate-avatar-by-image")
@@ -107,7 +106,7 @@ def generate_avatar():
     job, new = api.submit(
         svc,
         generate,
-        base_url=request.host_url,
+        base_url=_base_url(svc),
         caller=g.get("caller"),
         idempotency_key=_idempotency_key(),
         body=body,
@@ -170,7 +169,12 @@ def get_avatar(file_name: str):
             code="avatar_expired",
             details={"fileName": file_name, "deletedAt": _iso(deleted_at)},
         )
-    return send_file(services().avatars.path_of(file_name), max_age=86400)
+    response = send_file(services().avatars.path_of(file_name), max_age=86400)
+    if front().access.enabled:
+        # Behind a key, a shared cache must not hand the avatar to whoever asks for the path.
+        response.cache_control.public = False
+        response.cache_control.private = True
+    return response
 
 
 @bp.get("/styles")
@@ -227,7 +231,7 @@ def openapi_document():
     )
 
 
-@bp.get("/docs")
+@bp.get("/docs", strict_slashes=False)
 def docs():
     """Interactive documentation (Swagger UI, served from this service)."""
     return Response(DOCS_PAGE, mimetype="text/html")
@@ -284,6 +288,11 @@ def authorize() -> None:
             raise Forbidden("this job was created with another API key", details={"jobId": job_id})
 
 
+# Methods counted by name; any other (clients may send any token) is "other", so no client can
+# add label values to the metrics without end.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 @bp.before_app_request
 def begin_request() -> None:
     """Take the client's X-Request-ID (or make one) and start the clock."""
@@ -300,7 +309,8 @@ def finish_request(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule else "unmatched"
     api = current_app.extensions.get("avatar_api")
     if api is not None:
-        api.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        api.metrics.requests.labels(route, method, str(response.status_code)).inc()
         api.metrics.request_seconds.labels(route).observe(elapsed)
         if response.status_code == 429:
             api.metrics.rate_limited.labels(route).inc()
@@ -404,12 +414,34 @@ def parse_last_event_id(value: str, epoch: str) -> int | None:
 _EVENT_ID = re.compile(r"(?P<epoch>[0-9a-f]{1,16})\.(?P<number>[0-9]{1,9})", re.ASCII)
 
 
+def _base_url(svc: Services) -> str:
+    """Where this job's URLs point: PUBLIC_BASE_URL, else the URL the request was sent to."""
+    if not svc.settings.public_base_url and not request.host:
+        # Werkzeug reads a Host header with characters no host name has as empty.
+        raise BadRequest(
+            "the request's Host header is missing or not a host name; the job's URLs are built "
+            "from it (or set PUBLIC_BASE_URL)",
+            code="untrusted_host",
+        )
+    return request.host_url
+
+
 def _json_body() -> Any:
-    """The request's JSON, or None when it is missing or unreadable (even absurdly nested)."""
-    try:
-        return request.get_json(silent=True)
-    except RecursionError:
+    """The request's JSON, or None when it is missing or not JSON as RFC 8259 defines it.
+
+    Python's parser also takes ``NaN`` and ``Infinity``, which no JSON sender may write; they
+    are refused here like any other unreadable body (even an absurdly nested one).
+    """
+    if not request.is_json:
         return None
+    try:
+        return json.loads(request.get_data(), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def job_body(job: Job, svc: Services) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class ApiServices:
             default_style=settings.default_style,
             callback_allowed=lambda url: is_allowed_callback(url, settings.webhook_allowed_urls),
             callback_prefixes=settings.webhook_allowed_urls,
+            photo_size=services.framing.photo_size,
             callback_message=(
                 "must start with one of the URLs allowed by WEBHOOK_ALLOWED_URLS"
                 if settings.webhook_allowed_urls
@@ -153,7 +154,7 @@ class ApiServices:
     def _submit(
         self, services: Services, generate: GenerateRequest, base_url: str, caller: Caller | None
     ) -> Job:
-        job = services.runner.submit(generate, base_url=base_url)
+        job = services.runner.submit(services.framing.frame(generate), base_url=base_url)
         if caller is not None:
             self.access.claim(job.id, caller)
         return job

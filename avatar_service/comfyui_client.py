@@ -42,6 +42,18 @@ PREVIEW_IMAGE_WITH_METADATA = 4
 _PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
 
 
+# What the stand-in ComfyUI (comfyui_standin) reports as its pytorch_version in /system_stats; a
+# real ComfyUI reports the torch it runs (e.g. "2.14.1+cu130").
+STANDIN_MARKER = "comfyui_standin"
+
+
+def runs_standin(system_stats: Mapping[str, Any]) -> bool:
+    """Whether a /system_stats answer comes from the stand-in ComfyUI rather than a real one."""
+    system = system_stats.get("system")
+    version = system.get("pytorch_version") if isinstance(system, Mapping) else None
+    return isinstance(version, str) and STANDIN_MARKER in version
+
+
 class ComfyUIError(Exception):
     """Base of everything that can go wrong talking to ComfyUI."""
 

@@ -50,10 +50,14 @@ class Settings:
     max_upload_mb: float = 10.0
     max_image_pixels: int = 40_000_000
     min_image_side: int = 64
+    face_policy: str = "prefer"
+    face_multiple: str = "largest"
+    face_margin: float = 0.8
     max_concurrent_decodes: int = 2
     decode_wait: float = 60.0
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
+    strip_avatar_metadata: bool = True
     workflows_dir: Path = Path("workflows")
     instance_path: Path = Path("instance")
     database_url: str = setting(default="", repr=False)
@@ -158,6 +162,18 @@ class Settings:
             raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
         if not self.host.strip():
             raise ConfigError("HOST must not be empty (0.0.0.0 listens on every address)")
+        if self.face_policy not in _FACE_POLICIES:
+            raise ConfigError(
+                f"FACE_POLICY={self.face_policy!r}: one of {', '.join(_FACE_POLICIES)}"
+            )
+        if self.face_multiple not in _FACE_MULTIPLE:
+            raise ConfigError(
+                f"FACE_MULTIPLE={self.face_multiple!r}: one of {', '.join(_FACE_MULTIPLE)}"
+            )
+        if not 0 <= self.face_margin <= _FACE_MARGIN_MAX:
+            raise ConfigError(
+                f"FACE_MARGIN={self.face_margin!r}: must be a number from 0 to {_FACE_MARGIN_MAX}"
+            )
         for host in self.trusted_hosts:
             if not _TRUSTED_HOST.fullmatch(host):
                 raise ConfigError(
@@ -208,6 +224,10 @@ class Settings:
 _DATABASE_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
 _TRUSTED_HOST = re.compile(r"\.?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Mirrors of framing.FACE_POLICIES / MULTIPLE_FACE_RULES (config imports nothing heavy).
+_FACE_POLICIES = ("off", "prefer", "require")
+_FACE_MULTIPLE = ("largest", "refuse")
+_FACE_MARGIN_MAX = 10.0
 # Numeric settings and their smallest allowed value (those in _POSITIVE must exceed 0).
 _NUMBER_MINIMUMS: dict[str, float] = {
     "comfyui_connect_timeout": 0,

@@ -98,6 +98,10 @@ class Database:
         """Whether a table of this name exists."""
         raise NotImplementedError
 
+    def columns(self, connection: Connection, table: str) -> set[str]:
+        """The column names of a table."""
+        raise NotImplementedError
+
     def lock_for_migration(self, connection: Connection) -> None:
         """Hold, until the transaction ends, the lock that serialises migrations."""
 
@@ -164,6 +168,10 @@ class SQLiteDatabase(Database):
         ).fetchone()
         return row is not None
 
+    def columns(self, connection: Connection, table: str) -> set[str]:
+        """The column names of a table."""
+        return {row[1] for row in connection.execute(f"PRAGMA table_info({table})").fetchall()}
+
     def close(self) -> None:
         """Close every connection opened here."""
         with self._lock:
@@ -219,6 +227,15 @@ class PostgresDatabase(Database):
         """Whether a table of this name exists in the connection's search path."""
         row = connection.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()
         return bool(row[0])
+
+    def columns(self, connection: Connection, table: str) -> set[str]:
+        """The column names of a table in the connection's schema."""
+        rows = connection.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        ).fetchall()
+        return {row[0] for row in rows}
 
     def lock_for_migration(self, connection: Connection) -> None:
         """Processes starting together migrate one after the other."""

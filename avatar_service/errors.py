@@ -13,6 +13,7 @@ Every error a client can see is a ServiceError, answered as
     ├── PayloadTooLarge (413)         photo over MAX_UPLOAD_MB
     ├── UnsupportedMediaType (415)    not a JPEG, PNG or WebP photo
     ├── UnprocessableContent (422)    an Idempotency-Key reused with another body
+    │   └── UnprocessablePhoto        a photo FACE_POLICY rules out (no face, several faces)
     ├── TooManyRequests (429)         a rate limit (sends Retry-After)
     ├── BadGateway (502)              ComfyUI rejected the graph or failed while running it
     ├── ServiceUnavailable (503)      ComfyUI unreachable (sends Retry-After)
@@ -52,7 +53,7 @@ class ServiceError(Exception):
         self.message = message
         if code is not None:
             self.code = code
-        self.details = dict(details or {})
+        self.details = {name: _echoable(value) for name, value in (details or {}).items()}
         self.headers = dict(headers or {})
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +62,17 @@ class ServiceError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+# A client's value echoed in an error's details is cut to this many characters: an 11 MB
+# imageName must not come back as an 11 MB error.
+ECHO_LIMIT = 1024
+
+
+def _echoable(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        return f"{value[:ECHO_LIMIT]}... ({len(value)} characters)"
+    return value
 
 
 class BadRequest(ServiceError):
@@ -128,6 +140,12 @@ class UnprocessableContent(ServiceError):
 
     status = 422
     code = "unprocessable_content"
+
+
+class UnprocessablePhoto(UnprocessableContent):
+    """The photo is a valid image but cannot make an avatar under the face policy."""
+
+    code = "unprocessable_photo"
 
 
 class TooManyRequests(ServiceError):

@@ -65,6 +65,11 @@ _TRANSPOSE = {
 }
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
+# What ``PhotoStore.save`` lets look at the stored photo: a reduced copy, and the stored size.
+Inspect = Callable[[Image.Image, tuple[int, int]], None]
+# The copy handed to an ``Inspect`` is reduced by a whole factor, never below this long side.
+INSPECT_LONG_SIDE = 1024
+
 Box = tuple[float, float, float, float]
 
 
@@ -102,8 +107,12 @@ class PhotoStore:
         self.decode_wait = decode_wait
         self._decode_slots = threading.BoundedSemaphore(max_concurrent_decodes)
 
-    def save(self, upload: BinaryIO | bytes) -> StoredPhoto:
-        """Validate an uploaded photo (file or bytes) and store it; a ServiceError if refused."""
+    def save(self, upload: BinaryIO | bytes, *, inspect: Inspect | None = None) -> StoredPhoto:
+        """Validate an uploaded photo (file or bytes) and store it; a ServiceError if refused.
+
+        ``inspect`` sees the stored photo once it is written (reduced, with its full size) and
+        may refuse it by raising: the file is then never published.
+        """
         stream = io.BytesIO(upload) if isinstance(upload, bytes) else upload
         size = stream.seek(0, os.SEEK_END)
         stream.seek(0)
@@ -131,6 +140,9 @@ class PhotoStore:
                             height,
                             _upright_bands(image, box, stored_size, orientation),
                         )
+                        if inspect is not None:
+                            image.close()  # the source's pixels are not needed any more
+                            _inspect_written(handle, inspect)
                 finally:
                     image.close()  # frees the decoded pixels now, not when collected
                     if image.width * image.height >= TRIM_AFTER_PIXELS:
@@ -220,6 +232,24 @@ class PhotoStore:
                 },
             )
         return stored_width, stored_height
+
+
+def reduced_copy(image: Image.Image, long_side: int = INSPECT_LONG_SIDE) -> Image.Image:
+    """A copy of ``image`` box-averaged by the largest whole factor keeping ``long_side``."""
+    factor = max(1, max(image.size) // long_side)
+    image.load()
+    return image.reduce(factor) if factor > 1 else image.copy()
+
+
+def _inspect_written(handle: BinaryIO, inspect: Inspect) -> None:
+    """Read back the PNG just written to ``handle`` and show a reduced copy to ``inspect``."""
+    handle.flush()
+    handle.seek(0)
+    with Image.open(handle) as written:
+        size = written.size
+        small = reduced_copy(written)  # the stored size is bounded: at most 2048 x 4096
+    handle.seek(0, os.SEEK_END)
+    inspect(small, size)
 
 
 def stored_size(width: int, height: int) -> tuple[int, int]:

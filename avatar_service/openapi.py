@@ -86,6 +86,25 @@ _AVATAR = {
         "deletedAt": {"type": "string", "description": "when retention deleted the file"},
     },
 }
+_BOX = {
+    "x": {"type": "integer"},
+    "y": {"type": "integer"},
+    "width": {"type": "integer"},
+    "height": {"type": "integer"},
+}
+_FACE = {
+    "type": "object",
+    "required": ["x", "y", "width", "height", "confidence"],
+    "properties": {**_BOX, "confidence": {"type": ["number", "null"]}},
+    "description": "a face's box in the stored photo's pixels, and how sure the detector is",
+}
+_CROP = {
+    "type": ["object", "null"],
+    "required": ["x", "y", "width", "height", "source"],
+    "properties": {**_BOX, "source": {"enum": ["face", "request", "center"]}},
+    "description": "the part of the stored photo the avatar is made from: around the largest "
+    "face, the request's own crop, or ComfyUI's centre crop",
+}
 _JOB = {
     "type": "object",
     "required": [
@@ -119,6 +138,7 @@ _JOB = {
         "error": _JOB_ERROR,
         "avatars": {"type": "array", "items": {"$ref": "#/components/schemas/Avatar"}},
         "timings": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "crop": _CROP,
         "links": {
             "type": "object",
             "required": ["self", "events", "preview"],
@@ -138,6 +158,11 @@ _UPLOADED = {
         "imageName": {"type": "string"},
         "width": {"type": "integer"},
         "height": {"type": "integer"},
+        "faces": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Face"},
+            "description": "the faces found, largest first (absent with FACE_POLICY=off)",
+        },
     },
 }
 _SERVICE_INFO = {
@@ -275,11 +300,22 @@ def build_document(
                 "invalid_image",
                 "image_too_small",
                 "image_too_many_pixels",
+                "image_aspect_ratio",
             ),
             "401": unauthorized,
             "413": _error("too large", "photo_too_large", "payload_too_large"),
             "415": _error("not a JPEG, PNG or WebP photo", "unsupported_image_type"),
+            "422": _error(
+                "the photo is refused by FACE_POLICY / FACE_MULTIPLE (nothing is stored)",
+                "no_face_found",
+                "several_faces",
+            ),
             "429": limited,
+            "503": _error(
+                "too many photos are being decoded at once (MAX_CONCURRENT_DECODES)",
+                "service_busy",
+                headers=retry,
+            ),
         },
     }
     paths: dict[str, Any] = {
@@ -343,7 +379,11 @@ def build_document(
                     ),
                     "413": _error("the body is too large", "payload_too_large"),
                     "422": _error(
-                        "the Idempotency-Key was used with another body", "idempotency_key_reused"
+                        "the Idempotency-Key was used with another body, or the photo is "
+                        "refused by FACE_POLICY / FACE_MULTIPLE",
+                        "idempotency_key_reused",
+                        "no_face_found",
+                        "several_faces",
                     ),
                     "429": limited,
                     "503": busy,
@@ -528,6 +568,38 @@ def build_document(
                 },
             }
         },
+        "/": {
+            "get": {
+                "operationId": "webPage",
+                "summary": "The web page: upload a photo, follow the job, keep the avatar",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/web/{filename}": {
+            "get": {
+                "operationId": "webPageAsset",
+                "summary": "A file of the web page (its script, style and icon)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                    "404": _error("no such file", "not_found"),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "operationId": "metrics",
@@ -575,6 +647,7 @@ def build_document(
                 "Job": _JOB,
                 "Avatar": _AVATAR,
                 "Uploaded": _UPLOADED,
+                "Face": _FACE,
                 "ServiceInfo": _SERVICE_INFO,
             },
             "securitySchemes": {

@@ -85,7 +85,11 @@ class Retention:
             return 0, 0
         cutoff = self._clock() - self.max_age
         keep = set(self._in_use())
-        photos = sum(1 for _ in self._delete_older(self.photo_dir, cutoff, keep, "*.png"))
+        photos = 0
+        for path in self._delete_older(self.photo_dir, cutoff, keep, "*.png"):
+            # The record kept beside a photo (its faces, ``<imageName>.json``) goes with it.
+            path.with_name(f"{path.name}.json").unlink(missing_ok=True)
+            photos += 1
         avatars = 0
         for path in self._delete_older(self.avatar_dir, cutoff, keep, "*"):
             if AVATAR_NAME_PATTERN.fullmatch(path.name):

@@ -2,7 +2,8 @@
 
 Each field of the generate request is a JSON Schema (2020-12) fragment and the message a client
 gets when its value breaks it. ``GenerateSchema.parse`` checks a body field by field with
-jsonschema and answers one 400 ``invalid_fields`` naming every bad field;
+jsonschema (and that a ``crop`` lies inside the stored photo) and answers one 400
+``invalid_fields`` naming every bad field;
 ``GenerateSchema.request_schema`` is the same fragments put together for ``/openapi.json``.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from .errors import BadRequest
+from .framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, crop_problem
 from .jobs import GenerateRequest
 from .workflow import Workflow
 
@@ -48,12 +50,14 @@ class GenerateSchema:
         callback_allowed: Callable[[str], bool],
         callback_prefixes: Sequence[str],
         callback_message: str,
+        photo_size: Callable[[str], tuple[int, int] | None] = lambda image_name: None,
     ) -> None:
         self.workflows = workflows
         self.default_style = default_style
         self.callback_allowed = callback_allowed
         self.callback_prefixes = tuple(callback_prefixes)
         self.callback_message = callback_message
+        self.photo_size = photo_size
 
     def fields(self, workflow: Workflow | None) -> dict[str, Field]:
         """Every field, with the defaults and genders of ``workflow`` (the request's style)."""
@@ -120,6 +124,22 @@ class GenerateSchema:
                 "must be true or false",
             ),
             "callbackUrl": Field(self._callback_schema(), self.callback_message),
+            "crop": Field(
+                {
+                    "type": ["object", "null"],
+                    "required": list(CROP_FIELDS),
+                    "properties": {
+                        name: {"type": "integer", "minimum": 0 if name in "xy" else 1}
+                        for name in CROP_FIELDS
+                    },
+                    "additionalProperties": False,
+                    "description": "the part of the photo to make the avatar from, in the "
+                    "stored photo's pixels (the upload's width and height); it must lie inside "
+                    "the photo. Omitted or null: around the largest face (FACE_POLICY), else "
+                    "the centre",
+                },
+                CROP_SHAPE_MESSAGE,
+            ),
         }
 
     def _callback_schema(self) -> dict[str, Any]:
@@ -167,10 +187,14 @@ class GenerateSchema:
             ok = field.accepts(value)
             if ok and name == "callbackUrl" and value is not None:
                 ok = self.callback_allowed(value)
-            if not ok:
-                problems[name] = field.message
-            if isinstance(value, float):  # JSON Schema's integers include 512.0: read it as 512
+            if ok and isinstance(value, float):  # JSON Schema's integers include 512.0: 512
                 value = int(value)
+            problem = None
+            if name == "crop" and value is not None:
+                value, problem = self._crop(value, body.get("imageName"))
+                ok = problem is None
+            if not ok:
+                problems[name] = problem or field.message
             values[name] = value
         if problems:
             field_name, message = next(iter(problems.items()))
@@ -187,6 +211,21 @@ class GenerateSchema:
                 style=values["style"],
                 seed=values["seed"],
                 callback_url=values["callbackUrl"],
+                crop=values["crop"],
             ),
             values["async"],
         )
+
+    def _crop(self, value: Any, image_name: Any) -> tuple[Any, str | None]:
+        """A request's crop marked ``source: request``, or the value and what is wrong with it.
+
+        Beyond its schema, a crop must lie inside the stored photo (when the photo is known).
+        """
+        if isinstance(value, dict):  # 12.0 is 12, as for the other integers
+            value = {
+                key: int(number) if isinstance(number, float) and number.is_integer() else number
+                for key, number in value.items()
+            }
+        size = self.photo_size(image_name) if isinstance(image_name, str) else None
+        problem = crop_problem(value, size)
+        return (value, problem) if problem else ({**value, "source": "request"}, None)

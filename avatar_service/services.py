@@ -13,11 +13,13 @@ from typing import Any, TextIO
 
 import httpx
 
-from .comfyui_client import ComfyUIClient, ComfyUIError
+from .comfyui_client import ComfyUIClient, ComfyUIError, runs_standin
 from .config import ConfigError, Settings
 from .database import Database, DatabaseUnavailable, PostgresDatabase, open_database
 from .errors import ServiceUnavailable
 from .events import JobEvents
+from .faces import FaceDetector
+from .framing import Framing
 from .images import PhotoStore
 from .jobs import Job, JobEngine, JobRecords
 from .jobs.broadcast import EventBroadcast
@@ -50,6 +52,7 @@ class Services:
     settings: Settings
     workflows: dict[str, Workflow]
     photos: PhotoStore
+    framing: Framing
     avatars: AvatarStore
     database: Database
     records: JobRecords
@@ -100,7 +103,14 @@ class Services:
             max_concurrent_decodes=settings.max_concurrent_decodes,
             decode_wait=settings.decode_wait,
         )
-        avatars = AvatarStore(output_dir)
+        framing = Framing(
+            photos,
+            FaceDetector() if settings.face_policy != "off" else None,
+            policy=settings.face_policy,
+            multiple=settings.face_multiple,
+            margin=settings.face_margin,
+        )
+        avatars = AvatarStore(output_dir, strip_metadata=settings.strip_avatar_metadata)
         try:
             database = open_database(
                 settings.database_url,
@@ -195,6 +205,7 @@ class Services:
             settings=settings,
             workflows=workflows,
             photos=photos,
+            framing=framing,
             avatars=avatars,
             database=database,
             records=records,
@@ -336,7 +347,7 @@ class Services:
         return styles
 
     def readiness(self) -> dict[str, Any]:
-        """Per ComfyUI server: websocket up and HTTP answering; ready when at least one is.
+        """Per ComfyUI server: websocket up, HTTP answering, stand-in or not; ready when one is.
 
         With a shared database: the database answers, and some live worker of the fleet (in
         any process) can take jobs.
@@ -374,6 +385,7 @@ class Services:
         return report
 
     def _local_readiness(self) -> dict[str, Any]:
+        """This process's own ComfyUI servers."""
         servers = {}
         dispatch = self.runner.dispatcher.snapshot()
         for client in self.clients:
@@ -389,6 +401,7 @@ class Services:
                 stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
                 state["version"] = (stats.get("system") or {}).get("comfyui_version")
+                state["standin"] = runs_standin(stats)
             except ComfyUIError as exc:
                 state["http"] = False
                 state["error"] = exc.message
@@ -406,7 +419,10 @@ class Services:
             )
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
-        report: dict[str, Any] = {"ready": ready, "servers": servers}
+        # True when every answering server is the stand-in: its images are not real avatars.
+        answering = [state for state in servers.values() if state["http"]]
+        standin = bool(answering) and all(state["standin"] for state in answering)
+        report: dict[str, Any] = {"ready": ready, "standin": standin, "servers": servers}
         if not ready:
             reachable = any(state["websocket"] and state["http"] for state in servers.values())
             report["reason"] = (

@@ -66,6 +66,8 @@ def start_service(scratch: Path, comfyui_urls: list[str], **settings: str) -> Pr
         "OUTPUT_DIR": str(scratch / "generated_avatar"),
         "INSTANCE_PATH": str(scratch / "instance"),
         "LOG_LEVEL": "WARNING",
+        # Keep the prompt ComfyUI embeds in each PNG: the throughput benchmark reads it back.
+        "STRIP_AVATAR_METADATA": "false",
         **settings,
     }
     popen = subprocess.Popen(

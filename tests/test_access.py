@@ -85,7 +85,12 @@ def test_unknown_key_is_401(keyed, header):
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/service-info", "/openapi.json", "/docs"])
 def test_public_routes_need_no_key(keyed, path):
     """Health, readiness, service info, the document and the docs answer without a key."""
-    assert keyed.http.get(path).status_code == 200
+    # /readyz is 503 until the websocket to the stand-in is up: wait for that, with a bound.
+    deadline = time.monotonic() + 10
+    while (answer := keyed.http.get(path)).status_code == 503 and path == "/readyz":
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.02)
+    assert answer.status_code == 200
 
 
 def test_service_info_says_a_key_is_needed(keyed):
@@ -145,6 +150,9 @@ def test_record_links_carry_a_token_that_opens_events_and_avatars(keyed, photo):
         image = browser.get(avatar_url)
         assert image.status_code == 200
         assert image.headers["content-type"] == "image/png"
+        # behind a key, shared caches must not keep it for others
+        assert "private" in image.headers["cache-control"]
+        assert "public" not in image.headers["cache-control"]
         events = browser.get(links["events"])
         assert events.status_code == 200
         assert "event: state" in events.text
@@ -192,3 +200,5 @@ def test_without_keys_everything_stays_open(service, photo):
     job = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
     assert "token=" not in job["links"]["events"]
     assert "token=" not in job["avatars"][0]["url"]
+    avatar = service.http.get(job["avatars"][0]["url"])
+    assert avatar.headers["cache-control"] == "public, max-age=86400"

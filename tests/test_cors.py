@@ -105,3 +105,15 @@ def test_no_cors_by_default(service):
     """Without CORS_ORIGINS no route answers a cross-origin browser (today's behaviour)."""
     check = preflight(service, "/upload-image", "POST", "content-type")
     assert "access-control-allow-origin" not in check.headers
+
+
+@pytest.mark.parametrize("origin", [PAGE, None])
+def test_answers_vary_on_origin_even_with_one_allowed_origin(make_service, origin):
+    """With one allowed origin, answers still say Vary: Origin, so caches do not mix them up."""
+    service = make_service(cors_origins=PAGE)
+    headers = {"Origin": origin} if origin else {}
+    answer = service.http.get("/healthz", headers=headers)
+    assert "origin" in answer.headers["vary"].lower()
+    check = preflight(service, "/upload-image", "POST", "content-type")
+    assert check.headers["access-control-allow-origin"] == PAGE
+    assert "origin" in check.headers["vary"].lower()

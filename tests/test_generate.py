@@ -19,6 +19,12 @@ def prompt_of(png: bytes) -> dict:
         return json.loads(image.text["prompt"])
 
 
+@pytest.fixture
+def default_service(make_service):
+    """A live service that strips ComfyUI's prompt from avatars, as the default does."""
+    return make_service(strip_avatar_metadata=True)
+
+
 def nodes_of(graph: dict, class_type: str) -> list[dict]:
     return [node for node in graph.values() if node["class_type"] == class_type]
 
@@ -34,8 +40,8 @@ def test_seed_curl_flow_returns_avatar_of_requested_size(service, photo):
     upload = service.http.post("/upload-image", files={"image": ("me.jpg", photo, "image/jpeg")})
     assert upload.status_code == 201
     body = upload.json()
-    assert set(body) == {"imageName", "width", "height"}
-    assert (body["width"], body["height"]) == (96, 96)
+    assert set(body) == {"imageName", "width", "height", "faces"}
+    assert (body["width"], body["height"], body["faces"]) == (96, 96, [])
 
     answer = service.http.post(
         "/generate-avatar-by-image",
@@ -225,3 +231,37 @@ def test_styles_lists_workflows(service):
     names = {style["name"] for style in body["styles"]}
     assert {"avatar", "cartoon"} <= names
     assert body["default"] == "avatar"
+
+
+def test_avatars_carry_no_comfyui_prompt(default_service, photo):
+    """The prompt ComfyUI embeds (graph, stored photo name) is dropped; the pixels are kept."""
+    import io
+
+    from PIL import Image
+
+    service = default_service
+    name = service.upload(photo)
+    record = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+    data = service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").content
+    assert name not in data.decode("latin-1")
+    with Image.open(io.BytesIO(data)) as image:
+        assert "prompt" not in image.info and "workflow" not in image.info
+        image.load()
+        assert image.size == (record["width"], record["height"])
+
+
+def test_avatar_metadata_kept_when_asked(make_service, photo):
+    """STRIP_AVATAR_METADATA=false keeps ComfyUI's prompt chunk (to trace an avatar back)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    service = make_service(strip_avatar_metadata=False)
+    name = service.upload(photo)
+    record = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+    data = service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").content
+    with Image.open(io.BytesIO(data)) as image:
+        prompt = json.loads(image.info["prompt"])
+    seeds = [node["inputs"]["seed"] for node in prompt.values() if "seed" in node["inputs"]]
+    assert seeds == [record["seed"]]

@@ -147,3 +147,28 @@ def test_app_builds_without_a_server(tmp_path):
         answer = client.get("/openapi.json")
     assert answer.status_code == 200
     assert "/jobs/{job_id}/events" in answer.get_json()["paths"]
+
+
+def test_document_describes_faces_and_the_crop(document):
+    """The request's crop, the upload's faces, the record's crop and the 422 refusals are in it."""
+    generate = document["paths"]["/generate-avatar-by-image"]["post"]
+    crop = generate["requestBody"]["content"]["application/json"]["schema"]["properties"]["crop"]
+    assert crop["type"] == ["object", "null"]
+    assert crop["required"] == ["x", "y", "width", "height"]
+    assert {name: spec["type"] for name, spec in crop["properties"].items()} == {
+        "x": "integer",
+        "y": "integer",
+        "width": "integer",
+        "height": "integer",
+    }
+    schemas = document["components"]["schemas"]
+    assert schemas["Uploaded"]["properties"]["faces"]["items"] == {
+        "$ref": "#/components/schemas/Face"
+    }
+    assert schemas["Job"]["properties"]["crop"]["properties"]["source"] == {
+        "enum": ["face", "request", "center"]
+    }
+    upload = document["paths"]["/upload-image"]["post"]["responses"]["422"]["description"]
+    refused = generate["responses"]["422"]["description"]
+    for code in ("no_face_found", "several_faces"):
+        assert f"`{code}`" in upload and f"`{code}`" in refused

@@ -151,7 +151,13 @@ def rss_kib(field):
 
 store = PhotoStore(Path(sys.argv[2]), max_bytes=10**9, max_pixels=50_000_000, min_side=64)
 data = Path(sys.argv[1]).read_bytes()
-store.save(open(sys.argv[3], "rb").read())  # load every plugin first
+inspect = None
+if sys.argv[4:] == ["faces"]:  # as FACE_POLICY=prefer does: detect in the stored photo
+    from avatar_service.faces import FaceDetector
+
+    detector = FaceDetector()
+    inspect = lambda image, size: detector.detect(image, size=size)
+store.save(open(sys.argv[3], "rb").read(), inspect=inspect)  # load every plugin first
 try:
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # reset the peak (VmHWM) to the current size
@@ -159,14 +165,19 @@ try:
 except OSError:
     peak_field = None
 before = rss_kib("VmRSS")
-stored = store.save(data)
+stored = store.save(data, inspect=inspect)
 peak = rss_kib(peak_field) if peak_field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"before": before, "peak": peak, "size": [stored.width, stored.height]}))
 """
 
 
-def peak_rss_increase(tmp_path: Path, data: bytes) -> tuple[int, tuple[int, int]]:
-    """Bytes the resident size of a fresh process rises by while it stores ``data``."""
+def peak_rss_increase(
+    tmp_path: Path, data: bytes, *, faces: bool = False
+) -> tuple[int, tuple[int, int]]:
+    """Bytes the resident size of a fresh process rises by while it stores ``data``.
+
+    With ``faces``, the stored photo is also read back for face detection.
+    """
     source = tmp_path / "source.bin"
     source.write_bytes(data)
     small = tmp_path / "small.png"
@@ -174,7 +185,15 @@ def peak_rss_increase(tmp_path: Path, data: bytes) -> tuple[int, tuple[int, int]
     store_dir = tmp_path / "stored"
     store_dir.mkdir()
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(source), str(store_dir), str(small)],
+        [
+            sys.executable,
+            "-c",
+            MEASURE,
+            str(source),
+            str(store_dir),
+            str(small),
+            *(["faces"] if faces else []),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -185,26 +204,28 @@ def peak_rss_increase(tmp_path: Path, data: bytes) -> tuple[int, tuple[int, int]
     return (result["peak"] - result["before"]) * 1024, tuple(result["size"])
 
 
-def test_large_greyscale_png_is_never_copied_at_full_size(tmp_path):
-    """A tiny 6000x6000 greyscale PNG costs its one decode plus less than its stored RGB size."""
+@pytest.mark.parametrize("faces", [False, True], ids=["plain", "with-face-detection"])
+def test_large_greyscale_png_is_never_copied_at_full_size(tmp_path, faces):
+    """A tiny 6000x6000 greyscale PNG costs one decode plus less than its stored RGB size."""
     image = Image.new("L", (6000, 6000), 90)
     ImageDraw.Draw(image).ellipse((1000, 1000, 5000, 5000), fill=200)
     data = encoded(image, "PNG")
     del image
     assert len(data) < 500_000
-    increase, size = peak_rss_increase(tmp_path, data)
+    increase, size = peak_rss_increase(tmp_path, data, faces=faces)
     assert size == (2048, 2048)
     decoded = 6000 * 6000  # one byte per pixel, as it is in the file
     stored_rgb = 2048 * 2048 * 4  # Pillow keeps RGB in four bytes per pixel
     assert increase < decoded + stored_rgb, f"peak rose by {increase / 2**20:.0f} MiB"
 
 
-def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+@pytest.mark.parametrize("faces", [False, True], ids=["plain", "with-face-detection"])
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, faces):
     """A 40-megapixel JPEG is decoded at the scale it is stored at (draft), never at full size."""
     image = pattern((8000, 5000))
     data = encoded(image, "JPEG", quality=90)
     del image
-    increase, size = peak_rss_increase(tmp_path, data)
+    increase, size = peak_rss_increase(tmp_path, data, faces=faces)
     assert size == (3277, 2048)
     full_size = 8000 * 5000 * 4
     stored_rgb = 3277 * 2048 * 4

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,3 +76,42 @@ def test_sigterm_answers_waiting_requests_and_exits(standin, tmp_path: Path):
             process.wait()
         process.stderr.close()
         standin.set_faults(hang=False)
+
+
+def test_start_prints_the_page_url(standin, tmp_path: Path):
+    """At start the log names the web page's URL, and that URL serves the page."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "COMFYUI_URL": standin.url,
+        "HOST": "0.0.0.0",
+        "PORT": str(port),
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        "OUTPUT_DIR": str(tmp_path / "generated_avatar"),
+        "LOG_LEVEL": "INFO",
+    }
+    lines: queue.Queue[str] = queue.Queue()
+    with subprocess.Popen(
+        [sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr])
+        reader.start()
+        try:
+            expected = f"open the web page: http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 20
+            seen: list[str] = []
+            while not any(line.rstrip().endswith(expected) for line in seen):
+                assert time.monotonic() < deadline, f"no page URL in the log: {seen}"
+                with contextlib.suppress(queue.Empty):
+                    seen.append(lines.get(timeout=0.5))
+            page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+            assert page.status_code == 200
+            assert page.headers["content-type"] == "text/html; charset=utf-8"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            reader.join(5)

@@ -112,3 +112,41 @@ def test_unreachable_redis_falls_back_to_memory(make_service, photo):
     service = make_service(rate_limit_upload="1/minute", rate_limit_storage="redis://127.0.0.1:1")
     assert upload(service, photo).status_code == 201
     assert_limited(upload(service, photo), "1 per 1 minute")
+
+
+def test_answers_within_the_limit_carry_no_retry_after(make_service, photo, standin):
+    """Only a 429 says Retry-After; a 202 (or a 503 of the service) keeps its own meaning."""
+    service = make_service(rate_limit_generate="5/minute")
+    name = upload(service, photo).json()["imageName"]
+    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name, "async": True})
+    assert answer.status_code == 202
+    assert answer.headers["x-ratelimit-remaining"] == "4"
+    assert answer.headers.get("retry-after") == "2"  # the job record's own polling hint
+    standin.set_faults(refuse_connections=True)
+    down = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    standin.set_faults(refuse_connections=False)
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "10"  # when to try ComfyUI again, not the window
+    service.wait_job(answer.json()["jobId"])
+
+
+def test_idempotent_replays_do_not_use_up_the_limit(make_service, photo):
+    """Sending the same Idempotency-Key again answers the same job without spending budget."""
+    service = make_service(rate_limit_generate="2/minute")
+    name = upload(service, photo).json()["imageName"]
+    body = {"imageName": name, "async": True}
+    headers = {"Idempotency-Key": f"replay-{uuid.uuid4().hex}"}
+    first = service.http.post("/generate-avatar-by-image", json=body, headers=headers)
+    assert first.status_code == 202
+    assert first.headers["x-ratelimit-remaining"] == "1"
+    for _ in range(3):
+        again = service.http.post("/generate-avatar-by-image", json=body, headers=headers)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["jobId"] == first.json()["jobId"]
+        assert again.headers["x-ratelimit-remaining"] == "1"
+    second = service.http.post("/generate-avatar-by-image", json=body)
+    assert second.status_code == 202
+    assert second.headers["x-ratelimit-remaining"] == "0"
+    assert_limited(service.http.post("/generate-avatar-by-image", json=body), "2 per 1 minute")
+    for job in (first, second):
+        service.wait_job(job.json()["jobId"])

@@ -164,3 +164,27 @@ def test_webhook_tables_of_an_old_database_become_the_outbox(tmp_path: Path):
         "job.failed",
     )
     assert version_of(path, "deliveries") == 2
+
+
+def test_database_that_already_has_the_crop_column_is_upgraded(tmp_path: Path):
+    """A database whose store added ``crop`` by itself (no versions recorded) keeps its crops."""
+    path = tmp_path / "cropped.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(V1_SCHEMA)
+    connection.execute("ALTER TABLE jobs ADD COLUMN crop TEXT")
+    connection.execute(
+        "INSERT INTO jobs (id, status, style, image_name, gender, width, height, seed, base_url,"
+        " created_at, deadline, crop) VALUES (?, 'queued', 'avatar', 'p.png', 'male', 64, 64, '7',"
+        " 'http://s', 100.0, 700.0, ?)",
+        ("c" * 32, '{"x": 1, "y": 2, "width": 30, "height": 30, "source": "face"}'),
+    )
+    connection.commit()
+    connection.close()
+
+    store = JobRecords(path)
+    try:
+        [job] = store.waiting()
+        assert job.crop == {"x": 1, "y": 2, "width": 30, "height": 30, "source": "face"}
+        assert version_of(path, "jobs") == len(MIGRATIONS)
+    finally:
+        store.close()

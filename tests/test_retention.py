@@ -41,7 +41,9 @@ def test_old_files_are_deleted_and_the_avatar_is_gone(make_service, tmp_path, ph
     record = service.http.get(f"/jobs/{job['jobId']}").json()
     assert record["avatars"][0]["deletedAt"] == deleted_at
     assert not (tmp_path / "uploads" / name).exists()
+    assert not (tmp_path / "uploads" / f"{name}.json").exists()  # its faces went with it
     assert (tmp_path / "uploads" / fresh).exists()  # younger than the age: kept
+    assert (tmp_path / "uploads" / f"{fresh}.json").exists()
     # the deleted photo is now unknown to generate
     missing = service.http.post("/generate-avatar-by-image", json={"imageName": name})
     assert missing.status_code == 404

@@ -100,10 +100,14 @@ def test_run_starts_the_standin_on_standin_port_from_env_file(checkout, launch, 
     wait_until(lambda: answers(f"http://127.0.0.1:{port}/readyz"), message="the service")
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
     assert list(ready["servers"]) == [f"http://127.0.0.1:{standin_port}"]
+    assert ready["standin"] is True, "the web page shows the stand-in banner"
     assert answers(f"http://127.0.0.1:{standin_port}/_standin/faults")
+    assert answers(f"http://127.0.0.1:{port}/"), "the web page"
     process.send_signal(signal.SIGTERM)  # the script alone, as a process manager would
     assert process.wait(timeout=15) == 0
-    assert f"STAND-IN ComfyUI on port {standin_port}" in process.stdout.read()
+    output = process.stdout.read()
+    assert f"STAND-IN ComfyUI on port {standin_port}" in output
+    assert f"open the web page: http://127.0.0.1:{port}/\n" in output
     wait_until(lambda: not answers(f"http://127.0.0.1:{port}/healthz"), message="service gone")
     wait_until(
         lambda: not answers(f"http://127.0.0.1:{standin_port}/_standin/faults"),

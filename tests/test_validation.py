@@ -86,7 +86,8 @@ def test_upload_applies_exif_orientation_and_hides_client_name(service, tmp_path
     body = answer.json()
     assert (body["width"], body["height"]) == (80, 160)
     assert "etc" not in body["imageName"] and "x.jpg" not in body["imageName"]
-    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [body["imageName"]]
+    stored = sorted(p.name for p in (tmp_path / "uploads").iterdir())
+    assert stored == [body["imageName"], f"{body['imageName']}.json"]  # the photo, its faces
 
 
 def test_webp_is_accepted(service):
@@ -158,8 +159,15 @@ def test_several_bad_fields_are_reported_together(service, photo):
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[1, 2]", b"", b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
-    ids=["garbage", "array", "empty", "deeply-nested"],
+    [
+        b"not json",
+        b"[1, 2]",
+        b"",
+        b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"imageName": "a.png", "width": NaN}',
+        b'{"imageName": "a.png", "seed": -Infinity}',
+    ],
+    ids=["garbage", "array", "empty", "deeply-nested", "nan", "infinity"],
 )
 def test_generate_body_must_be_a_json_object(service, body):
     """A body that is not a JSON object is a 400 invalid_json."""
@@ -168,6 +176,20 @@ def test_generate_body_must_be_a_json_object(service, body):
     )
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("field", ["width", "height", "seed"])
+def test_out_of_range_json_numbers_are_invalid_fields(service, photo, field):
+    """1e400 (read as infinity) in a number field is a 400 naming the field, never a 500."""
+    name = service.upload(photo)
+    body = b'{"imageName": "%s", "%s": 1e400}' % (name.encode(), field.encode())
+    answer = service.http.post(
+        "/generate-avatar-by-image", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_fields"
+    assert list(error["details"]["fields"]) == [field]
 
 
 def test_missing_image_name(service):
@@ -339,3 +361,33 @@ def test_requests_refused_by_the_server_answer_json(service, request_bytes, stat
     assert error["message"]
     if status == 413:
         assert error["details"] == {"maxBytes": service.app.config["MAX_CONTENT_LENGTH"]}
+
+
+def test_huge_values_are_not_echoed_back_whole(service):
+    """An absurdly long imageName is named in the 404, cut short, not repeated in full."""
+    name = "x" * 2_000_000
+    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    assert answer.status_code == 404
+    echoed = answer.json()["error"]["details"]["imageName"]
+    assert echoed == "x" * 1024 + "... (2000000 characters)"
+    assert len(answer.content) < 4096
+
+
+def test_docs_answer_with_a_trailing_slash(service):
+    """/docs/ is the docs page too, not a 404."""
+    answer = service.http.get("/docs/")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("host", ['a"b<c>', "exa mple.com", "x/y"])
+def test_malformed_host_cannot_shape_job_urls(service, photo, host):
+    """Without PUBLIC_BASE_URL, a Host header that is no host name is a 400, not a broken URL."""
+    name = service.upload(photo)
+    answer = service.http.post(
+        "/generate-avatar-by-image",
+        json={"imageName": name, "async": True},
+        headers={"Host": host},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "untrusted_host"

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..comfyui_client import Preview
 from ..errors import NotFound, ServiceUnavailable
@@ -44,6 +45,7 @@ class GenerateRequest:
     style: str
     seed: int | None = None
     callback_url: str | None = None
+    crop: dict[str, Any] | None = None
 
 
 class JobEngine:
@@ -111,6 +113,7 @@ class JobEngine:
             seed=seed,
             base_url=self.public_base_url or base_url.rstrip("/"),
             callback_url=request.callback_url,
+            crop=request.crop,
             created_at=now,
             deadline=now + self.job_timeout,
             queue_order=now,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 
-from ..database import Database, postgres_ddl
+from ..database import Connection, Database, postgres_ddl
 
 logger = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -71,11 +72,24 @@ CREATE TABLE IF NOT EXISTS abandoned_prompts (
 );
 """
 
-# Version 3: processes that share the database (PostgreSQL). ``workers`` is the registry of the
+def add_crop_column(connection: Connection, database: Database) -> None:
+    """Version 3: the part of the photo a job uses (``crop``, JSON). Some databases already
+    have the column (a release added it when the store was opened), so it is added only when
+    missing."""
+    if "crop" not in database.columns(connection, "jobs"):
+        connection.execute("ALTER TABLE jobs ADD COLUMN crop TEXT")
+
+
+# A step is an SQL script, or a function of the connection (and the database, which knows its
+# engine's words) for a step that must look first.
+Step = str | Callable[[Connection, Database], None]
+
+
+# Version 4: processes that share the database (PostgreSQL). ``workers`` is the registry of the
 # live fleet: one row per worker (one ComfyUI server driven by one process), renewed by its
 # heartbeat; a row whose lease has passed belongs to a process that is gone. ``job_previews``
 # keeps the latest live preview of a running job, so any process can serve it.
-V3_SCHEMA = """
+V4_SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     process TEXT NOT NULL,
@@ -99,7 +113,7 @@ CREATE TABLE IF NOT EXISTS job_previews (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1_SCHEMA, V2_SCHEMA, V3_SCHEMA)
+MIGRATIONS: tuple[Step, ...] = (V1_SCHEMA, V2_SCHEMA, add_crop_column, V4_SCHEMA)
 
 # Version 1 of the outbox: the webhook tables as first shipped.
 DELIVERIES_V1_SCHEMA = """
@@ -140,7 +154,7 @@ ALTER TABLE delivery_attempts ADD COLUMN response TEXT;
 CREATE INDEX IF NOT EXISTS deliveries_kind_due ON deliveries (kind, state, next_attempt_at);
 """
 
-COMPONENTS: dict[str, tuple[str, ...]] = {
+COMPONENTS: dict[str, tuple[Step, ...]] = {
     "jobs": MIGRATIONS,
     "deliveries": (DELIVERIES_V1_SCHEMA, DELIVERIES_V2_SCHEMA),
 }
@@ -166,7 +180,13 @@ def _migrate_sqlite(connection: sqlite3.Connection, database: Database, componen
         bump = _BUMP.replace("?", f"'{component}'", 1).replace("?", str(version), 1)
         # executescript commits first; the statements and the version bump then run together.
         try:
-            connection.executescript(f"BEGIN;\n{script}\n{bump};\nCOMMIT;")
+            if callable(script):
+                connection.execute("BEGIN")
+                script(connection, database)
+                connection.execute(bump)
+                connection.execute("COMMIT")
+            else:
+                connection.executescript(f"BEGIN;\n{script}\n{bump};\nCOMMIT;")
         except sqlite3.Error:
             if connection.in_transaction:
                 connection.rollback()
@@ -182,7 +202,10 @@ def _migrate_postgres(database: Database, component: str) -> int:
         before = _version(db, database, component)
         for version, script in enumerate(steps[before:], start=before + 1):
             logger.info("database: migrating %s to schema version %d", component, version)
-            db.execute(postgres_ddl(script))
+            if callable(script):
+                script(db, database)
+            else:
+                db.execute(postgres_ddl(script))
             db.execute(_BUMP, (component, version))
     return before
 

@@ -44,6 +44,7 @@ from ..comfyui_client import (
     QueueChanged,
     Reconnected,
 )
+from ..framing import prepared_bytes
 from ..images import PhotoStore
 from ..workflow import Workflow, patch_workflow
 from . import outcomes
@@ -209,7 +210,8 @@ class PromptRun:
         """Upload the photo, patch the workflow copy and queue it under a prompt_id of ours."""
         if self._cancel_asked:
             raise outcomes.Cancelled
-        photo = self.photos.path_of(self.job.image_name).read_bytes()
+        # The photo as ComfyUI should see it: cut to the job's crop (face or request), if any.
+        photo = prepared_bytes(self.photos.path_of(self.job.image_name), self.job.crop)
         image = self.client.upload_image(photo, self.job.image_name, subfolder=UPLOAD_SUBFOLDER)
         graph = patch_workflow(
             self.workflow,

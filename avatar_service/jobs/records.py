@@ -24,7 +24,7 @@ from ..database import Connection, Database, as_database
 from .migrations import migrate
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-_JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings"})
+_JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings", "crop"})
 # A job sent back to the queue by a failover goes before every new job, in its original order.
 HEAD_OF_QUEUE_OFFSET = 1e10
 # Marks a waiting job taken out of the queue by the service itself (cancel, deadline).
@@ -67,6 +67,7 @@ class Job:
     avatars: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
+    crop: dict[str, Any] | None = None
     queue_order: float | None = None
     owner: str | None = None
     lease_expires: float | None = None
@@ -107,6 +108,7 @@ class Job:
             "error": self.error,
             "avatars": avatars,
             "timings": self.timings,
+            "crop": self.crop,
             "links": {
                 "self": f"{self.base_url}/jobs/{self.id}",
                 "events": f"{self.base_url}/jobs/{self.id}/events",

@@ -1,0 +1,248 @@
+"""The ``avatar`` command: generate avatars from photos, list styles, show and cancel jobs.
+
+Exit status: 0 success, 1 the service answered an error (or could not be reached), 2 bad usage,
+130 interrupted with Ctrl-C (the jobs this command started are cancelled first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .client import ApiError, AvatarClient, ClientError
+from .jobs import Batch
+from .progress import BarReporter, LineReporter
+
+DEFAULT_SERVER = "http://127.0.0.1:5000"
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+CANCEL_GRACE_SECONDS = 10.0
+MAX_SEED = 2**64 - 1
+
+
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command takes: where the service is, its key, and --json."""
+    command = click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout."
+    )(command)
+    command = click.option(
+        "--key",
+        envvar="AVATAR_KEY",
+        default=None,
+        show_envvar=True,
+        help="API key, sent as 'Authorization: Bearer KEY'.",
+    )(command)
+    return click.option(
+        "--server",
+        envvar="AVATAR_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        show_envvar=True,
+        help="Base URL of the avatar service.",
+    )(command)
+
+
+def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
+    if not match:
+        raise click.BadParameter("use WIDTHxHEIGHT, e.g. 768x768")
+    return int(match.group(1)), int(match.group(2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="avatar-service", prog_name="avatar")
+def cli() -> None:
+    """Make avatars from photos with the avatar service."""
+
+
+@cli.command()
+@click.argument(
+    "photos",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+)
+@click.option("--gender", help="male, female or neutral (default: the style's).")
+@click.option("--style", help="A style from 'avatar styles' (default: the service's).")
+@click.option("--size", callback=_parse_size, metavar="WxH", help="Avatar size, e.g. 768x768.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Seed (default: random).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder to save the avatars in (created if missing).",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Photos sent at once.",
+)
+@_common
+def generate(
+    photos: tuple[Path, ...],
+    gender: str | None,
+    style: str | None,
+    size: tuple[int, int] | None,
+    seed: int | None,
+    out_dir: Path,
+    parallel: int,
+    server: str,
+    key: str | None,
+    as_json: bool,
+) -> None:
+    """Make an avatar from each PHOTO and save it in --out."""
+    request: dict[str, Any] = {}
+    if gender:
+        request["gender"] = gender
+    if style:
+        request["style"] = style
+    if size:
+        request["width"], request["height"] = size
+    if seed is not None:
+        request["seed"] = seed
+    err = Console(stderr=True, soft_wrap=True)
+    client = AvatarClient(server, key=key)
+    unique = list(dict.fromkeys(photos))
+    reporter = BarReporter(err, unique) if err.is_terminal else LineReporter(err)
+    batch = Batch(client, reporter, request=request, out_dir=out_dir, parallel=parallel)
+    interrupted = False
+    signal.signal(signal.SIGTERM, _interrupt)
+    with reporter:
+        batch.start(unique)
+        try:
+            batch.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            err.print("interrupted: cancelling the jobs started by this command", markup=False)
+            batch.cancel()
+            batch.wait(CANCEL_GRACE_SECONDS)
+    client.close()
+    results = batch.results
+    if as_json:
+        click.echo(json.dumps({"results": [result.to_dict() for result in results]}, indent=2))
+    for result in results:
+        if result.error is not None:
+            message = (
+                result.error.describe()
+                if isinstance(result.error, ApiError)
+                else result.error.message
+            )
+            err.print(f"{result.photo}: {message}", markup=False, highlight=False)
+        if not as_json:
+            for path in result.files:
+                click.echo(f"{result.photo} -> {path}")
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if not all(result.ok for result in results):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@_common
+def styles(server: str, key: str | None, as_json: bool) -> None:
+    """List the styles the service offers."""
+    body = _call(lambda client: client.styles(), server, key)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    table = Table("style", "description", "default size", "genders", "steps")
+    for style in body.get("styles", []):
+        defaults = style.get("defaults") or {}
+        name = style["name"] + (" (default)" if style["name"] == body.get("default") else "")
+        table.add_row(
+            name,
+            style.get("description") or "",
+            f"{defaults.get('width', '?')}x{defaults.get('height', '?')}",
+            ", ".join(style.get("genders") or []),
+            ", ".join(str(steps) for steps in style.get("steps") or []),
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@cli.command()
+@click.argument("job_id")
+@_common
+def jobs(job_id: str, server: str, key: str | None, as_json: bool) -> None:
+    """Show a job: status, progress, error and avatars."""
+    record = _call(lambda client: client.job(job_id), server, key)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo(f"job {record['jobId']}: {record['status']}")
+    for label, name in [
+        ("style", "style"),
+        ("gender", "gender"),
+        ("seed", "seed"),
+        ("created", "createdAt"),
+        ("finished", "finishedAt"),
+    ]:
+        if record.get(name) is not None:
+            click.echo(f"  {label}: {record[name]}")
+    click.echo(f"  size: {record.get('width')}x{record.get('height')}")
+    if record.get("queuePosition"):
+        click.echo(f"  queue position: {record['queuePosition']}")
+    progress = record.get("progress") or {}
+    if progress.get("max"):
+        click.echo(
+            f"  progress: {progress.get('value')}/{progress['max']} ({progress.get('nodeType')})"
+        )
+    if record.get("error"):
+        error = ApiError.from_record(record["error"])
+        click.echo(f"  error: {error.describe()}")
+    for avatar in record.get("avatars") or []:
+        click.echo(f"  avatar: {avatar.get('url')}")
+
+
+@cli.command()
+@click.argument("job_id")
+@_common
+def cancel(job_id: str, server: str, key: str | None, as_json: bool) -> None:
+    """Cancel a queued or running job."""
+    record = _call(lambda client: client.cancel(job_id), server, key)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    state = "cancelled" if record["status"] == "cancelled" else f"{record['status']}, cancelling"
+    click.echo(f"job {record['jobId']}: {state}")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM ends a generate like Ctrl-C: its jobs are cancelled first."""
+    raise KeyboardInterrupt
+
+
+def _call(action: Callable[[AvatarClient], dict[str, Any]], server: str, key: str | None):
+    """Run one request; on an error print the service's message and exit 1."""
+    client = AvatarClient(server, key=key)
+    try:
+        return action(client)
+    except ApiError as exc:
+        _fail(f"error: {exc.describe()}")
+    except ClientError as exc:
+        _fail(f"error: {exc.message}")
+    finally:
+        client.close()
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="avatar")
