@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .config import ConfigError
+from .config import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +34,17 @@ def run_worker(
     if slots is not None:
         overrides["COMFYUI_SLOTS"] = slots
     try:
+        settings = Settings.from_env(overrides=overrides)
+        if not settings.database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "a worker process needs a shared DATABASE_URL (postgresql://...); with the "
+                "SQLite default, python app.py runs the workers for COMFYUI_URL itself"
+            )
         app = create_app(overrides)
     except ConfigError as exc:
         logger.error("cannot start the worker: %s", exc)
         return 2
     services = app.extensions["avatar_service"]
-    if not services.database.dialect.shared:
-        services.close()
-        logger.error(
-            "a worker process needs a shared DATABASE_URL (postgresql://...); with the SQLite "
-            "default, python app.py runs the workers for COMFYUI_URL itself"
-        )
-        return 2
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:

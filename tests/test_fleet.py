@@ -229,3 +229,25 @@ def test_a_process_that_loses_the_database_stops_taking_work_and_says_why(
     finally:
         fleet.stop()  # while the proxy still forwards: the processes leave cleanly
         proxy.stop()
+
+
+def test_a_worker_process_refuses_the_sqlite_default(tmp_path):
+    """Without a shared DATABASE_URL the worker command exits 2 and says what it needs."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fleet import REPO_ROOT
+
+    env = {**os.environ, "DATABASE_URL": "", "INSTANCE_PATH": str(tmp_path / "instance")}
+    done = subprocess.run(
+        [sys.executable, "-m", "avatar_service.worker", "--comfyui", "http://127.0.0.1:9"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "a worker process needs a shared DATABASE_URL (postgresql://...)" in done.stderr
+    assert not (tmp_path / "instance").exists()

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS abandoned_prompts (
 );
 """
 
+
 def add_crop_column(connection: Connection, database: Database) -> None:
     """Version 3: the part of the photo a job uses (``crop``, JSON). Some databases already
     have the column (a release added it when the store was opened), so it is added only when
