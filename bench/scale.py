@@ -4,7 +4,8 @@ killed mid-run, against the single-process default (SQLite) in the same run.
 Three runs on fresh stand-in servers: the single process (``python app.py`` with every server
 in ``COMFYUI_URL``, the baseline), the fleet undisturbed (2 API replicas without workers, one
 worker process per server), and the fleet with one replica and one worker killed (SIGKILL)
-``--kill-after`` seconds in. Reports jobs lost (goal 0), jobs with more than one avatar (goal 0),
+``--kill-after`` seconds in. Reports jobs lost (goal 0), jobs with more than one avatar and jobs
+whose prompt ran to the end on two servers (from the servers' ``/history``; goal 0 for both),
 throughput against the baseline, and the time from the kill until the killed worker's jobs were
 taken over. Needs PostgreSQL (``TEST_DATABASE_URL``, else the local server on 127.0.0.1:5432);
 works in a schema of its own, dropped at the end. Usage::
@@ -87,13 +88,30 @@ def collect(http: httpx.Client, ids: list[str], on_tick=None) -> dict[str, dict]
     return records
 
 
-def summary(records: dict[str, dict], ids: list[str], output: Path) -> dict:
+def completed_seeds(servers: list[str]) -> Counter[int]:
+    """How many prompts of each seed (one seed per job here) ran to success on the servers."""
+    seeds: Counter[int] = Counter()
+    for server in servers:
+        history = httpx.get(f"{server}/history", params={"max_items": 100000}, timeout=30).json()
+        for entry in history.values():
+            if (entry.get("status") or {}).get("status_str") != "success":
+                continue
+            graph = entry["prompt"][2]
+            for node in graph.values():
+                seed = node.get("inputs", {}).get("seed")
+                if isinstance(seed, int):
+                    seeds[seed] += 1
+    return seeds
+
+
+def summary(records: dict[str, dict], ids: list[str], servers: list[str]) -> dict:
     created = min(_moment(r["createdAt"]) for r in records.values())
     finished = max(_moment(r["finishedAt"]) for r in records.values())
-    per_job = Counter(p.name.split("_", 1)[0] for p in output.iterdir() if p.suffix == ".png")
+    ran = completed_seeds(servers)
     return {
         "lost": len(ids) - sum(r["status"] == "succeeded" for r in records.values()),
-        "two_avatars": sum(1 for count in per_job.values() if count > 1),
+        "two_avatars": sum(1 for r in records.values() if len(r["avatars"]) > 1),
+        "ran_twice": sum(1 for count in ran.values() if count > 1),
         "makespan_s": round(finished - created, 2),
         "jobs_per_s": round(len(ids) / (finished - created), 2),
     }
@@ -111,7 +129,7 @@ def single_process(servers: int, step_delay: float, jobs: int) -> dict:
             ids = submit([http], jobs, photo_bytes())
             records = collect(http, ids)
             http.close()
-            return summary(records, ids, scratch_path / "generated_avatar")
+            return summary(records, ids, [s.url for s in standins])
         finally:
             service.stop()
             for standin in standins:
@@ -206,7 +224,7 @@ def _fleet_in(
         records = collect(clients[1], ids, on_tick=tick)
         for client in clients:
             client.close()
-        result = summary(records, ids, scratch / "generated_avatar")
+        result = summary(records, ids, [s.url for s in standins])
         if state["killed_at"] is not None:
             result["held_by_killed_worker"] = len(state["held"])
             result["takeover_s"] = (
@@ -268,6 +286,8 @@ def as_markdown(result: dict) -> str:
             f"| jobs lost | {base['lost']} | {fleet['lost']} | **{kill['lost']}** |",
             f"| jobs with two avatars | {base['two_avatars']} | {fleet['two_avatars']} | "
             f"**{kill['two_avatars']}** |",
+            f"| jobs whose prompt ran to the end twice (GPU work) | {base['ran_twice']} | "
+            f"{fleet['ran_twice']} | **{kill['ran_twice']}** |",
             f"| makespan | {base['makespan_s']} s | {fleet['makespan_s']} s | "
             f"{kill['makespan_s']} s |",
             f"| throughput, jobs/s (vs single) | {base['jobs_per_s']} | {ratio(fleet)} | "

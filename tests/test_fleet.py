@@ -28,8 +28,8 @@ def standins(tmp_path: Path):
     """Start stand-in ComfyUI servers on free ports; all are stopped after the test."""
     started: list[StandIn] = []
 
-    def start(name: str) -> StandIn:
-        server = StandIn(root=tmp_path / name).start()
+    def start(name: str, **options) -> StandIn:
+        server = StandIn(root=tmp_path / name, **options).start()
         started.append(server)
         return server
 
@@ -71,8 +71,9 @@ def read_sse(replica: Replica, job_id: str) -> list[dict]:
 def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
     fleet, standins, tmp_path
 ):
-    """Replica A takes jobs, a worker process runs them, replica B reads, streams and cancels."""
-    server = standins("gpu1")
+    """Replica A takes jobs, a worker process runs them, replica B reads, streams, shows the
+    live preview of and cancels them."""
+    server = standins("gpu1", previews=True)
     server.set_faults(step_delay=0.05)
     a = fleet.replica("a")
     b = fleet.replica("b")
@@ -99,6 +100,9 @@ def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
     server.set_faults(step_delay=0.5)
     cancelled = start_job(a, name)
     b.wait_job(cancelled, until=lambda record: record["status"] == "running")
+    eventually(lambda: b.http.get(f"/jobs/{cancelled}/preview").status_code == 200, timeout=10)
+    preview = b.http.get(f"/jobs/{cancelled}/preview")
+    assert preview.headers["content-type"].startswith("image/") and preview.content
     answer = b.http.post(f"/jobs/{cancelled}/cancel")
     assert answer.status_code in (200, 202), answer.text
     record = a.wait_job(cancelled, timeout=20)
@@ -251,3 +255,25 @@ def test_a_worker_process_refuses_the_sqlite_default(tmp_path):
     assert done.returncode == 2
     assert "a worker process needs a shared DATABASE_URL (postgresql://...)" in done.stderr
     assert not (tmp_path / "instance").exists()
+
+
+def test_a_worker_restarted_next_to_its_server_follows_the_killed_workers_prompt(
+    fleet, standins, tmp_path
+):
+    """kill -9 of a worker mid-prompt, a new worker for the same server: once the lease
+    passes it takes the job over and follows the same prompt by its id (ComfyUI's /history),
+    so the server ran one prompt and the job has one avatar."""
+    server = standins("gpu1")
+    server.set_faults(step_delay=0.1)
+    a = fleet.replica("a", WORKER_LEASE="6")
+    doomed = fleet.worker("w1", server.url, WORKER_LEASE="6")
+    a.wait_up()
+    a.wait_workers({server.url})
+    job_id = start_job(a, upload(a, (10, 90, 200)))
+    a.wait_job(job_id, until=lambda record: record["status"] == "running")
+    doomed.kill()
+    fleet.worker("w2", server.url, WORKER_LEASE="6")
+    record = a.wait_job(job_id, timeout=40)
+    assert record["status"] == "succeeded" and len(record["avatars"]) == 1
+    assert len(server.prompts) == 1
+    assert "following prompt" in (tmp_path / "w2.log").read_text(encoding="utf-8")

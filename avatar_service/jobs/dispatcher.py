@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import httpx
+
 from ..comfyui_client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
 from ..database import DatabaseUnavailable, Leadership
 from ..images import PhotoStore
@@ -52,6 +54,15 @@ SUBMIT_FAILURE_PAUSE = 1.0
 RECLAIM_INTERVAL = 1.0
 # A registry row whose lease passed this long ago is deleted.
 FORGET_WORKERS_AFTER = 3600.0
+
+
+def _withdraw_from(server: str, prompt_id: str) -> bool:
+    """Withdraw a prompt from a server this process does not drive (HTTP only); True if sent."""
+    client = ComfyUIClient(server, timeout=httpx.Timeout(5.0, connect=2.0))
+    try:
+        return withdraw(client, prompt_id)
+    finally:
+        client.close()
 
 
 class ServerWorker:
@@ -537,7 +548,8 @@ class Dispatcher:
                 self.records.update(taken, owner=None, lease_expires=None)
                 logger.warning("job %s: back in the queue (its process is gone)", job.id)
                 continue
-            if taken.prompt_id is not None:
+            if taken.prompt_id is not None and not _withdraw_from(taken.server, taken.prompt_id):
+                # removed when a worker drives that server again
                 self.records.abandon_prompt(taken.server, taken.prompt_id, taken.id)
             requeued = self.records.requeue(taken, front=True)
             self.ledger.requeued(requeued)
