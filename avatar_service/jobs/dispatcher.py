@@ -50,7 +50,9 @@ logger = logging.getLogger(__name__)
 MONITOR_INTERVAL = 0.25
 # A worker whose server failed a submission waits this long before claiming again.
 SUBMIT_FAILURE_PAUSE = 1.0
-# With a shared database: how often expired leases are looked for (seconds).
+# With a shared database: the longest time between two heartbeats (the registry shows a
+# server's state this fresh), and how often expired leases are looked for (seconds).
+HEARTBEAT_MAX = 1.0
 RECLAIM_INTERVAL = 1.0
 # A registry row whose lease passed this long ago is deleted.
 FORGET_WORKERS_AFTER = 3600.0
@@ -206,7 +208,10 @@ class Dispatcher:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start one worker per server and the monitor."""
+        """Start one worker per server and the monitor (with a shared database, the workers
+        join the registry first)."""
+        if self.shared:
+            self._share()
         for worker in self.workers:
             worker.start()
         self._monitor = threading.Thread(target=self._watch, name="dispatcher", daemon=True)
@@ -350,7 +355,11 @@ class Dispatcher:
         except outcomes.Cancelled:
             self.ledger.finish(run.job if run else job, "cancelled", None)
         except outcomes.Shutdown:
-            logger.info("job %s left unfinished for the next start", job.id)
+            logger.info(
+                "job %s left unfinished %s",
+                job.id,
+                "(given back to the queue)" if self.shared else "for the next start",
+            )
         except outcomes.FailedOver:
             self._give_back(run.job if run else job, worker, "its server was given up")
         except (LeaseLost, DatabaseUnavailable) as exc:
@@ -360,7 +369,11 @@ class Dispatcher:
         except Exception as exc:  # every failure ends the job; none escapes the thread
             current = run.job if run else job
             if self.stopping.is_set():
-                logger.info("job %s left unfinished for the next start", current.id)
+                logger.info(
+                    "job %s left unfinished %s",
+                    current.id,
+                    "(given back to the queue)" if self.shared else "for the next start",
+                )
             elif self._may_run_elsewhere(exc, current, worker, run):
                 self._give_back(current, worker, str(exc))
             else:
@@ -430,7 +443,7 @@ class Dispatcher:
         now = self.clock()
         try:
             if now >= self._beat_at:
-                self._beat_at = now + self.lease / 3
+                self._beat_at = now + min(self.lease / 3, HEARTBEAT_MAX)
                 held = self.records.renew_leases(f"{self.owner}/", now + self.lease)
                 self.fleet.beat(self._entries(now))
                 self._fence(held)
