@@ -277,3 +277,25 @@ def test_a_worker_restarted_next_to_its_server_follows_the_killed_workers_prompt
     assert record["status"] == "succeeded" and len(record["avatars"]) == 1
     assert len(server.prompts) == 1
     assert "following prompt" in (tmp_path / "w2.log").read_text(encoding="utf-8")
+
+
+def test_a_prompt_that_succeeded_after_its_worker_died_is_not_run_again(fleet, standins):
+    """kill -9 of a worker whose server then finishes the prompt: the process that takes the
+    job over reads the prompt's success in that server's /history and fetches its images; the
+    other server never runs it."""
+    orphaned, other = standins("gpu1"), standins("gpu2")
+    orphaned.set_faults(step_delay=0.02)
+    a = fleet.replica("a")
+    doomed = fleet.worker("w1", orphaned.url)
+    a.wait_up()
+    a.wait_workers({orphaned.url})
+    job_id = start_job(a, upload(a, (200, 200, 60)))
+    eventually(lambda: orphaned.prompts, timeout=20)
+    doomed.kill()
+    fleet.worker("w2", other.url)
+    record = a.wait_job(job_id, timeout=40)
+    assert record["status"] == "succeeded" and len(record["avatars"]) == 1
+    assert other.prompts == []
+    assert len(orphaned.prompts) == 1
+    logs = "".join(process.output() for process in fleet.processes if process.name != "w1")
+    assert "finished from the server's history" in logs

@@ -561,6 +561,8 @@ class Dispatcher:
                 self.records.update(taken, owner=None, lease_expires=None)
                 logger.warning("job %s: back in the queue (its process is gone)", job.id)
                 continue
+            if taken.prompt_id is not None and self._finish_from_history(taken):
+                continue
             if taken.prompt_id is not None and not _withdraw_from(taken.server, taken.prompt_id):
                 # removed when a worker drives that server again
                 self.records.abandon_prompt(taken.server, taken.prompt_id, taken.id)
@@ -571,6 +573,38 @@ class Dispatcher:
             )
         self.fleet.prune(now - FORGET_WORKERS_AFTER)
         self.notify()
+
+    def _finish_from_history(self, job: Job) -> bool:
+        """A job taken over from a process that is gone, whose prompt already succeeded on its
+        server (read from ComfyUI's /history by prompt id): fetch its images and end it, so it
+        is not run again. False when the prompt has no success entry there (or the server does
+        not answer)."""
+        workflow = self.workflows.get(job.style)
+        if workflow is None or job.server is None or job.prompt_id is None:
+            return False
+        client = ComfyUIClient(job.server, timeout=httpx.Timeout(5.0, connect=2.0))
+        try:
+            entry = client.history(job.prompt_id)
+            if entry is None or not entry.succeeded:
+                return False
+            avatars = collect_avatars(
+                job, client, workflow, entry, self.avatars, patiently=lambda call, **_: call()
+            )
+        except Exception as exc:  # the server is gone too, or its files are: run it again
+            logger.warning("job %s: could not read its prompt on %s: %s", job.id, job.server, exc)
+            return False
+        finally:
+            client.close()
+        logger.warning(
+            "job %s: its holder %s is gone; its prompt %s had succeeded on %s: finished from "
+            "the server's history",
+            job.id,
+            job.owner,
+            job.prompt_id,
+            job.server,
+        )
+        self.ledger.finish(job, "succeeded", None, avatars=avatars)
+        return True
 
     def _leave(self) -> None:
         """Leave the fleet: the jobs this process holds go back to the queue at once."""
