@@ -14,8 +14,9 @@ database is shared (PostgreSQL). Then every process also keeps a heartbeat in th
 registry (``fleet``), renews the leases of the jobs it holds, picks up cancels asked on other
 processes, and takes over the jobs of a process whose leases have passed (killed, or cut off
 from the database): a job whose server still has a worker here is followed again by its prompt
-id (through ``/history``, as after a restart); any other goes back to the head of the queue and
-its prompt is removed from its server when that server is driven again. One process at a time
+id (through ``/history``, as after a restart); for any other, the server is asked over HTTP:
+a prompt that succeeded there is finished from its images, else it is withdrawn and the job goes
+back to the head of the queue. One process at a time
 (``leadership``) sweeps the queue. A process stopped with SIGTERM gives its jobs back at once.
 """
 
