@@ -202,29 +202,50 @@ class Framing:
         path = self.photos.path_of(request.image_name)
         if request.crop is not None:
             return request
-        width, height = self.photo_size(request.image_name) or (0, 0)
+        _faces, crop = self._choose(path, width=request.width, height=request.height)
+        return replace(request, crop=crop.to_dict())
+
+    def describe(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
+        """What generate would use for an avatar of this size: the photo, its faces, the crop.
+
+        The same choice as ``frame`` (NotFound for an unknown photo, the same 422 by policy),
+        made without a job, so a client can show it before generating.
+        """
+        path = self.photos.path_of(image_name)
+        faces, crop = self._choose(path, width=width, height=height)
+        photo_width, photo_height = self.photo_size(image_name) or (0, 0)
+        return {
+            "imageName": image_name,
+            "width": photo_width,
+            "height": photo_height,
+            "faces": [face.to_dict() for face in faces],
+            "crop": crop.to_dict(),
+            "avatar": {"width": width, "height": height},
+        }
+
+    def _choose(self, path: Path, *, width: int, height: int) -> tuple[list[Face], Crop]:
+        """The photo's faces and the crop for an avatar of ``width`` x ``height``, by policy."""
+        photo_width, photo_height = self.photo_size(path.name) or (0, 0)
         faces = [] if self.policy == "off" else self._faces_of(path)
         if self.policy != "off":
             self._check(faces, when="generate")
         if faces:
             box = crop_around_face(
                 faces[0].box,
-                photo_width=width,
-                photo_height=height,
-                target_width=request.width,
-                target_height=request.height,
+                photo_width=photo_width,
+                photo_height=photo_height,
+                target_width=width,
+                target_height=height,
                 margin=self.margin,
             )
-            crop = Crop(box, "face")
-        else:
-            box = center_crop(
-                photo_width=width,
-                photo_height=height,
-                target_width=request.width,
-                target_height=request.height,
-            )
-            crop = Crop(box, "center")
-        return replace(request, crop=crop.to_dict())
+            return faces, Crop(box, "face")
+        box = center_crop(
+            photo_width=photo_width,
+            photo_height=photo_height,
+            target_width=width,
+            target_height=height,
+        )
+        return faces, Crop(box, "center")
 
     def _detect(self, image: Image.Image, size: tuple[int, int]) -> list[Face]:
         assert self.detector is not None
