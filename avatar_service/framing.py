@@ -221,6 +221,7 @@ class Framing:
             "faces": [face.to_dict() for face in faces],
             "crop": crop.to_dict(),
             "avatar": {"width": width, "height": height},
+            "policy": self.policy,
         }
 
     def _choose(self, path: Path, *, width: int, height: int) -> tuple[list[Face], Crop]:

@@ -162,7 +162,7 @@ _UPLOADED = {
 }
 _FRAMING = {
     "type": "object",
-    "required": ["imageName", "width", "height", "faces", "crop", "avatar"],
+    "required": ["imageName", "width", "height", "faces", "crop", "avatar", "policy"],
     "properties": {
         "imageName": {"type": "string"},
         "width": {"type": "integer", "description": "the stored photo's width"},
@@ -182,6 +182,10 @@ _FRAMING = {
             "required": ["width", "height"],
             "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
             "description": "the avatar size the crop is for",
+        },
+        "policy": {
+            "enum": ["off", "prefer", "require"],
+            "description": "FACE_POLICY (with `off` no face is looked for)",
         },
     },
 }

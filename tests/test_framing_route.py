@@ -38,6 +38,7 @@ def test_astronaut_framing_is_the_crop_generate_uses(service):
             "faces": uploaded["faces"],
             "crop": job["crop"],
             "avatar": {"width": width, "height": height},
+            "policy": "prefer",
         }
         assert body["crop"]["source"] == "face"
         crop = Box.from_dict(body["crop"])
@@ -57,6 +58,7 @@ def test_faceless_photo_is_centre_cropped_and_sizes_default_to_the_style(service
         "faces": [],
         "crop": {"x": 80, "y": 0, "width": 480, "height": 480, "source": "center"},
         "avatar": {"width": 512, "height": 512},
+        "policy": "prefer",
     }
 
 
@@ -113,14 +115,18 @@ def test_require_answers_generates_refusal(make_service):
     answer = framing(after, image_name, width=512, height=512)
     refused = after.http.post("/generate-avatar-by-image", json={"imageName": image_name})
     assert (answer.status_code, refused.status_code) == (422, 422)
-    assert answer.json() == refused.json() == {
-        "error": {
-            "code": "no_face_found",
-            "message": "no face was found in the photo; send a photo where one face looks at "
-            "the camera (FACE_POLICY=require)",
-            "details": {"policy": "require", "checkedAt": "generate"},
+    assert (
+        answer.json()
+        == refused.json()
+        == {
+            "error": {
+                "code": "no_face_found",
+                "message": "no face was found in the photo; send a photo where one face looks at "
+                "the camera (FACE_POLICY=require)",
+                "details": {"policy": "require", "checkedAt": "generate"},
+            }
         }
-    }
+    )
 
 
 def test_face_policy_off_answers_no_faces_and_the_centre(make_service):
@@ -128,7 +134,8 @@ def test_face_policy_off_answers_no_faces_and_the_centre(make_service):
     service = make_service(face_policy="off")
     image_name = service.upload(photos.png(photos.astronaut()))
     body = framing(service, image_name, width=1024, height=512).json()
-    assert (body["faces"], body["crop"]) == (
+    assert (body["policy"], body["faces"], body["crop"]) == (
+        "off",
         [],
         {"x": 0, "y": 128, "width": 512, "height": 256, "source": "center"},
     )
