@@ -435,7 +435,7 @@
   // Ask the service which face and crop a generate of the chosen size would use, and draw them.
   async function showFraming() {
     const upload = state.upload;
-    if (!upload || upload.file !== state.file) return;
+    if (!upload || upload.file !== state.file || !state.presets) return; // styles: still loading
     const size = quietSize();
     if (!size) {
       el.framingOverlay.toggleAttribute("hidden", true);
@@ -590,6 +590,7 @@
       );
       el.styleSelect.value = data.default || (state.styles[0] && state.styles[0].name);
       renderStyleOptions(false);
+      refreshFraming();
     } catch (error) {
       showError("style", "The styles could not be loaded: " + explain(error));
     }
