@@ -3,7 +3,8 @@
 Needs Debian's ``chromium`` (/usr/bin/chromium, or CHROMIUM=path) and Playwright for Python; the
 tests are skipped with the reason when either is missing. Playwright never downloads a browser
 here: it drives the system one. Screenshots are saved in tests/artifacts/; with
-UPDATE_DOCS_SCREENSHOT=1 the first test also writes docs/page.png for the README.
+UPDATE_DOCS_SCREENSHOT=1 the first test also writes docs/page.png for the README (and the face
+test docs/page-framing.png).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "page.png"
+FRAMING_SCREENSHOT = REPO_ROOT / "docs" / "page-framing.png"
 WAIT_MS = 15_000
 HAS_API_KEYS = "api_keys" in {field.name for field in fields(Settings)}
 
@@ -426,6 +428,12 @@ def test_face_and_crop_are_drawn_over_the_preview(open_page, service, tmp_path):
     page.wait_for_selector("#result-image", state="visible")
     record = service.http.get(f"/jobs/{job_id_of(page)}").json()
     assert (record["imageName"], record["crop"]) == (image_name, wide)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+        wait_until(page, "() => document.getElementById('result-image').naturalWidth > 0")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.screenshot(
+            path=FRAMING_SCREENSHOT, clip={"x": 0, "y": 0, "width": 1100, "height": 720}
+        )
 
 
 def test_a_faceless_photo_says_no_face(open_page, service, tmp_path):
