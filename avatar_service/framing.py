@@ -202,7 +202,8 @@ class Framing:
         path = self.photos.path_of(request.image_name)
         if request.crop is not None:
             return request
-        _faces, crop = self._choose(path, width=request.width, height=request.height)
+        photo = self.photo_size(request.image_name) or (0, 0)
+        _faces, crop = self._choose(path, photo, width=request.width, height=request.height)
         return replace(request, crop=crop.to_dict())
 
     def describe(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
@@ -212,21 +213,23 @@ class Framing:
         made without a job, so a client can show it before generating.
         """
         path = self.photos.path_of(image_name)
-        faces, crop = self._choose(path, width=width, height=height)
-        photo_width, photo_height = self.photo_size(image_name) or (0, 0)
+        photo = self.photo_size(image_name) or (0, 0)
+        faces, crop = self._choose(path, photo, width=width, height=height)
         return {
             "imageName": image_name,
-            "width": photo_width,
-            "height": photo_height,
+            "width": photo[0],
+            "height": photo[1],
             "faces": [face.to_dict() for face in faces],
             "crop": crop.to_dict(),
             "avatar": {"width": width, "height": height},
             "policy": self.policy,
         }
 
-    def _choose(self, path: Path, *, width: int, height: int) -> tuple[list[Face], Crop]:
-        """The photo's faces and the crop for an avatar of ``width`` x ``height``, by policy."""
-        photo_width, photo_height = self.photo_size(path.name) or (0, 0)
+    def _choose(
+        self, path: Path, photo: tuple[int, int], *, width: int, height: int
+    ) -> tuple[list[Face], Crop]:
+        """The faces of the photo (of size ``photo``) and the crop for ``width`` x ``height``."""
+        photo_width, photo_height = photo
         faces = [] if self.policy == "off" else self._faces_of(path)
         if self.policy != "off":
             self._check(faces, when="generate")

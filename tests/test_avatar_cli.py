@@ -421,3 +421,23 @@ def test_queue_text_shows_the_estimated_start():
         "queued #1, starting any moment"
     )
     assert queue_text({"queuePosition": 1, "estimatedStartAt": "soon"}) == "queued #1"
+
+
+def test_framing_lines_name_several_faces_and_detection_off():
+    """Two faces: the largest, with the count; FACE_POLICY=off: faces are not looked for."""
+    from avatar_cli.progress import framing_lines
+
+    crop = {"x": 0, "y": 10, "width": 300, "height": 150, "source": "face"}
+    faces = [
+        {"x": 20, "y": 30, "width": 90, "height": 100, "confidence": 40.0},
+        {"x": 200, "y": 30, "width": 50, "height": 60, "confidence": 12.5},
+    ]
+    assert framing_lines({"faces": faces, "crop": crop, "policy": "prefer"}) == [
+        "face: 90x100 at (20, 30) (the largest of 2)",
+        "crop: 300x150 at (0, 10), around the face",
+    ]
+    centre = {"x": 0, "y": 37, "width": 451, "height": 226, "source": "center"}
+    assert framing_lines({"faces": [], "crop": centre, "policy": "off"}) == [
+        "face: not looked for (FACE_POLICY=off)",
+        "crop: 451x226 at (0, 37), centre",
+    ]
