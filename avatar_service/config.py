@@ -54,6 +54,7 @@ class Settings:
     decode_wait: float = 60.0
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
+    strip_avatar_metadata: bool = True
     workflows_dir: Path = Path("workflows")
     instance_path: Path = Path("instance")
     default_style: str = "avatar"

@@ -98,7 +98,7 @@ class Services:
             multiple=settings.face_multiple,
             margin=settings.face_margin,
         )
-        avatars = AvatarStore(output_dir)
+        avatars = AvatarStore(output_dir, strip_metadata=settings.strip_avatar_metadata)
         database = instance_path / "avatar_service.sqlite3"
         store = JobStore(database)
         events = JobEvents()

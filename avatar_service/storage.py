@@ -42,14 +42,23 @@ def open_atomic(path: Path) -> Iterator[BinaryIO]:
 
 
 class AvatarStore:
-    """The folder of generated avatars (``generated_avatar/`` by default)."""
+    """The folder of generated avatars (``generated_avatar/`` by default).
 
-    def __init__(self, directory: Path) -> None:
+    ComfyUI writes the whole prompt (the graph, with the stored photo's name, the checkpoint
+    and the prompt texts) into the text chunks of every PNG it saves; with ``strip_metadata``
+    (the default) those chunks are dropped before the avatar is stored, served or forwarded.
+    The pixels are not touched.
+    """
+
+    def __init__(self, directory: Path, *, strip_metadata: bool = True) -> None:
         self.directory = directory
+        self.strip_metadata = strip_metadata
 
     def save(self, job_id: str, index: int, data: bytes, extension: str) -> str:
         """Store one avatar of a job atomically and return its file name."""
         name = f"{job_id}_{index}.{extension}"
+        if self.strip_metadata:
+            data = without_png_text(data)
         write_atomic(self.directory / name, data)
         return name
 
@@ -60,3 +69,33 @@ class AvatarStore:
             if path.is_file():
                 return path
         raise NotFound("no such avatar", code="avatar_not_found", details={"fileName": file_name})
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that carry text (ComfyUI's "prompt" and "workflow" are tEXt chunks).
+_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def without_png_text(data: bytes) -> bytes:
+    """The PNG without its text chunks, every other chunk byte for byte; other data unchanged.
+
+    Anything that is not a well-formed chunk sequence is returned as it came.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    kept = [PNG_SIGNATURE]
+    offset = len(PNG_SIGNATURE)
+    while offset < len(data):
+        if offset + 12 > len(data):
+            return data
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 12 + length
+        if end > len(data):
+            return data
+        if kind not in _TEXT_CHUNKS:
+            kept.append(data[offset:end])
+        offset = end
+        if kind == b"IEND":
+            break
+    return b"".join(kept)

@@ -225,3 +225,36 @@ def test_styles_lists_workflows(service):
     names = {style["name"] for style in body["styles"]}
     assert {"avatar", "cartoon"} <= names
     assert body["default"] == "avatar"
+
+
+def test_avatars_carry_no_comfyui_prompt(service, photo):
+    """The prompt ComfyUI embeds (graph, stored photo name) is dropped; the pixels are kept."""
+    import io
+
+    from PIL import Image
+
+    name = service.upload(photo)
+    record = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+    data = service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").content
+    assert name not in data.decode("latin-1")
+    with Image.open(io.BytesIO(data)) as image:
+        assert "prompt" not in image.info and "workflow" not in image.info
+        image.load()
+        assert image.size == (record["width"], record["height"])
+
+
+def test_avatar_metadata_kept_when_asked(make_service, photo):
+    """STRIP_AVATAR_METADATA=false keeps ComfyUI's prompt chunk (to trace an avatar back)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    service = make_service(strip_avatar_metadata=False)
+    name = service.upload(photo)
+    record = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
+    data = service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").content
+    with Image.open(io.BytesIO(data)) as image:
+        prompt = json.loads(image.info["prompt"])
+    seeds = [node["inputs"]["seed"] for node in prompt.values() if "seed" in node["inputs"]]
+    assert seeds == [record["seed"]]
