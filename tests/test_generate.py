@@ -19,6 +19,12 @@ def prompt_of(png: bytes) -> dict:
         return json.loads(image.text["prompt"])
 
 
+@pytest.fixture
+def kept_prompt_service(make_service):
+    """A live service that keeps the prompt ComfyUI writes into each avatar (to read the graph)."""
+    return make_service(strip_avatar_metadata=False)
+
+
 def nodes_of(graph: dict, class_type: str) -> list[dict]:
     return [node for node in graph.values() if node["class_type"] == class_type]
 
@@ -29,8 +35,9 @@ def mean_colour(png: bytes) -> tuple[float, float, float]:
         return small.getpixel((0, 0))
 
 
-def test_seed_curl_flow_returns_avatar_of_requested_size(service, photo):
+def test_seed_curl_flow_returns_avatar_of_requested_size(kept_prompt_service, photo):
     """Upload then generate as in the seed's curl examples: 200 with an avatar of 1024x1024."""
+    service = kept_prompt_service
     upload = service.http.post("/upload-image", files={"image": ("me.jpg", photo, "image/jpeg")})
     assert upload.status_code == 201
     body = upload.json()
@@ -71,8 +78,9 @@ def test_upload_alias_and_file_field(service, photo):
     assert answer.json()["imageName"].endswith(".png")
 
 
-def test_given_seed_is_used_and_echoed(service, photo):
+def test_given_seed_is_used_and_echoed(kept_prompt_service, photo):
     """A seed in the request reaches the sampler and comes back; a missing one is random."""
+    service = kept_prompt_service
     name = service.upload(photo)
     first = service.http.post(
         "/generate-avatar-by-image", json={"imageName": name, "seed": 2**64 - 1}
@@ -88,8 +96,9 @@ def test_given_seed_is_used_and_echoed(service, photo):
     assert all(0 <= seed < 2**53 for seed in seeds)
 
 
-def test_gender_changes_the_positive_prompt(service, photo):
+def test_gender_changes_the_positive_prompt(kept_prompt_service, photo):
     """Each gender puts its own text into the positive prompt that the sampler uses."""
+    service = kept_prompt_service
     name = service.upload(photo)
     texts = {}
     for gender in ("male", "female", "neutral"):
@@ -105,8 +114,9 @@ def test_gender_changes_the_positive_prompt(service, photo):
     assert len(set(texts.values())) == 3
 
 
-def test_eight_concurrent_generations_each_from_its_own_photo(service):
+def test_eight_concurrent_generations_each_from_its_own_photo(kept_prompt_service):
     """8 parallel requests with 8 photos: each avatar is made from its own photo, at its size."""
+    service = kept_prompt_service
     colours = [
         (220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30),
         (30, 220, 220), (220, 30, 220), (240, 240, 240), (20, 20, 20),
