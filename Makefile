@@ -34,6 +34,8 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m bench.latency --runs 200 --update-readme
+	$(BIN)/python -m bench.throughput --update-readme
+	$(BIN)/python -m bench.failover --update-readme
 	$(BIN)/python -m bench.upload_memory --update-readme
 
 bench-memory: setup

@@ -41,12 +41,12 @@ from .errors import (
     Unauthorized,
     error_from_record,
 )
+from .jobs import Job
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document
 from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
 from .services import Services
 from .storage import AVATAR_NAME_PATTERN
-from .store import Job
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("avatar_service.requests")
@@ -291,7 +291,7 @@ def authorize() -> None:
     g.caller = caller
     if job_id is not None and not caller.admin:
         owner = access.owner(job_id)
-        if owner != caller.key_id and (owner is not None or services().store.get(job_id)):
+        if owner != caller.key_id and (owner is not None or services().records.get(job_id)):
             raise Forbidden("this job was created with another API key", details={"jobId": job_id})
 
 
@@ -454,6 +454,10 @@ def _refuse_constant(name: str) -> Any:
 def job_body(job: Job, svc: Services) -> dict[str, Any]:
     """The JSON record of a job, with its webhook deliveries when webhooks are on."""
     body = with_access(job.to_dict())
+    if svc.forwarder is not None and job.avatars:
+        uploads = svc.forwarder.outcomes(job.id)
+        for avatar in body["avatars"]:
+            avatar["upload"] = uploads.get(avatar["fileName"])
     if svc.webhooks is not None:
         body["webhooks"] = svc.webhooks.deliveries(job.id)
     return body

@@ -17,13 +17,12 @@ from .database import Database
 from .errors import Conflict, UnprocessableContent
 from .idempotency import SCHEMA as IDEMPOTENCY_SCHEMA
 from .idempotency import IdempotencyKeys, body_hash
-from .jobs import GenerateRequest
+from .jobs import GenerateRequest, Job
 from .metrics import Metrics
 from .retention import SCHEMA as RETENTION_SCHEMA
 from .retention import Retention
 from .schemas import GenerateSchema
 from .services import Services
-from .store import Job
 from .webhooks import is_allowed_callback
 
 # How long a request with an Idempotency-Key waits for a concurrent one with the same key.
@@ -46,7 +45,7 @@ class ApiServices:
     def build(cls, settings: Settings, services: Services, *, instance_path: Path) -> ApiServices:
         """Open the tables beside the jobs and build each part from the settings."""
         database = Database(
-            services.store.path, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA
+            services.records.path, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA
         )
         keys, admins = list(settings.api_keys), list(settings.admin_api_keys)
         if settings.api_keys_file:
@@ -67,16 +66,18 @@ class ApiServices:
             max_age_hours=settings.retention_hours,
             interval=settings.retention_interval,
             in_use=lambda: [
-                name for job in services.store.unfinished() for name in (job.id, job.image_name)
+                name for job in services.records.unfinished() for name in (job.id, job.image_name)
             ],
         )
-        webhook_db = str(services.store.path) if services.webhooks is not None else None
+        webhook_db = str(services.records.path) if services.webhooks is not None else None
         metrics = Metrics(
             clients=services.clients,
-            unfinished=services.store.unfinished,
+            unfinished=services.records.unfinished,
             webhook_db=lambda: webhook_db,
         )
         services.events.add_listener(metrics.observe_event)
+        if services.forwarder is not None:
+            services.forwarder.on_settled.append(metrics.observe_forwarding)
         generate_schema = GenerateSchema(
             workflows=services.workflows,
             default_style=settings.default_style,

@@ -1,9 +1,13 @@
 """ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
 
 The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
-thread routes each message to the watch registered for its ``prompt_id`` (the service chooses the
-prompt_id itself, so no event can reach the wrong job). When the socket drops it reconnects with
-backoff and tells every watch, so the job can reconcile through ``/history`` and ``/queue``.
+thread turns each message into a typed event (``ExecutionStarted``, ``NodeStarted``, ``Progress``,
+``ExecutionEnded``, ``ExecutionFailed``...) and routes it to the watch registered for its
+``prompt_id`` (the service chooses the prompt_id itself, so no event can reach the wrong job). When
+the socket drops it reconnects with backoff and tells every watch (``Disconnected``,
+``Reconnected``), so the job can reconcile through ``/history`` and ``/queue``. This module alone
+knows ComfyUI's message, history, queue and output formats: ``history`` answers a
+``HistoryEntry``, ``queue_state`` a place in the queue.
 
 Exceptions::
 
@@ -90,6 +94,163 @@ class PromptRejected(ComfyUIError):
         self.error = dict(error or {})
         self.node_errors = dict(node_errors or {})
 
+    @property
+    def server_lacks_something(self) -> bool:
+        """Whether the server, not the request, is at fault: a node class it does not have, or
+        a choice (checkpoint, sampler...) missing from its lists."""
+        message = str(self.error.get("message", ""))
+        if self.error.get("type") == "invalid_prompt" and "does not exist" in message:
+            return True
+        return any(
+            isinstance(error, dict) and error.get("type") == "value_not_in_list"
+            for node in self.node_errors.values()
+            if isinstance(node, dict)
+            for error in node.get("errors") or []
+        )
+
+
+# -- typed events of one prompt ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionStarted:
+    """ComfyUI started running the prompt."""
+
+
+@dataclass(frozen=True)
+class NodeStarted:
+    """A node of the prompt started."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A step of a node that reports progress (the sampler)."""
+
+    node: str
+    value: Any
+    max: Any
+
+
+@dataclass(frozen=True)
+class ExecutionEnded:
+    """``executing`` with ``node: null``: the prompt ended (its history is written just before)."""
+
+
+@dataclass(frozen=True)
+class ExecutionFailed:
+    """``execution_error``: a node raised."""
+
+    node_id: Any = None
+    node_type: Any = None
+    exception_type: Any = None
+    exception_message: str = ""
+
+    @classmethod
+    def from_message(cls, data: Mapping[str, Any]) -> ExecutionFailed:
+        """Read ComfyUI's execution_error payload."""
+        return cls(
+            node_id=data.get("node_id"),
+            node_type=data.get("node_type"),
+            exception_type=data.get("exception_type"),
+            exception_message=str(data.get("exception_message", "")).strip(),
+        )
+
+
+@dataclass(frozen=True)
+class ExecutionInterrupted:
+    """``execution_interrupted``: the prompt was interrupted."""
+
+
+@dataclass(frozen=True)
+class PreviewReady:
+    """A new live preview image of the prompt is in ``PromptWatch.preview``."""
+
+
+@dataclass(frozen=True)
+class QueueChanged:
+    """ComfyUI's queue changed (a ``status`` broadcast)."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The websocket dropped: events may have been missed."""
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """The websocket is up again: events may have been missed while it was down."""
+
+
+PromptEvent = (
+    ExecutionStarted
+    | NodeStarted
+    | Progress
+    | ExecutionEnded
+    | ExecutionFailed
+    | ExecutionInterrupted
+    | PreviewReady
+    | QueueChanged
+    | Disconnected
+    | Reconnected
+)
+
+
+@dataclass(frozen=True)
+class OutputImage:
+    """One image a prompt produced, as ``/view`` wants it named."""
+
+    filename: str
+    subfolder: str = ""
+    folder_type: str = "output"
+
+    def to_dict(self) -> dict[str, str]:
+        """ComfyUI's own shape of the image reference."""
+        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.folder_type}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A prompt's ``/history`` entry: how it ended and what it produced."""
+
+    succeeded: bool
+    failure: ExecutionFailed | None
+    interrupted: bool
+    status: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+
+    @classmethod
+    def from_answer(cls, entry: Mapping[str, Any]) -> HistoryEntry:
+        """Read one entry of GET /history/{prompt_id}."""
+        status = entry.get("status") or {}
+        messages = {
+            item[0]: item[1]
+            for item in status.get("messages") or []
+            if isinstance(item, list | tuple) and len(item) == 2
+        }
+        error = messages.get("execution_error")
+        return cls(
+            succeeded=status.get("status_str") == "success",
+            failure=ExecutionFailed.from_message(error) if isinstance(error, dict) else None,
+            interrupted="execution_interrupted" in messages,
+            status=status,
+            outputs=entry.get("outputs") or {},
+        )
+
+    def images(self, output_nodes: Sequence[str]) -> list[OutputImage]:
+        """The images of the given output nodes, in node order."""
+        return [
+            OutputImage(
+                filename=str(image["filename"]),
+                subfolder=str(image.get("subfolder", "")),
+                folder_type=str(image.get("type", "output")),
+            )
+            for node_id in output_nodes
+            for image in (self.outputs.get(node_id) or {}).get("images") or []
+            if isinstance(image, dict) and image.get("filename")
+        ]
+
 
 @dataclass
 class Preview:
@@ -127,7 +288,7 @@ class PromptWatch:
     """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...)."""
 
     prompt_id: str
-    events: queue.Queue[tuple[str, dict[str, Any]]] = field(default_factory=queue.Queue)
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
     preview: Preview | None = None
 
 
@@ -164,6 +325,8 @@ class ComfyUIClient:
         self._queue_cache: _QueueSnapshot | None = None
         self._running_prompt: str | None = None
         self.last_error: str | None = None
+        # time.monotonic() when the websocket was last up (or the client was made).
+        self.disconnected_since = time.monotonic()
         # Text and binary messages received (pongs excluded): a socket ComfyUI no longer
         # sends to (see reconnect) stops counting even though it still answers pings.
         self.messages_received = 0
@@ -265,7 +428,11 @@ class ComfyUIClient:
         return f"{kept_subfolder}/{name}" if kept_subfolder else name
 
     def queue_prompt(self, graph: Mapping[str, Any], *, prompt_id: str) -> dict[str, Any]:
-        """POST /prompt with our client_id and prompt_id; PromptRejected on a 400."""
+        """POST /prompt with our client_id and prompt_id; PromptRejected on a 400.
+
+        Answers ComfyUI's ``node_errors`` of a prompt accepted with only some outputs valid
+        (empty when the whole graph was accepted).
+        """
         body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         response = self._request("POST", "/prompt", json=body)
         if response.status_code == 400:
@@ -277,13 +444,14 @@ class ComfyUIClient:
                 error=error,
                 node_errors=answer.get("node_errors") or {},
             )
-        return self._decode(response, "/prompt")
+        node_errors = self._decode(response, "/prompt").get("node_errors")
+        return dict(node_errors) if isinstance(node_errors, dict) else {}
 
-    def history(self, prompt_id: str) -> dict[str, Any] | None:
+    def history(self, prompt_id: str) -> HistoryEntry | None:
         """GET /history/{prompt_id}: the entry once the prompt has ended, else None."""
         answer = self._json("GET", f"/history/{prompt_id}")
         entry = answer.get(prompt_id)
-        return entry if isinstance(entry, dict) else None
+        return HistoryEntry.from_answer(entry) if isinstance(entry, dict) else None
 
     def queue(self) -> dict[str, Any]:
         """GET /queue."""
@@ -321,13 +489,12 @@ class ComfyUIClient:
         """POST /queue {"delete": [...]}: remove pending prompts (running ones are untouched)."""
         self._request("POST", "/queue", json={"delete": list(prompt_ids)})
 
-    def view(self, *, filename: str, subfolder: str, folder_type: str) -> tuple[bytes, str]:
+    def view(self, image: OutputImage) -> tuple[bytes, str]:
         """GET /view: the bytes and content type of an image ComfyUI produced."""
-        params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
-        response = self._request("GET", "/view", params=params)
+        response = self._request("GET", "/view", params=image.to_dict())
         if response.status_code != 200:
             raise ComfyUIProtocolError(
-                f"/view of {filename!r} answered {response.status_code}",
+                f"/view of {image.filename!r} answered {response.status_code}",
                 server=self.base_url,
                 status=response.status_code,
             )
@@ -403,7 +570,7 @@ class ComfyUIClient:
                 self.last_error = None
                 logger.info("ComfyUI %s: websocket connected", self.base_url)
                 if was_connected:
-                    self._broadcast("reconnected")
+                    self._broadcast(Reconnected())
                 was_connected = True
                 if self.on_connect is not None:
                     helper = threading.Thread(
@@ -419,12 +586,13 @@ class ComfyUIClient:
                 self.last_error = f"websocket reader failed: {exc!r}"
             finally:
                 self._connected.clear()
+                self.disconnected_since = time.monotonic()
                 self._socket = None
                 sock.close(timeout=1)
                 sock.shutdown()  # close() skips the socket once the library saw it drop
             if not self._stopping.is_set():
                 logger.warning("ComfyUI %s: websocket lost (%s)", self.base_url, self.last_error)
-                self._broadcast("disconnected")
+                self._broadcast(Disconnected())
 
     def _read_socket(self, sock: websocket.WebSocket) -> None:
         sock.settimeout(self.ping_interval)
@@ -464,7 +632,7 @@ class ComfyUIClient:
             prompt_id = str(prompt_id)
         if kind == "status":
             # The queue changed: queued jobs may want to re-read their position.
-            self._broadcast("status")
+            self._broadcast(QueueChanged())
             return
         if kind == "execution_start":
             self._running_prompt = prompt_id
@@ -472,10 +640,13 @@ class ComfyUIClient:
             self._running_prompt = None
         if prompt_id is None:
             return
+        event = _typed_event(kind, data)
+        if event is None:
+            return
         with self._lock:
             watch = self._watches.get(prompt_id)
         if watch is not None:
-            watch.events.put((kind, data))
+            watch.events.put(event)
 
     def _on_binary(self, raw: bytes) -> None:
         if len(raw) < 8:
@@ -506,13 +677,29 @@ class ComfyUIClient:
             watch = self._watches.get(prompt_id)
         if watch is not None:
             watch.preview = Preview(content_type, image)
-            watch.events.put(("preview", {}))
+            watch.events.put(PreviewReady())
 
-    def _broadcast(self, kind: str) -> None:
+    def _broadcast(self, event: PromptEvent) -> None:
         with self._lock:
             watches = list(self._watches.values())
         for watch in watches:
-            watch.events.put((kind, {}))
+            watch.events.put(event)
+
+
+def _typed_event(kind: str, data: Mapping[str, Any]) -> PromptEvent | None:
+    """The typed event of one websocket message about a prompt (None: not one we follow)."""
+    if kind == "execution_start":
+        return ExecutionStarted()
+    if kind == "executing":
+        node = data.get("node")
+        return ExecutionEnded() if node is None else NodeStarted(str(node))
+    if kind == "progress":
+        return Progress(str(data.get("node")), data.get("value"), data.get("max"))
+    if kind == "execution_error":
+        return ExecutionFailed.from_message(data)
+    if kind == "execution_interrupted":
+        return ExecutionInterrupted()
+    return None
 
 
 def _item_id(item: Any) -> str | None:

@@ -41,8 +41,11 @@ class Settings:
     comfyui_read_timeout: float = 30.0
     comfyui_poll_interval: float = 5.0
     comfyui_reconnect_max: float = 10.0
+    comfyui_slots: int = 2
+    comfyui_down_grace: float = 10.0
     job_timeout: float = 600.0
-    max_active_jobs: int = 256
+    max_active_jobs: int = 1024
+    max_queued_jobs: int = 1024
     sync_wait: float = 120.0
     max_upload_mb: float = 10.0
     max_image_pixels: int = 40_000_000
@@ -71,9 +74,10 @@ class Settings:
     webhook_timeout: float = 10.0
     webhook_max_attempts: int = 6
     webhook_backoff: float = 1.0
+    delivery_deadline: float = 3600.0
     host: str = "127.0.0.1"
     port: int = 5000
-    threads: int = 32
+    threads: int = 288
     debug: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
@@ -218,6 +222,9 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "job_timeout": 0,
     "sync_wait": 0,
     "max_active_jobs": 1,
+    "max_queued_jobs": 1,
+    "comfyui_slots": 1,
+    "comfyui_down_grace": 0,
     "max_upload_mb": 0,
     "max_image_pixels": 4096,
     "min_image_side": 1,
@@ -229,6 +236,7 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "webhook_timeout": 0,
     "webhook_max_attempts": 1,
     "webhook_backoff": 0,
+    "delivery_deadline": 0,
     "threads": 4,
     "token_ttl": 0,
     "idempotency_ttl": 0,
@@ -241,10 +249,12 @@ _POSITIVE = frozenset(
         "comfyui_read_timeout",
         "comfyui_poll_interval",
         "comfyui_reconnect_max",
+        "comfyui_down_grace",
         "job_timeout",
         "max_upload_mb",
         "upload_timeout",
         "webhook_timeout",
+        "delivery_deadline",
         "token_ttl",
         "idempotency_ttl",
         "retention_interval",

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,11 @@ class JobEvent:
 
 @dataclass
 class _Channel:
-    events: list[JobEvent]
+    """One job's events; its condition shares the log's lock, so a publish wakes only the
+    readers of that job (hundreds of sync waiters do not all wake for every event)."""
+
+    changed: threading.Condition
+    events: list[JobEvent] = field(default_factory=list)
     ended_at: float | None = None
 
 
@@ -38,7 +42,7 @@ class JobEvents:
     def __init__(self) -> None:
         # Names this run of the service in event ids (event numbers restart with the process).
         self.epoch = format(time.time_ns() // 1_000_000, "x")
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
         self._channels: dict[str, _Channel] = {}
         self._ended: deque[str] = deque()
         self._closing = False
@@ -55,22 +59,23 @@ class JobEvents:
 
     def close(self) -> None:
         """The service is stopping: wake every reader; waits and streams end at once."""
-        with self._condition:
+        with self._lock:
             self._closing = True
-            self._condition.notify_all()
+            for channel in self._channels.values():
+                channel.changed.notify_all()
 
     def publish(
         self, job_id: str, event: str, data: dict[str, Any], *, final: bool = False
     ) -> None:
         """Append an event for a job and wake every reader; ``final`` marks the job's last event."""
-        with self._condition:
-            channel = self._channels.setdefault(job_id, _Channel([]))
+        with self._lock:
+            channel = self._channel(job_id)
             channel.events.append(JobEvent(len(channel.events) + 1, event, data))
             if final:
                 channel.ended_at = time.monotonic()
                 self._ended.append(job_id)
                 self._prune()
-            self._condition.notify_all()
+            channel.changed.notify_all()
         for listener in self._listeners:
             try:
                 listener(job_id, event, data)
@@ -80,45 +85,52 @@ class JobEvents:
     def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
         """Events with id > ``after`` (waiting up to ``timeout``), and whether the log has ended."""
         deadline = time.monotonic() + timeout
-        with self._condition:
+        with self._lock:
             while True:
-                channel = self._channels.get(job_id)
-                if channel is not None:
-                    fresh = channel.events[after:] if after >= 0 else channel.events
-                    if fresh or channel.ended_at is not None:
-                        return list(fresh), channel.ended_at is not None
+                channel = self._channel(job_id)
+                fresh = channel.events[after:] if after >= 0 else channel.events
+                if fresh or channel.ended_at is not None:
+                    return list(fresh), channel.ended_at is not None
                 if self._closing:
                     return [], True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return [], False
-                self._condition.wait(remaining)
+                channel.changed.wait(remaining)
 
     def last_id(self, job_id: str) -> int:
         """The id of the newest event of a job (0 when none is known)."""
-        with self._condition:
+        with self._lock:
             channel = self._channels.get(job_id)
             return len(channel.events) if channel else 0
 
     def known(self, job_id: str) -> bool:
         """Whether events of this job are held in memory."""
-        with self._condition:
-            return job_id in self._channels
+        with self._lock:
+            channel = self._channels.get(job_id)
+            return channel is not None and bool(channel.events)
 
     def wait_ended(self, job_id: str, timeout: float) -> bool:
         """Block until the job's final event or the timeout; True when it ended."""
         deadline = time.monotonic() + timeout
-        with self._condition:
+        with self._lock:
             while True:
-                channel = self._channels.get(job_id)
-                if channel is not None and channel.ended_at is not None:
+                channel = self._channel(job_id)
+                if channel.ended_at is not None:
                     return True
                 if self._closing:
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._condition.wait(remaining)
+                channel.changed.wait(remaining)
+
+    def _channel(self, job_id: str) -> _Channel:
+        """The job's channel, made on first use; the caller holds the lock."""
+        channel = self._channels.get(job_id)
+        if channel is None:
+            channel = self._channels[job_id] = _Channel(threading.Condition(self._lock))
+        return channel
 
     def _prune(self) -> None:
         now = time.monotonic()

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .comfyui_client import ComfyUIClient
-from .store import Job
+from .jobs import Job
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Job durations run from a second to the 10-minute deadline.
@@ -114,10 +114,10 @@ class Metrics:
             self.total_seconds.labels(style, event).observe(timings["totalMs"] / 1000)
         if event == "failed" and data.get("error"):
             self.job_errors.labels(data["error"].get("code", "unknown")).inc()
-        for avatar in data.get("avatars") or []:
-            upload = avatar.get("upload")
-            if upload is not None:
-                self.forwards.labels("delivered" if upload.get("ok") else "failed").inc()
+
+    def observe_forwarding(self, state: str) -> None:
+        """Count an avatar forwarding that ended (delivered or failed; an outbox hook)."""
+        self.forwards.labels(state).inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
@@ -179,7 +179,7 @@ class _StateCollector(Collector):
             db = sqlite3.connect(path, timeout=5)
             try:
                 rows = db.execute(
-                    "SELECT state, COUNT(*) FROM webhook_deliveries GROUP BY state"
+                    "SELECT state, COUNT(*) FROM deliveries WHERE kind = 'webhook' GROUP BY state"
                 ).fetchall()
                 counts.update(dict(rows))
             except sqlite3.OperationalError:  # no delivery yet: the table may not exist

@@ -78,7 +78,11 @@ _AVATAR = {
         "width": {"type": "integer"},
         "height": {"type": "integer"},
         "url": {"type": "string", "description": "with ?token= when API keys are on"},
-        "upload": {"type": "object", "description": "the forwarding to UPLOAD_URL, if on"},
+        "upload": {
+            "type": ["object", "null"],
+            "description": "the forwarding to UPLOAD_URL, if on: state (pending, delivered, "
+            "failed), ok, attempts, status, error, the receiver's response",
+        },
         "deletedAt": {"type": "string", "description": "when retention deleted the file"},
     },
 }
@@ -129,6 +133,7 @@ _JOB = {
         "startedAt": _NULLABLE_STRING,
         "finishedAt": _NULLABLE_STRING,
         "queuePosition": {"type": ["integer", "null"]},
+        "estimatedStartAt": _NULLABLE_STRING,
         "progress": {"type": ["object", "null"]},
         "error": _JOB_ERROR,
         "avatars": {"type": "array", "items": {"$ref": "#/components/schemas/Avatar"}},

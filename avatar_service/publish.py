@@ -1,9 +1,11 @@
 """Optional forwarding of each generated avatar to UPLOAD_URL as a multipart POST.
 
-Delivery failures never raise: ``Publisher.publish`` always answers an ``UploadOutcome``
-(``ok`` False with an ``error`` when the upload could not be delivered), so a failed upload
-never turns a good generation into an error and never touches the local file. Only wrong
-constructor arguments raise::
+The service forwards avatars through the outbox (``AvatarForwarder``, kind ``avatar`` in
+delivery.py): durable, retried, bounded by its own deadline, and after the job has already
+succeeded for its caller. ``Publisher.publish`` is the same POST made in place, with its own
+retries, for callers that want the outcome at once. Delivery failures never raise: they are
+recorded (``UploadOutcome``, or the delivery's attempts), so a failed upload never turns a good
+generation into an error and never touches the local file. Only wrong arguments raise::
 
     ValueError        bad url, max_attempts, backoff or backoff_max
 """
@@ -14,6 +16,7 @@ import json
 import logging
 import random
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from .delivery import Due, Outbox, Sent
 from .retry import (
     backoff_delay,
     describe_transport_error,
@@ -144,10 +148,16 @@ class Publisher:
         self, form: dict[str, str], filename: str, content: bytes, content_type: str
     ) -> tuple[int | None, object | None, str | None, float | None, bool]:
         """One POST: (status, parsed answer, error or None, Retry-After seconds, retryable)."""
-        files = {self.field_name: (filename, content, content_type)}
         try:
-            with self._client.stream("POST", self.url, data=form, files=files) as response:
-                body = _read_answer(response)
+            sent = post_file(
+                self._client,
+                self.url,
+                field_name=self.field_name,
+                form=form,
+                filename=filename,
+                content=content,
+                content_type=content_type,
+            )
         except httpx.RequestError as exc:
             return None, None, describe_transport_error(exc), None, True
         except RuntimeError:
@@ -155,11 +165,7 @@ class Publisher:
             if not self._closed.is_set():
                 raise
             return None, None, "publisher closed", None, False
-        status = response.status_code
-        if response.is_success:
-            return status, body, None, None, False
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return status, body, f"HTTP {status}", retry_after, is_retryable_status(status)
+        return sent.status, sent.response, sent.error, sent.retry_after, sent.retryable
 
     def _outcome(
         self,
@@ -178,6 +184,118 @@ class Publisher:
             error=error,
             response=response,
         )
+
+
+def post_file(
+    client: httpx.Client,
+    url: str,
+    *,
+    field_name: str,
+    form: Mapping[str, str],
+    filename: str,
+    content: bytes,
+    content_type: str,
+) -> Sent:
+    """One multipart POST of a file; the receiver's answer is kept (JSON or cut text)."""
+    files = {field_name: (filename, content, content_type)}
+    with client.stream("POST", url, data=dict(form), files=files) as response:
+        body = _read_answer(response)
+    status = response.status_code
+    if response.is_success:
+        return Sent(status=status, error=None, response=body)
+    return Sent(
+        status=status,
+        error=f"HTTP {status}",
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retryable=is_retryable_status(status),
+        response=body,
+    )
+
+
+class AvatarForwarder(Outbox):
+    """Forwards saved avatars to UPLOAD_URL through the outbox (kind ``avatar``)."""
+
+    kind = "avatar"
+
+    def __init__(self, *, url: str, field_name: str = "file", **options: Any) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"upload url must start with http:// or https://, got {url!r}")
+        super().__init__(**options)
+        self.url = url
+        self.field_name = field_name
+
+    def enqueue(
+        self,
+        *,
+        job_id: str,
+        path: Path,
+        filename: str,
+        content_type: str,
+        fields: Mapping[str, str],
+    ) -> str:
+        """Store the forwarding of one avatar file; its delivery id."""
+        body = json.dumps(
+            {
+                "path": str(path),
+                "filename": filename,
+                "contentType": content_type,
+                "fields": dict(fields),
+            }
+        ).encode()
+        return self._store(
+            msg_id=f"upl_{uuid.uuid4().hex}",
+            job_id=job_id,
+            url=self.url,
+            label=filename,
+            body=body,
+        )
+
+    def outcomes(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Per avatar file name: the forwarding's state, attempts and last answer."""
+        result = {}
+        for delivery in self.deliveries(job_id):
+            attempts = delivery["attempts"]
+            last = attempts[-1] if attempts else {}
+            result[delivery["eventType"]] = {
+                "state": delivery["state"],
+                "ok": delivery["state"] == "delivered",
+                "url": delivery["url"],
+                "attempts": len(attempts),
+                "status": last.get("status"),
+                "error": last.get("error"),
+                "response": last.get("response"),
+                "nextAttemptAt": delivery["nextAttemptAt"],
+            }
+        return result
+
+    def _send(self, client: httpx.Client, item: Due) -> Sent:
+        """One POST of the avatar file; 5xx, 408, 429 and network errors may be retried."""
+        upload = json.loads(item.body)
+        try:
+            content = Path(upload["path"]).read_bytes()
+        except OSError as exc:
+            return Sent(
+                status=None,
+                error=f"cannot read {upload['filename']}: {exc.strerror}",
+                retryable=False,
+            )
+        return post_file(
+            client,
+            item.url,
+            field_name=self.field_name,
+            form=upload["fields"],
+            filename=upload["filename"],
+            content=content,
+            content_type=upload["contentType"],
+        )
+
+
+def content_type_of(file_name: str) -> str:
+    """The content type of an avatar file, from the extension the service gave it."""
+    extension = file_name.rsplit(".", 1)[-1]
+    return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}.get(
+        extension, "image/png"
+    )
 
 
 def _read_answer(response: httpx.Response) -> object | None:

@@ -20,10 +20,13 @@ from .events import JobEvents
 from .faces import FaceDetector
 from .framing import Framing
 from .images import PhotoStore
-from .jobs import JobRunner
-from .publish import Publisher
+from .jobs import Job, JobEngine, JobRecords
+from .jobs.dispatcher import Dispatcher
+from .jobs.ledger import JobLedger
+from .jobs.prompt import RunSettings
+from .jobs.records import iso
+from .publish import AvatarForwarder, content_type_of
 from .storage import AvatarStore, write_atomic
-from .store import Job, JobStore
 from .webhooks import WebhookDispatcher, WebhookError
 from .workflow import (
     Workflow,
@@ -34,6 +37,10 @@ from .workflow import (
 )
 
 logger = logging.getLogger(__name__)
+# Threads kept for short requests (health, uploads, cancels) however large THREADS is.
+RESERVED_THREADS_MAX = 16
+# The longest pause between two attempts to forward an avatar to UPLOAD_URL.
+UPLOAD_BACKOFF_MAX = 10.0
 
 
 @dataclass
@@ -45,11 +52,11 @@ class Services:
     photos: PhotoStore
     framing: Framing
     avatars: AvatarStore
-    store: JobStore
+    records: JobRecords
     events: JobEvents
     clients: list[ComfyUIClient]
-    runner: JobRunner
-    publisher: Publisher | None = None
+    runner: JobEngine
+    forwarder: AvatarForwarder | None = None
     webhooks: WebhookDispatcher | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
     workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
@@ -100,7 +107,7 @@ class Services:
         )
         avatars = AvatarStore(output_dir, strip_metadata=settings.strip_avatar_metadata)
         database = instance_path / "avatar_service.sqlite3"
-        store = JobStore(database)
+        records = JobRecords(database)
         events = JobEvents()
         comfyui_timeout = httpx.Timeout(
             settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout
@@ -115,9 +122,10 @@ class Services:
             )
             for url in settings.comfyui_url
         ]
-        publisher = None
+        forwarder = None
         if settings.upload_url:
-            publisher = Publisher(
+            forwarder = AvatarForwarder(
+                db_path=database,
                 url=settings.upload_url,
                 field_name=settings.upload_field_name,
                 timeout=httpx.Timeout(
@@ -125,6 +133,8 @@ class Services:
                 ),
                 max_attempts=settings.upload_max_attempts,
                 backoff=settings.upload_backoff,
+                backoff_max=UPLOAD_BACKOFF_MAX,
+                max_age=settings.delivery_deadline,
             )
         webhooks = None
         if settings.webhook_url or settings.webhook_allowed_urls:
@@ -137,25 +147,40 @@ class Services:
                     ),
                     max_attempts=settings.webhook_max_attempts,
                     backoff=settings.webhook_backoff,
+                    max_age=settings.delivery_deadline,
                 )
             except WebhookError as exc:
                 raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
-        runner = JobRunner(
-            store=store,
-            events=events,
+        ledger = JobLedger(records=records, events=events)
+        if forwarder is not None:
+            ledger.on_end.append(_forwarding_hook(forwarder, avatars))
+        if webhooks is not None:
+            ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
+        dispatcher = Dispatcher(
+            records=records,
+            ledger=ledger,
             clients=clients,
             workflows=workflows,
             photos=photos,
             avatars=avatars,
-            job_timeout=settings.job_timeout,
-            poll_interval=settings.comfyui_poll_interval,
-            public_base_url=settings.public_base_url,
-            publisher=publisher,
-            webhooks=webhooks,
-            webhook_url=settings.webhook_url,
-            max_active_jobs=settings.max_active_jobs,
+            settings=RunSettings(
+                job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
+            ),
+            slots=settings.comfyui_slots,
+            down_grace=settings.comfyui_down_grace,
         )
-        reserved = max(2, settings.threads // 4)
+        runner = JobEngine(
+            records=records,
+            events=events,
+            ledger=ledger,
+            dispatcher=dispatcher,
+            photos_exist=photos.path_of,
+            job_timeout=settings.job_timeout,
+            public_base_url=settings.public_base_url,
+            max_active_jobs=settings.max_active_jobs,
+            max_queued_jobs=settings.max_queued_jobs,
+        )
+        reserved = max(2, min(settings.threads // 4, RESERVED_THREADS_MAX))
         return cls(
             long_requests=threading.BoundedSemaphore(settings.threads - reserved),
             settings=settings,
@@ -163,11 +188,11 @@ class Services:
             photos=photos,
             framing=framing,
             avatars=avatars,
-            store=store,
+            records=records,
             events=events,
             clients=clients,
             runner=runner,
-            publisher=publisher,
+            forwarder=forwarder,
             webhooks=webhooks,
         )
 
@@ -183,22 +208,24 @@ class Services:
             client.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         for start in self.on_start:
             start()
-        resumed = self.runner.resume_unfinished()
+        resumed = self.runner.start()
         if resumed:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
 
     def _hold_instance_lock(self) -> None:
         """One running service per database: a second one would drive the same jobs."""
-        path = self.store.path.with_suffix(".lock")
+        path = self.records.path.with_suffix(".lock")
         handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             raise ConfigError(
-                f"another avatar service process is running on {self.store.path} "
+                f"another avatar service process is running on {self.records.path} "
                 "(INSTANCE_PATH); stop it first, or give this one its own INSTANCE_PATH"
             ) from None
         self._lock_file = handle
@@ -240,9 +267,9 @@ class Services:
             client.close()
         if self.webhooks is not None:
             self.webhooks.stop()
-        if self.publisher is not None:
-            self.publisher.close()
-        self.store.close()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        self.records.close()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the instance lock
 
@@ -270,6 +297,9 @@ class Services:
                     problem.fix,
                 )
         self.workflow_problems[client.base_url] = report
+        state = self.runner.dispatcher.states.get(client.base_url)
+        if state is not None:
+            state.catalogue_read(object_info)
 
     def describe_styles(self) -> list[dict[str, Any]]:
         """GET /styles: each workflow with its parameters."""
@@ -278,8 +308,16 @@ class Services:
     def readiness(self) -> dict[str, Any]:
         """Per ComfyUI server: websocket up, HTTP answering, stand-in or not; ready when one is."""
         servers = {}
+        dispatch = self.runner.dispatcher.snapshot()
         for client in self.clients:
             state: dict[str, Any] = {"websocket": client.connected}
+            held = dispatch.get(client.base_url, {})
+            state["down"] = held.get("down", False)
+            if held.get("downSince") is not None:
+                state["downSince"] = iso(held["downSince"])
+            state["jobs"], state["slots"] = held.get("jobs", 0), held.get("slots", 0)
+            if held.get("withheldStyles"):
+                state["withheldStyles"] = held["withheldStyles"]
             try:
                 stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
@@ -297,7 +335,9 @@ class Services:
                     for name, problems in checked.items()
                 }
             default_ok = not (checked or {}).get(self.settings.default_style)
-            state["ready"] = bool(state["websocket"] and state["http"] and default_ok)
+            state["ready"] = bool(
+                state["websocket"] and state["http"] and default_ok and not state["down"]
+            )
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
         # True when every answering server is the stand-in: its images are not real avatars.
@@ -334,6 +374,48 @@ class _Releasing:
             release, self._release = self._release, None
             if release is not None:
                 release()
+
+
+def _forwarding_hook(
+    forwarder: AvatarForwarder, avatars: AvatarStore
+) -> Callable[[Job, dict[str, Any]], None]:
+    """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL."""
+
+    def forward(job: Job, _body: dict[str, Any]) -> None:
+        if job.status != "succeeded":
+            return
+        for avatar in job.avatars:
+            forwarder.enqueue(
+                job_id=job.id,
+                path=avatars.path_of(avatar["fileName"]),
+                filename=avatar["fileName"],
+                content_type=content_type_of(avatar["fileName"]),
+                fields={
+                    "jobId": job.id,
+                    "seed": str(job.seed),
+                    "gender": job.gender,
+                    "style": job.style,
+                    "width": str(avatar["width"]),
+                    "height": str(avatar["height"]),
+                },
+            )
+
+    return forward
+
+
+def _webhook_hook(
+    webhooks: WebhookDispatcher, webhook_url: str
+) -> Callable[[Job, dict[str, Any]], None]:
+    """Queue the webhook deliveries of an ended job: WEBHOOK_URL and its own callbackUrl."""
+
+    def notify(job: Job, body: dict[str, Any]) -> None:
+        for url in dict.fromkeys(u for u in (webhook_url, job.callback_url) if u):
+            try:
+                webhooks.enqueue(job_id=job.id, url=url, event_type=f"job.{job.status}", data=body)
+            except Exception:  # a webhook problem must never change the job's outcome
+                logger.exception("job %s: could not queue the webhook to %s", job.id, url)
+
+    return notify
 
 
 def _stable_client_id(instance_path: Path) -> str:

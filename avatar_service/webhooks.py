@@ -1,4 +1,4 @@
-"""Signed job-finished webhooks (Standard Webhooks), kept in SQLite until delivered.
+"""Signed job-finished webhooks (Standard Webhooks), delivered through the outbox (delivery.py).
 
 Every delivery is a JSON ``POST`` with the headers ``webhook-id`` (the same on every retry),
 ``webhook-timestamp`` (unix seconds of the attempt) and ``webhook-signature``
@@ -26,15 +26,9 @@ import hashlib
 import hmac
 import json
 import logging
-import random
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,45 +37,14 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .retry import backoff_delay, describe_transport_error, parse_retry_after, redact_url
+from .delivery import Due, Outbox, Sent
+from .retry import parse_retry_after
 
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
-
-# How long a connection waits for another writer (the job store shares the file).
-DB_TIMEOUT = 30.0
-# The longest the scheduler sleeps without looking at the table again.
-IDLE_WAIT = 30.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id              TEXT PRIMARY KEY,          -- the webhook-id, the same on every attempt
-    job_id          TEXT NOT NULL,
-    url             TEXT NOT NULL,
-    event_type      TEXT NOT NULL,
-    body            BLOB NOT NULL,             -- fixed at enqueue, sent unchanged on every attempt
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempt_count   INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,                      -- unix seconds; NULL once delivered or failed
-    created_at      REAL NOT NULL,
-    updated_at      REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due
-    ON webhook_deliveries (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id),
-    attempt     INTEGER NOT NULL,              -- 1-based
-    at          REAL NOT NULL,                 -- unix seconds the attempt started
-    status      INTEGER,                       -- HTTP status, NULL when no answer came
-    error       TEXT,                          -- NULL on success
-    duration_ms INTEGER NOT NULL,
-    PRIMARY KEY (delivery_id, attempt)
-);
-"""
 
 
 class WebhookError(Exception):
@@ -259,22 +222,13 @@ def build_body(event_type: str, data: Mapping[str, Any], *, at: float | None = N
 # --- dispatcher ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Due:
-    id: str
-    url: str
-    body: bytes
-    attempt_count: int
+class WebhookDispatcher(Outbox):
+    """Delivers signed job-finished webhooks through the outbox (kind ``webhook``).
 
-
-class WebhookDispatcher:
-    """Delivers enqueued webhooks from a SQLite table with retries; pending ones survive restarts.
-
-    One dispatcher per database file: a scheduler thread picks due deliveries in order of
-    ``next_attempt_at`` and hands them to a small pool of ``workers`` threads, so one slow
-    receiver does not hold up the others. Delivery is at least once: a receiver should
-    deduplicate on ``webhook-id``.
+    Delivery is at least once: a receiver should deduplicate on ``webhook-id``.
     """
+
+    kind = "webhook"
 
     def __init__(
         self,
@@ -285,250 +239,37 @@ class WebhookDispatcher:
         max_attempts: int = 6,
         backoff: float = 1.0,
         backoff_max: float = 60.0,
+        max_age: float | None = None,
         workers: int = 4,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be 1 or more, got {max_attempts}")
-        if backoff < 0 or backoff_max < 0:
-            raise ValueError("backoff and backoff_max must be 0 or more")
-        if workers < 1:
-            raise ValueError(f"workers must be 1 or more, got {workers}")
-        self.db_path = Path(db_path)
-        self.max_attempts = max_attempts
-        self.backoff = backoff
-        self.backoff_max = backoff_max
+        super().__init__(
+            db_path=db_path,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            backoff_max=backoff_max,
+            max_age=max_age,
+            workers=workers,
+        )
         self._key = None if secret is None else secret_key(secret)
-        self._timeout = timeout
-        self._workers = workers
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
-        # Guards the scheduler state below; the scheduler waits on it between rounds.
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._wake = False
-        self._in_flight: set[str] = set()
-        self._futures: set[Future[None]] = set()
-        self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._client: httpx.Client | None = None
-
-    # -- lifecycle
 
     def start(self) -> None:
-        """Create the tables if needed and deliver every pending delivery in a background thread."""
-        if self._thread is not None:
-            raise RuntimeError("webhook dispatcher already started")
-        self._ensure_schema()
-        with self._transaction() as connection:
-            (pending,) = connection.execute(
-                "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'"
-            ).fetchone()
-        if pending:
-            logger.info("resuming %d pending webhook deliveries", pending)
+        """Deliver every pending webhook in the background (warns when they go unsigned)."""
+        super().start()
         if self._key is None:
             logger.warning("no webhook secret configured: webhooks are sent unsigned")
-        self._client = httpx.Client(timeout=self._timeout, follow_redirects=False)
-        self._pool = ThreadPoolExecutor(
-            max_workers=self._workers, thread_name_prefix="webhook-delivery"
-        )
-        with self._cond:
-            self._stopping = False
-            self._wake = True
-            self._in_flight.clear()
-            self._futures.clear()
-        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop scheduling at once and wait up to ``timeout`` seconds for attempts in flight."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            futures = set(self._futures)
-        if self._thread is not None:
-            self._thread.join(max(deadline - time.monotonic(), 0))
-            self._thread = None
-        pool, client = self._pool, self._client
-        self._pool = self._client = None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        _, not_done = wait_futures(futures, timeout=max(deadline - time.monotonic(), 0))
-        if client is None:
-            return
-        if not not_done:
-            client.close()
-            return
-        # Attempts still waiting on a receiver are bounded by the request timeout; they are
-        # recorded when they end, and the last one closes the client.
-        logger.warning(
-            "%d webhook deliveries still in flight at stop; they finish in the background",
-            len(not_done),
-        )
-        _close_when_done(client, not_done)
-
-    def __enter__(self) -> WebhookDispatcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # -- public operations
 
     def enqueue(self, *, job_id: str, url: str, event_type: str, data: Mapping[str, Any]) -> str:
         """Store a delivery (one transaction), wake the scheduler, and return its webhook-id."""
         if not url.lower().startswith(("http://", "https://")):
             raise InvalidWebhook("webhook url must start with http:// or https://")
         body = build_body(event_type, data)
-        msg_id = new_message_id()
-        now = time.time()
-        self._ensure_schema()
-        with self._transaction() as connection:
-            connection.execute(
-                "INSERT INTO webhook_deliveries (id, job_id, url, event_type, body, state,"
-                " attempt_count, next_attempt_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-                (msg_id, job_id, url, event_type, body, now, now, now),
-            )
-        logger.debug("webhook %s for job %s enqueued (%s)", msg_id, job_id, event_type)
-        self._notify()
-        return msg_id
+        return self._store(
+            msg_id=new_message_id(), job_id=job_id, url=url, label=event_type, body=body
+        )
 
-    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
-        """The deliveries of a job with every attempt, oldest first, JSON-ready."""
-        self._ensure_schema()
-        with self._transaction() as connection:
-            rows = connection.execute(
-                "SELECT d.id, d.url, d.event_type, d.state, d.next_attempt_at,"
-                " a.at, a.status, a.error, a.duration_ms"
-                " FROM webhook_deliveries AS d"
-                " LEFT JOIN webhook_attempts AS a ON a.delivery_id = d.id"
-                " WHERE d.job_id = ? ORDER BY d.created_at, d.rowid, a.attempt",
-                (job_id,),
-            ).fetchall()
-        result: dict[str, dict[str, Any]] = {}
-        for msg_id, url, event_type, state, next_at, at, status, error, duration_ms in rows:
-            delivery = result.setdefault(
-                msg_id,
-                {
-                    "id": msg_id,
-                    "url": redact_url(url),
-                    "eventType": event_type,
-                    "state": state,
-                    "attempts": [],
-                    "nextAttemptAt": None if next_at is None else _iso(next_at),
-                },
-            )
-            if at is not None:
-                delivery["attempts"].append(
-                    {"at": _iso(at), "status": status, "error": error, "durationMs": duration_ms}
-                )
-        return list(result.values())
-
-    # -- internals
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection of our own, committed on success and always closed."""
-        connection = sqlite3.connect(self.db_path, timeout=DB_TIMEOUT)
-        try:
-            with connection:
-                yield connection
-        finally:
-            connection.close()
-
-    def _ensure_schema(self) -> None:
-        with self._schema_lock:
-            if self._schema_ready:
-                return
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.db_path, timeout=DB_TIMEOUT)
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(SCHEMA)
-            finally:
-                connection.close()
-            self._schema_ready = True
-
-    def _notify(self) -> None:
-        with self._cond:
-            self._wake = True
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        """Scheduler loop: hand due deliveries to the pool, then sleep until the next is due."""
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                self._wake = False
-                free = self._workers - len(self._in_flight)
-                busy = set(self._in_flight)
-            try:
-                due, next_at, backlog = self._find_due(free, busy)
-            except sqlite3.Error:
-                logger.exception("webhook scheduler could not read the delivery table")
-                due, next_at, backlog = [], time.time() + 1.0, False
-            with self._cond:
-                if self._stopping:
-                    return
-                for item in due:
-                    self._submit(item)
-                if self._wake:
-                    continue
-                if backlog or next_at is None:
-                    # A finishing attempt or an enqueue wakes us; the bound is only a safety net.
-                    wait = IDLE_WAIT
-                else:
-                    wait = min(max(next_at - time.time(), 0.0), IDLE_WAIT)
-                self._cond.wait(wait)
-
-    def _find_due(self, free: int, busy: set[str]) -> tuple[list[_Due], float | None, bool]:
-        """Due deliveries not in flight (at most ``free``), the next due time, whether more wait."""
-        now = time.time()
-        with self._transaction() as connection:
-            rows = connection.execute(
-                "SELECT id, url, body, attempt_count FROM webhook_deliveries"
-                " WHERE state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, created_at LIMIT ?",
-                (now, max(free, 0) + len(busy) + 1),
-            ).fetchall()
-            (next_at,) = connection.execute(
-                "SELECT MIN(next_attempt_at) FROM webhook_deliveries"
-                " WHERE state = 'pending' AND next_attempt_at > ?",
-                (now,),
-            ).fetchone()
-        waiting = [_Due(*row) for row in rows if row[0] not in busy]
-        return waiting[: max(free, 0)], next_at, len(waiting) > free
-
-    def _submit(self, item: _Due) -> None:
-        """Start one attempt in the pool; the caller holds ``self._cond``."""
-        assert self._pool is not None
-        self._in_flight.add(item.id)
-        future = self._pool.submit(self._deliver, item)
-        self._futures.add(future)
-        future.add_done_callback(self._forget)
-
-    def _forget(self, future: Future[None]) -> None:
-        with self._cond:
-            self._futures.discard(future)
-
-    def _deliver(self, item: _Due) -> None:
-        """Make one attempt and record it; never raises, always frees the delivery's slot."""
-        try:
-            self._attempt(item)
-        except Exception:
-            logger.exception("webhook %s: attempt could not be made or recorded", item.id)
-        finally:
-            with self._cond:
-                self._in_flight.discard(item.id)
-                self._wake = True
-                self._cond.notify_all()
-
-    def _attempt(self, item: _Due) -> None:
-        client = self._client
-        assert client is not None
+    def _send(self, client: httpx.Client, item: Due) -> Sent:
+        """One signed POST; every failure (network, any non-2xx) may be retried."""
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
@@ -538,92 +279,12 @@ class WebhookDispatcher:
         if self._key is not None:
             signature = _signature(self._key, item.id, timestamp, item.body)
             headers["webhook-signature"] = f"{SIGNATURE_VERSION},{signature}"
-        started_at = time.time()
-        started = time.monotonic()
-        status: int | None = None
-        error: str | None = None
-        retry_after: float | None = None
-        try:
-            # Streaming without reading keeps a huge or endless answer from costing anything.
-            with client.stream("POST", item.url, content=item.body, headers=headers) as response:
-                status = response.status_code
-                if not response.is_success:
-                    error = f"HTTP {status}"
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-        except httpx.RequestError as exc:
-            error = describe_transport_error(exc)
-        duration_ms = round((time.monotonic() - started) * 1000)
-        self._record(item, started_at, status, error, duration_ms, retry_after)
-
-    def _record(
-        self,
-        item: _Due,
-        started_at: float,
-        status: int | None,
-        error: str | None,
-        duration_ms: int,
-        retry_after: float | None,
-    ) -> None:
-        """Store the attempt and the delivery's new state in one transaction, then log it."""
-        attempt = item.attempt_count + 1
-        now = time.time()
-        next_at: float | None = None
-        if error is None:
-            state = "delivered"
-        elif attempt >= self.max_attempts:
-            state = "failed"
-        else:
-            state = "pending"
-            delay = backoff_delay(
-                attempt, self.backoff, self.backoff_max, retry_after, jitter=random.random()
+        # Streaming without reading keeps a huge or endless answer from costing anything.
+        with client.stream("POST", item.url, content=item.body, headers=headers) as response:
+            if response.is_success:
+                return Sent(status=response.status_code, error=None)
+            return Sent(
+                status=response.status_code,
+                error=f"HTTP {response.status_code}",
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-            next_at = now + delay
-        with self._transaction() as connection:
-            connection.execute(
-                "INSERT INTO webhook_attempts"
-                " (delivery_id, attempt, at, status, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                (item.id, attempt, started_at, status, error, duration_ms),
-            )
-            connection.execute(
-                "UPDATE webhook_deliveries SET state = ?, attempt_count = ?, next_attempt_at = ?,"
-                " updated_at = ? WHERE id = ?",
-                (state, attempt, next_at, now, item.id),
-            )
-        url = redact_url(item.url)
-        if state == "delivered":
-            logger.info("webhook %s delivered to %s (attempt %d)", item.id, url, attempt)
-        elif state == "failed":
-            logger.error(
-                "webhook %s to %s failed for good after %d attempts: %s",
-                item.id,
-                url,
-                attempt,
-                error,
-            )
-        else:
-            logger.warning(
-                "webhook %s to %s failed (attempt %d of %d, next in %.2fs): %s",
-                item.id,
-                url,
-                attempt,
-                self.max_attempts,
-                delay,
-                error,
-            )
-
-
-def _close_when_done(client: httpx.Client, futures: set[Future[None]]) -> None:
-    """Close ``client`` once every future in ``futures`` has finished."""
-    remaining = len(futures)
-    lock = threading.Lock()
-
-    def done(_: Future[None]) -> None:
-        nonlocal remaining
-        with lock:
-            remaining -= 1
-            last = remaining == 0
-        if last:
-            client.close()
-
-    for future in futures:
-        future.add_done_callback(done)

@@ -110,8 +110,11 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def settings_for(tmp_path: Path, comfyui_url: str) -> dict:
-    """Settings for a test service: every folder under tmp_path, short timeouts."""
+    """Settings for a test service: every folder under tmp_path, short timeouts, and avatars
+    that keep the prompt ComfyUI embeds (tests read the graph back from it; the tests of the
+    default, stripping, ask for it)."""
     return {
+        "STRIP_AVATAR_METADATA": False,
         "INSTANCE_PATH": tmp_path / "instance",
         "COMFYUI_URL": comfyui_url,
         "UPLOAD_DIR": tmp_path / "uploads",

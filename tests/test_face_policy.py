@@ -49,12 +49,6 @@ def sent_to_comfyui(standin, avatar_png: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
-@pytest.fixture
-def kept_prompt_service(make_service):
-    """A live service that keeps the prompt ComfyUI writes into each avatar (to read the graph)."""
-    return make_service(strip_avatar_metadata=False)
-
-
 def likeness(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute difference of two pictures at 32x32 in grey (0: same; lower is closer)."""
     small_a = ImageOps.grayscale(a).resize((32, 32), Image.Resampling.BOX)
@@ -77,10 +71,9 @@ def test_upload_answers_the_faces_and_keeps_them_beside_the_photo(service, tmp_p
     assert sidecar == {"width": 512, "height": 512, "faces": body["faces"]}
 
 
-def test_wide_avatar_of_the_astronaut_is_cropped_around_her_face(kept_prompt_service, standin):
+def test_wide_avatar_of_the_astronaut_is_cropped_around_her_face(service, standin):
     """1024x512 from the square portrait: the job's crop holds the face, ComfyUI gets that crop,
     and the stand-in's rendering looks like the face crop, not like today's centre crop."""
-    service = kept_prompt_service
     image_name = service.upload(photos.png(photos.astronaut()))
     answer = generate(service, image_name, width=1024, height=512)
     assert answer.status_code == 200, answer.text
@@ -106,9 +99,8 @@ def test_wide_avatar_of_the_astronaut_is_cropped_around_her_face(kept_prompt_ser
         assert likeness(rendering, expected) < likeness(rendering, centre_image)
 
 
-def test_request_crop_overrides_the_face(kept_prompt_service, standin):
+def test_request_crop_overrides_the_face(service, standin):
     """A request's own crop is validated, recorded with source "request", and sent to ComfyUI."""
-    service = kept_prompt_service
     image_name = service.upload(photos.png(photos.astronaut()))
     mine = {"x": 300, "y": 200, "width": 200, "height": 200}
     answer = generate(service, image_name, width=512, height=512, crop=mine)
@@ -152,11 +144,8 @@ def test_bad_request_crop_is_400_naming_crop(service, crop, message):
     }
 
 
-def test_faceless_photo_under_prefer_keeps_todays_centre_crop(
-    kept_prompt_service, standin, tmp_path
-):
+def test_faceless_photo_under_prefer_keeps_todays_centre_crop(service, standin, tmp_path):
     """No face under prefer: ComfyUI gets the photo as stored; the record names the centre crop."""
-    service = kept_prompt_service
     answer = upload(service, photos.chelsea())
     assert answer.status_code == 201
     body = answer.json()

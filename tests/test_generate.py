@@ -20,9 +20,9 @@ def prompt_of(png: bytes) -> dict:
 
 
 @pytest.fixture
-def kept_prompt_service(make_service):
-    """A live service that keeps the prompt ComfyUI writes into each avatar (to read the graph)."""
-    return make_service(strip_avatar_metadata=False)
+def default_service(make_service):
+    """A live service that strips ComfyUI's prompt from avatars, as the default does."""
+    return make_service(strip_avatar_metadata=True)
 
 
 def nodes_of(graph: dict, class_type: str) -> list[dict]:
@@ -35,9 +35,8 @@ def mean_colour(png: bytes) -> tuple[float, float, float]:
         return small.getpixel((0, 0))
 
 
-def test_seed_curl_flow_returns_avatar_of_requested_size(kept_prompt_service, photo):
+def test_seed_curl_flow_returns_avatar_of_requested_size(service, photo):
     """Upload then generate as in the seed's curl examples: 200 with an avatar of 1024x1024."""
-    service = kept_prompt_service
     upload = service.http.post("/upload-image", files={"image": ("me.jpg", photo, "image/jpeg")})
     assert upload.status_code == 201
     body = upload.json()
@@ -78,9 +77,8 @@ def test_upload_alias_and_file_field(service, photo):
     assert answer.json()["imageName"].endswith(".png")
 
 
-def test_given_seed_is_used_and_echoed(kept_prompt_service, photo):
+def test_given_seed_is_used_and_echoed(service, photo):
     """A seed in the request reaches the sampler and comes back; a missing one is random."""
-    service = kept_prompt_service
     name = service.upload(photo)
     first = service.http.post(
         "/generate-avatar-by-image", json={"imageName": name, "seed": 2**64 - 1}
@@ -96,9 +94,8 @@ def test_given_seed_is_used_and_echoed(kept_prompt_service, photo):
     assert all(0 <= seed < 2**53 for seed in seeds)
 
 
-def test_gender_changes_the_positive_prompt(kept_prompt_service, photo):
+def test_gender_changes_the_positive_prompt(service, photo):
     """Each gender puts its own text into the positive prompt that the sampler uses."""
-    service = kept_prompt_service
     name = service.upload(photo)
     texts = {}
     for gender in ("male", "female", "neutral"):
@@ -114,9 +111,8 @@ def test_gender_changes_the_positive_prompt(kept_prompt_service, photo):
     assert len(set(texts.values())) == 3
 
 
-def test_eight_concurrent_generations_each_from_its_own_photo(kept_prompt_service):
+def test_eight_concurrent_generations_each_from_its_own_photo(service):
     """8 parallel requests with 8 photos: each avatar is made from its own photo, at its size."""
-    service = kept_prompt_service
     colours = [
         (220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30),
         (30, 220, 220), (220, 30, 220), (240, 240, 240), (20, 20, 20),
@@ -237,12 +233,13 @@ def test_styles_lists_workflows(service):
     assert body["default"] == "avatar"
 
 
-def test_avatars_carry_no_comfyui_prompt(service, photo):
+def test_avatars_carry_no_comfyui_prompt(default_service, photo):
     """The prompt ComfyUI embeds (graph, stored photo name) is dropped; the pixels are kept."""
     import io
 
     from PIL import Image
 
+    service = default_service
     name = service.upload(photo)
     record = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
     data = service.http.get(f"/avatars/{record['avatars'][0]['fileName']}").content

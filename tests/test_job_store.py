@@ -5,10 +5,9 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from avatar_service.store import _SCHEMA, Job, JobStore
-
-# The jobs table as it was before the crop column.
-OLD_SCHEMA = _SCHEMA.replace(",\n    crop TEXT\n", "\n")
+from avatar_service.jobs.migrations import V1_SCHEMA as OLD_SCHEMA
+from avatar_service.jobs.records import Job
+from avatar_service.jobs.records import JobRecords as JobStore
 
 
 def test_old_database_gains_the_crop_column_and_keeps_its_jobs(tmp_path):

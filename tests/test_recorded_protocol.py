@@ -45,9 +45,9 @@ def replayed(make_service) -> Iterator:
     """Start a ReplayServer and a live service pointed at it; stop the service first."""
     started: list[tuple[ReplayServer, LiveService]] = []
 
-    def start(replay: ReplayServer, **settings) -> LiveService:
+    def start(replay: ReplayServer) -> LiveService:
         replay.start()
-        service = make_service(comfyui_url=replay.url, **settings)
+        service = make_service(comfyui_url=replay.url)
         started.append((replay, service))
         assert service.services.clients[0].wait_connected(5), "the service never connected"
         return service
@@ -254,8 +254,7 @@ def test_success_saves_recorded_image_with_progress_and_preview(replayed, recs):
     answers.append(Answer(step(rec, "queue after completion"), {}, DONE))
     replay = replay_of(rec, label, answers, recs=recs)
     gate = replay.hold(is_ours("execution_success"))
-    # The avatar kept byte for byte as ComfyUI sent it (its prompt chunk included).
-    service = replayed(replay, strip_avatar_metadata=False)
+    service = replayed(replay)
 
     job = submit(service)
     preview = preview_when_ready(service, job["jobId"], replay)

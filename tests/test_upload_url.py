@@ -1,12 +1,26 @@
-"""Forwarding avatars to UPLOAD_URL: real local receivers, failures that never lose an avatar."""
+"""Forwarding avatars to UPLOAD_URL through the outbox: real local receivers, the job succeeds
+for its caller first, failures never lose an avatar."""
 
 from __future__ import annotations
 
 import io
+import time
 
 from PIL import Image
 
-from tests.receivers import Receiver, Reply
+from tests.receivers import Receiver, Reply, Slow
+
+
+def upload_of(service, job_id: str, state: str, timeout: float = 15.0) -> dict:
+    """Poll the job record until its (only) avatar's forwarding reaches ``state``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        [avatar] = service.http.get(f"/jobs/{job_id}").json()["avatars"]
+        if avatar["upload"] and avatar["upload"]["state"] == state:
+            return avatar["upload"]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"upload still {avatar['upload']} after {timeout}s")
+        time.sleep(0.02)
 
 
 def test_avatar_is_posted_to_upload_url(make_service, photo):
@@ -21,9 +35,9 @@ def test_avatar_is_posted_to_upload_url(make_service, photo):
         assert answer.status_code == 200, answer.text
         job = answer.json()
         [avatar] = job["avatars"]
-        assert avatar["upload"]["ok"] is True
-        assert avatar["upload"]["attempts"] == 1
-        assert avatar["upload"]["status"] == 200
+        upload = upload_of(service, job["jobId"], "delivered")
+        assert (upload["ok"], upload["attempts"], upload["status"]) == (True, 1, 200)
+        assert upload["url"] == receiver.url("/avatars")
         [request] = receiver.wait_for(1)
         fields, files = request.multipart()
         assert fields["jobId"] == job["jobId"]
@@ -41,27 +55,43 @@ def test_receiver_failing_twice_then_succeeding(make_service, photo):
     """A receiver answering 500 twice gets the avatar on the third attempt; job succeeds."""
     with Receiver() as receiver:
         receiver.script(Reply(status=500), Reply(status=503))
-        service = make_service(upload_url=receiver.url(), upload_max_attempts=3)
+        service = make_service(
+            upload_url=receiver.url(), upload_max_attempts=3, upload_backoff=0.05
+        )
         name = service.upload(photo)
         answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
         assert answer.status_code == 200
-        upload = answer.json()["avatars"][0]["upload"]
+        upload = upload_of(service, answer.json()["jobId"], "delivered")
         assert upload["ok"] is True
         assert upload["attempts"] == 3
         assert len(receiver.received) == 3
+
+
+def test_slow_receiver_never_delays_the_answer(make_service, photo):
+    """The caller gets "succeeded" while the avatar is still on its way to a slow receiver."""
+    with Receiver() as receiver:
+        receiver.script(Slow(delay=1.0))
+        service = make_service(upload_url=receiver.url())
+        name = service.upload(photo)
+        answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+        assert answer.status_code == 200
+        job = answer.json()
+        assert job["status"] == "succeeded"
+        assert job["avatars"][0]["upload"]["state"] == "pending"
+        assert upload_of(service, job["jobId"], "delivered")["attempts"] == 1
 
 
 def test_failed_upload_keeps_avatar_and_success(make_service, photo):
     """An unreachable UPLOAD_URL is recorded on the avatar; the job still succeeds, file kept."""
     with Receiver() as receiver:
         dead_url = receiver.url()
-    service = make_service(upload_url=dead_url, upload_max_attempts=2)
+    service = make_service(upload_url=dead_url, upload_max_attempts=2, upload_backoff=0.05)
     name = service.upload(photo)
     answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
     assert answer.status_code == 200
     job = answer.json()
-    [avatar] = job["avatars"]
-    assert avatar["upload"]["ok"] is False
-    assert avatar["upload"]["attempts"] == 2
-    assert avatar["upload"]["error"]
-    assert service.http.get(avatar["url"]).status_code == 200
+    upload = upload_of(service, job["jobId"], "failed")
+    assert upload["ok"] is False
+    assert upload["attempts"] == 2
+    assert upload["error"]
+    assert service.http.get(job["avatars"][0]["url"]).status_code == 200

@@ -518,7 +518,7 @@ def test_tables_live_beside_other_tables_in_a_shared_file(db_path, receiver, mak
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         connection.close()
-    assert tables == {"jobs", "webhook_deliveries", "webhook_attempts"}
+    assert tables == {"jobs", "deliveries", "delivery_attempts", "schema_versions"}
     assert jobs == [("j1",)]
     assert mode == "wal"
 

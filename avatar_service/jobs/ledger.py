@@ -1,0 +1,149 @@
+"""Every change of a job's state: written to its record, then published as an event."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ServiceError
+from ..events import JobEvents
+from .records import Job, JobRecords, iso
+
+logger = logging.getLogger(__name__)
+
+# Progress reaches event streams at once, but the record at most this often: a sampler step
+# costs no database write (70 steps of a fast GPU would otherwise be 70 commits per job).
+PROGRESS_WRITE_INTERVAL = 0.5
+
+
+class JobLedger:
+    """Writes a job's state changes and publishes them; ``on_end`` hooks run when a job ends."""
+
+    def __init__(
+        self,
+        *,
+        records: JobRecords,
+        events: JobEvents,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.records = records
+        self.events = events
+        self.clock = clock
+        self.on_end: list[Callable[[Job, dict[str, Any]], None]] = []
+        self._progress_written: dict[str, float] = {}
+        # The latest progress of each running job, which the record may not have yet.
+        self._live_progress: dict[str, dict[str, Any]] = {}
+
+    def created(self, job: Job) -> None:
+        """A new job is in the service's queue."""
+        self.events.publish(job.id, "queued", job.to_dict())
+
+    def requeued(self, job: Job) -> None:
+        """A job went back to the service's queue (failover, lost prompt)."""
+        self._live_progress.pop(job.id, None)
+        self.events.publish(job.id, "queued", job.to_dict())
+
+    def waiting_at(self, job_id: str, position: int, estimated_start: float | None) -> None:
+        """A waiting job's place changed (already stored in bulk by the dispatcher)."""
+        data: dict[str, Any] = {"queuePosition": position}
+        if estimated_start is not None:
+            data["estimatedStartAt"] = iso(estimated_start)
+        self.events.publish(job_id, "position", data)
+
+    def queued_at(self, job: Job, position: int) -> Job:
+        """A job's place in its server's queue changed."""
+        if job.queue_position == position:
+            return job
+        job = self.records.update(job, queue_position=position)
+        self.events.publish(job.id, "position", {"queuePosition": position})
+        return job
+
+    def running(self, job: Job) -> Job:
+        """ComfyUI started the job's prompt."""
+        if job.status == "running":
+            return job
+        now = self.clock()
+        timings = dict(job.timings)
+        if job.timings.get("prepareMs") is not None and job.dispatched_at is not None:
+            submitted = job.dispatched_at + job.timings["prepareMs"] / 1000
+            timings["queuedMs"] = ms(max(0.0, now - submitted))
+        job = self.records.update(
+            job,
+            status="running",
+            started_at=job.started_at or now,
+            queue_position=None,
+            estimated_start_at=None,
+            timings=timings,
+        )
+        self._progress_written[job.id] = time.monotonic()  # this write counts for progress
+        self.events.publish(job.id, "running", job.to_dict())
+        return job
+
+    def progress(
+        self, job: Job, *, node: str, node_type: Any, value: Any = None, maximum: Any = None
+    ) -> Job:
+        """A node started (``value`` None) or a sampler made a step."""
+        progress = {"node": node, "nodeType": node_type, "value": value, "max": maximum}
+        latest = self._live_progress.get(job.id) or job.progress
+        if value is None and latest and latest.get("node") == node:
+            return job
+        self._live_progress[job.id] = progress
+        now = time.monotonic()
+        if now - self._progress_written.get(job.id, 0.0) >= PROGRESS_WRITE_INTERVAL:
+            self._progress_written[job.id] = now
+            job = self.records.update(job, progress=progress)
+        self.events.publish(job.id, "progress", progress)
+        return job
+
+    def preview(self, job: Job) -> None:
+        """A new preview frame is available."""
+        self.events.publish(job.id, "preview", {"url": job.to_dict()["links"]["preview"]})
+
+    def finish(
+        self,
+        job: Job,
+        status: str,
+        error: ServiceError | None,
+        *,
+        avatars: list[dict[str, Any]] | None = None,
+    ) -> Job:
+        """End a job: final record, the end hooks (deliveries), then the final event.
+
+        ``job`` is the caller's latest view of the record (timings and progress it holds are
+        written here).
+        """
+        self._progress_written.pop(job.id, None)
+        progress = self._live_progress.pop(job.id, None) or job.progress
+        now = self.clock()
+        record = None
+        if error is not None:
+            record = {"status": error.status, **error.to_dict()}
+            record.setdefault("details", {})["jobId"] = job.id
+        job = self.records.update(
+            job,
+            status=status,
+            finished_at=now,
+            error=record,
+            avatars=avatars if avatars is not None else job.avatars,
+            timings={**job.timings, "totalMs": ms(now - job.created_at)},
+            progress=progress,
+            queue_position=None,
+            estimated_start_at=None,
+            owner=None,
+            lease_expires=None,
+        )
+        body = job.to_dict()
+        for hook in self.on_end:
+            try:
+                hook(job, body)
+            except Exception:  # a hook's problem must never change the job's outcome
+                logger.exception("job %s: an end-of-job hook failed", job.id)
+        self.events.publish(job.id, status, body, final=True)
+        return job
+
+
+def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds."""
+    return round(seconds * 1000)

@@ -1,0 +1,381 @@
+"""Job records: the ``Job`` dataclass and ``JobRecords``, its store in SQLite.
+
+``JobRecords`` is also the service's own queue: a job waits in it (``status`` queued, no
+``server``) until a worker claims it for a server. A claim is one atomic statement, "take the
+oldest waiting job this server may run", that names the claiming worker (``owner``) and a lease;
+on PostgreSQL the same claim becomes ``SELECT ... FOR UPDATE SKIP LOCKED``. With SQLite one
+process holds the database (the instance lock), so a lease is recorded but never reclaimed here;
+workers in processes of their own will renew their leases and take over expired ones. Schema
+changes go through ``migrations``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .migrations import migrate
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+_JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings", "crop"})
+# A job sent back to the queue by a failover goes before every new job, in its original order.
+HEAD_OF_QUEUE_OFFSET = 1e10
+# Marks a waiting job taken out of the queue by the service itself (cancel, deadline).
+SERVICE_OWNER = "service"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request and everything known about it."""
+
+    id: str
+    status: str
+    style: str
+    image_name: str
+    gender: str
+    width: int
+    height: int
+    seed: int
+    base_url: str
+    deadline: float
+    created_at: float = field(default_factory=time.time)
+    callback_url: str | None = None
+    server: str | None = None
+    prompt_id: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_position: int | None = None
+    progress: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    avatars: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    crop: dict[str, Any] | None = None
+    queue_order: float | None = None
+    owner: str | None = None
+    lease_expires: float | None = None
+    dispatched_at: float | None = None
+    estimated_start_at: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job is in a terminal state."""
+        return self.status in TERMINAL
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the job waits in the service's own queue (not yet given to a server)."""
+        return self.status == "queued" and self.server is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public JSON record of the job."""
+        avatars = [
+            {**avatar, "url": f"{self.base_url}/avatars/{avatar['fileName']}"}
+            for avatar in self.avatars
+        ]
+        return {
+            "jobId": self.id,
+            "status": self.status,
+            "style": self.style,
+            "imageName": self.image_name,
+            "gender": self.gender,
+            "width": self.width,
+            "height": self.height,
+            "seed": self.seed,
+            "createdAt": iso(self.created_at),
+            "startedAt": iso(self.started_at),
+            "finishedAt": iso(self.finished_at),
+            "queuePosition": self.queue_position,
+            "estimatedStartAt": iso(self.estimated_start_at) if self.status == "queued" else None,
+            "progress": self.progress,
+            "error": self.error,
+            "avatars": avatars,
+            "timings": self.timings,
+            "crop": self.crop,
+            "links": {
+                "self": f"{self.base_url}/jobs/{self.id}",
+                "events": f"{self.base_url}/jobs/{self.id}/events",
+                "preview": f"{self.base_url}/jobs/{self.id}/preview",
+            },
+        }
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class AbandonedPrompt:
+    """A prompt left on a server that was given up: removed there when the server comes back."""
+
+    server: str
+    prompt_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What the queue's monitor needs of a waiting job (read often, so kept small)."""
+
+    id: str
+    style: str
+    deadline: float
+    cancel_requested: bool
+
+
+class JobRecords:
+    """Reads and writes Job records, and is the service's queue; safe to use from many threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connection()
+        migrate(connection)
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- records ---------------------------------------------------------------------------
+
+    def insert(self, job: Job) -> None:
+        """Add a new job."""
+        row = _to_row(job)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(row.values()))
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, or None."""
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _from_row(row) if row else None
+
+    def update(self, job: Job, **changes: Any) -> Job:
+        """Apply changes to a job and persist them; return the new record."""
+        updated = replace(job, **changes)
+        row = _to_row(updated)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        values = [row[name] for name in changes]
+        with self._transaction() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job.id))
+        return updated
+
+    def unfinished(self) -> list[Job]:
+        """Every job not yet in a terminal state, oldest first."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled') "
+                "ORDER BY created_at"
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def waiting(self) -> list[Job]:
+        """The jobs waiting in the service's queue, in the order they will be taken."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status = 'queued' AND server IS NULL AND owner IS NULL "
+                "ORDER BY queue_order, created_at"
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def waiting_brief(self) -> list[Waiting]:
+        """The waiting jobs in queue order, only what the monitor needs of each."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, style, deadline, cancel_requested FROM jobs WHERE status = 'queued' "
+                "AND server IS NULL AND owner IS NULL ORDER BY queue_order, created_at"
+            ).fetchall()
+        return [Waiting(row[0], row[1], row[2], bool(row[3])) for row in rows]
+
+    def count_unfinished(self) -> int:
+        """How many jobs have not ended (waiting, or held by a server)."""
+        with self._transaction() as db:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+            ).fetchone()
+        return int(count)
+
+    def count_waiting(self) -> int:
+        """How many jobs wait in the service's queue."""
+        with self._transaction() as db:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND server IS NULL "
+                "AND owner IS NULL"
+            ).fetchone()
+        return int(count)
+
+    def claim_next(
+        self,
+        server: str,
+        owner: str,
+        *,
+        exclude_styles: Iterable[str] = (),
+        lease_seconds: float = 60.0,
+        now: float | None = None,
+    ) -> Job | None:
+        """Atomically take the oldest waiting job this server may run; None if there is none."""
+        now = time.time() if now is None else now
+        excluded = sorted(set(exclude_styles))
+        style_filter = f"AND style NOT IN ({', '.join('?' for _ in excluded)})" if excluded else ""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET server = ?, owner = ?, lease_expires = ?, dispatched_at = ?, "
+                "queue_position = NULL, estimated_start_at = NULL "
+                "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND server IS NULL "
+                f"AND owner IS NULL {style_filter} ORDER BY queue_order, created_at LIMIT 1) "
+                "RETURNING *",
+                (server, owner, now + lease_seconds, now, *excluded),
+            ).fetchall()
+        return _from_row(row[0]) if row else None
+
+    def take_waiting(self, job_id: str) -> Job | None:
+        """Atomically take a waiting job out of the queue (to cancel or expire it); None if a
+        worker claimed it first or it is not waiting."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET owner = ? WHERE id = ? AND status = 'queued' "
+                "AND server IS NULL AND owner IS NULL RETURNING *",
+                (SERVICE_OWNER, job_id),
+            ).fetchall()
+        return _from_row(row[0]) if row else None
+
+    def requeue(self, job: Job, *, front: bool) -> Job:
+        """Put a claimed job back into the queue: at its head (failover) or at its end.
+
+        Its prompt count starts again: the next server may lose it once too.
+        """
+        order = job.created_at - HEAD_OF_QUEUE_OFFSET if front else time.time()
+        return self.update(
+            job,
+            status="queued",
+            server=None,
+            prompt_id=None,
+            attempts=0,
+            owner=None,
+            lease_expires=None,
+            dispatched_at=None,
+            queue_position=None,
+            progress=None,
+            started_at=None,
+            queue_order=order,
+        )
+
+    def set_positions(self, positions: Iterable[tuple[str, int, float | None]]) -> None:
+        """Store the queue position and estimated start of waiting jobs, in one transaction."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE jobs SET queue_position = ?, estimated_start_at = ? "
+                "WHERE id = ? AND status = 'queued' AND server IS NULL",
+                [(position, start, job_id) for job_id, position, start in positions],
+            )
+
+    # -- prompts left behind on servers that were given up ---------------------------------
+
+    def abandon_prompt(self, server: str, prompt_id: str, job_id: str) -> None:
+        """Remember a prompt to remove from ``server`` when it answers again."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO abandoned_prompts (server, prompt_id, job_id, "
+                "abandoned_at) VALUES (?, ?, ?, ?)",
+                (server, prompt_id, job_id, time.time()),
+            )
+
+    def abandoned_prompts(self, server: str) -> list[AbandonedPrompt]:
+        """The prompts still to remove from ``server``."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT server, prompt_id, job_id FROM abandoned_prompts WHERE server = ? "
+                "ORDER BY abandoned_at",
+                (server,),
+            ).fetchall()
+        return [AbandonedPrompt(*row) for row in rows]
+
+    def forget_abandoned(self, server: str, prompt_id: str) -> None:
+        """The prompt was removed from its server."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM abandoned_prompts WHERE server = ? AND prompt_id = ?",
+                (server, prompt_id),
+            )
+
+    def is_abandoned(self, server: str, prompt_id: str) -> bool:
+        """Whether a prompt was given up (its results must be ignored)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT 1 FROM abandoned_prompts WHERE server = ? AND prompt_id = ?",
+                (server, prompt_id),
+            ).fetchone()
+        return row is not None
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        with connection:
+            yield connection
+
+
+_COLUMN_NAMES = tuple(f.name for f in fields(Job))
+
+
+def _to_row(job: Job) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name in _COLUMN_NAMES:
+        value = getattr(job, name)
+        if name in _JSON_COLUMNS:
+            value = None if value is None else json.dumps(value)
+        elif name == "seed":
+            value = str(value)
+        elif name == "cancel_requested":
+            value = int(value)
+        row[name] = value
+    return row
+
+
+def _from_row(row: Mapping[str, Any]) -> Job:
+    values: dict[str, Any] = {}
+    for name in _COLUMN_NAMES:
+        value = row[name]
+        if name in _JSON_COLUMNS and value is not None:
+            value = json.loads(value)
+        elif name == "seed":
+            value = int(value)
+        elif name == "cancel_requested":
+            value = bool(value)
+        values[name] = value
+    return Job(**values)

@@ -1,0 +1,60 @@
+"""Result collection: fetch a finished prompt's images with /view and save them as avatars."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from ..comfyui_client import ComfyUIClient, ComfyUIError, HistoryEntry
+from ..storage import AvatarStore
+from ..workflow import Workflow
+from . import outcomes
+from .records import Job
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+def collect_avatars(
+    job: Job,
+    client: ComfyUIClient,
+    workflow: Workflow,
+    entry: HistoryEntry,
+    avatars: AvatarStore,
+    *,
+    patiently: Any,
+) -> list[dict[str, Any]]:
+    """Fetch every output image, check it decodes, save it atomically; the avatar records.
+
+    ``patiently(call)`` retries a call while ComfyUI refuses connections, up to the job's deadline.
+    """
+    images = entry.images(workflow.roles.outputs)
+    if not images:
+        raise outcomes.no_output(workflow.roles.outputs, entry.outputs)
+    saved: list[dict[str, Any]] = []
+    for index, image in enumerate(images):
+        try:
+            data, _ = patiently(lambda image=image: client.view(image), finished=True)
+        except ComfyUIError as exc:
+            logger.error("job %s: fetching %s failed: %s", job.id, image.filename, exc)
+            raise outcomes.fetch_failed(job.prompt_id, image, exc.message) from exc
+        try:
+            with Image.open(io.BytesIO(data)) as decoded:
+                width, height = decoded.size
+                extension = _IMAGE_EXTENSIONS.get(decoded.format or "", "png")
+        except (UnidentifiedImageError, OSError) as exc:
+            logger.error("job %s: ComfyUI sent an unreadable image: %s", job.id, exc)
+            raise outcomes.fetch_failed(
+                job.prompt_id, image, "the image cannot be decoded"
+            ) from exc
+        try:
+            file_name = avatars.save(job.id, index, data, extension)
+        except OSError as exc:
+            logger.error("job %s: saving avatar failed: %s", job.id, exc)
+            raise outcomes.save_failed(job.id) from exc
+        saved.append({"fileName": file_name, "width": width, "height": height})
+    return saved

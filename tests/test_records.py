@@ -1,0 +1,190 @@
+"""Job records in SQLite: versioned migrations, and the queue's claim API on a real database."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from avatar_service.jobs.migrations import MIGRATIONS, V1_SCHEMA
+from avatar_service.jobs.records import Job, JobRecords
+
+
+def make_job(job_id: str, *, style: str = "avatar", created_at: float | None = None) -> Job:
+    created = time.time() if created_at is None else created_at
+    return Job(
+        id=job_id,
+        status="queued",
+        style=style,
+        image_name="photo.png",
+        gender="neutral",
+        width=64,
+        height=64,
+        seed=1,
+        base_url="http://service",
+        deadline=created + 600,
+        created_at=created,
+        queue_order=created,
+    )
+
+
+def version_of(path: Path, component: str) -> int:
+    """The schema version a database file records for a component."""
+    connection = sqlite3.connect(path)
+    try:
+        row = connection.execute(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+    finally:
+        connection.close()
+    return row[0]
+
+
+@pytest.fixture
+def records(tmp_path: Path):
+    """A job store on a fresh database file."""
+    store = JobRecords(tmp_path / "jobs.sqlite3")
+    yield store
+    store.close()
+
+
+def test_old_database_is_upgraded_not_broken(tmp_path: Path):
+    """A database of the first schema (no version recorded) is migrated; its jobs are kept."""
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(V1_SCHEMA)
+    connection.execute(
+        "INSERT INTO jobs (id, status, style, image_name, gender, width, height, seed, base_url,"
+        " server, prompt_id, created_at, deadline) VALUES ('a' || hex(randomblob(15)), 'running',"
+        " 'avatar', 'p.png', 'male', 64, 64, '7', 'http://s', 'http://gpu:8188', 'p-1', 100.0,"
+        " 700.0)"
+    )
+    connection.commit()
+    connection.close()
+
+    store = JobRecords(path)
+    try:
+        [job] = store.unfinished()
+        assert (job.status, job.server, job.prompt_id, job.seed) == (
+            "running",
+            "http://gpu:8188",
+            "p-1",
+            7,
+        )
+        assert job.queue_order == 100.0
+        assert job.owner is None
+        assert version_of(path, "jobs") == len(MIGRATIONS)
+    finally:
+        store.close()
+    JobRecords(path).close()  # opening again changes nothing
+    assert version_of(path, "jobs") == len(MIGRATIONS)
+
+
+def test_new_database_starts_at_the_newest_version(tmp_path: Path):
+    """A fresh database gets every migration and records the newest version."""
+    path = tmp_path / "new.sqlite3"
+    JobRecords(path).close()
+    assert version_of(path, "jobs") == len(MIGRATIONS)
+    connection = sqlite3.connect(path)
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"jobs", "abandoned_prompts"} <= tables
+
+
+def test_claim_takes_the_oldest_waiting_job_once(records: JobRecords):
+    """Claims come in queue order, each job once, and name the worker that holds it."""
+    for index, job_id in enumerate(["a" * 32, "b" * 32, "c" * 32]):
+        records.insert(make_job(job_id, created_at=1000.0 + index))
+    first = records.claim_next("http://gpu1", "worker-1")
+    second = records.claim_next("http://gpu2", "worker-2")
+    assert (first.id, first.server, first.owner) == ("a" * 32, "http://gpu1", "worker-1")
+    assert (second.id, second.server) == ("b" * 32, "http://gpu2")
+    assert [job.id for job in records.waiting()] == ["c" * 32]
+    assert records.claim_next("http://gpu1", "worker-1").id == "c" * 32
+    assert records.claim_next("http://gpu1", "worker-1") is None
+
+
+def test_claim_skips_styles_a_server_may_not_run(records: JobRecords):
+    """A server that withholds a style gets the next job of another style."""
+    records.insert(make_job("a" * 32, style="cartoon", created_at=1.0))
+    records.insert(make_job("b" * 32, style="avatar", created_at=2.0))
+    assert records.claim_next("http://gpu1", "w", exclude_styles={"cartoon"}).id == "b" * 32
+    assert records.claim_next("http://gpu1", "w", exclude_styles={"cartoon"}) is None
+
+
+def test_job_given_back_goes_to_the_head_of_the_queue(records: JobRecords):
+    """A claimed job put back at the front is taken before jobs queued earlier than it."""
+    records.insert(make_job("a" * 32, created_at=1.0))
+    records.insert(make_job("b" * 32, created_at=2.0))
+    records.insert(make_job("c" * 32, created_at=3.0))
+    claimed = records.claim_next("http://gpu1", "w")
+    claimed_b = records.claim_next("http://gpu1", "w")
+    records.requeue(records.update(claimed_b, prompt_id="p-b"), front=True)
+    records.requeue(records.update(claimed, prompt_id="p-a"), front=True)
+    assert [job.id for job in records.waiting()] == ["a" * 32, "b" * 32, "c" * 32]
+    again = records.claim_next("http://gpu2", "w2")
+    assert (again.id, again.prompt_id, again.server) == ("a" * 32, None, "http://gpu2")
+
+
+def test_a_taken_waiting_job_cannot_be_claimed(records: JobRecords):
+    """Cancel and claim race for a waiting job: exactly one of them gets it."""
+    records.insert(make_job("a" * 32))
+    assert records.take_waiting("a" * 32) is not None
+    assert records.claim_next("http://gpu1", "w") is None
+    assert records.take_waiting("a" * 32) is None
+    records.insert(make_job("b" * 32))
+    assert records.claim_next("http://gpu1", "w").id == "b" * 32
+    assert records.take_waiting("b" * 32) is None
+
+
+def test_webhook_tables_of_an_old_database_become_the_outbox(tmp_path: Path):
+    """A pending webhook stored by the first schema is kept, as a webhook, in the new outbox."""
+    import httpx
+
+    from avatar_service.jobs.migrations import DELIVERIES_V1_SCHEMA
+    from avatar_service.webhooks import WebhookDispatcher
+
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(DELIVERIES_V1_SCHEMA)
+    connection.execute(
+        "INSERT INTO webhook_deliveries (id, job_id, url, event_type, body, state, attempt_count,"
+        " next_attempt_at, created_at, updated_at) VALUES ('msg_1', 'j1', 'http://r/x',"
+        " 'job.failed', X'7B7D', 'pending', 0, 1.0, 1.0, 1.0)"
+    )
+    connection.commit()
+    connection.close()
+
+    outbox = WebhookDispatcher(db_path=path, secret=None, timeout=httpx.Timeout(1.0))
+    [delivery] = outbox.deliveries("j1")
+    assert (delivery["id"], delivery["state"], delivery["eventType"]) == (
+        "msg_1",
+        "pending",
+        "job.failed",
+    )
+    assert version_of(path, "deliveries") == 2
+
+
+def test_database_that_already_has_the_crop_column_is_upgraded(tmp_path: Path):
+    """A database whose store added ``crop`` by itself (no versions recorded) keeps its crops."""
+    path = tmp_path / "cropped.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(V1_SCHEMA)
+    connection.execute("ALTER TABLE jobs ADD COLUMN crop TEXT")
+    connection.execute(
+        "INSERT INTO jobs (id, status, style, image_name, gender, width, height, seed, base_url,"
+        " created_at, deadline, crop) VALUES (?, 'queued', 'avatar', 'p.png', 'male', 64, 64, '7',"
+        " 'http://s', 100.0, 700.0, ?)",
+        ("c" * 32, '{"x": 1, "y": 2, "width": 30, "height": 30, "source": "face"}'),
+    )
+    connection.commit()
+    connection.close()
+
+    store = JobRecords(path)
+    try:
+        [job] = store.waiting()
+        assert job.crop == {"x": 1, "y": 2, "width": 30, "height": 30, "source": "face"}
+        assert version_of(path, "jobs") == len(MIGRATIONS)
+    finally:
+        store.close()
