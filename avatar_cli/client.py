@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -104,6 +105,14 @@ class AvatarClient:
         """POST /upload-image: the stored photo's imageName, width and height."""
         with photo.open("rb") as handle:
             return self._json("POST", "/upload-image", files={"image": (photo.name, handle)})
+
+    def framing(self, image_name: str, **params: Any) -> dict[str, Any]:
+        """GET /photos/<imageName>/framing: its faces and the crop generate would use.
+
+        ``params`` are ``width``, ``height`` and ``style`` (each optional, as for generate).
+        """
+        query = {name: value for name, value in params.items() if value is not None}
+        return self._json("GET", f"/photos/{quote(image_name, safe='')}/framing", params=query)
 
     def generate(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /generate-avatar-by-image, answered at once (202) with the job record."""

@@ -20,6 +20,9 @@ class Reporter(Protocol):
     def update(self, photo: Path, record: dict[str, Any] | None = None, **change: Any) -> None:
         """A change: ``status`` (a word), ``queuePosition``, ``progress``, ``note``."""
 
+    def framed(self, photo: Path, framing: dict[str, Any]) -> None:
+        """The face found in the photo and the crop the job will use (before it is queued)."""
+
     def finished(self, result: JobResult) -> None:
         """The job of this photo has ended (or could not start)."""
 
@@ -35,6 +38,8 @@ class JobResult:
     style: str | None = None
     files: list[Path] = field(default_factory=list)
     error: ClientError | None = None
+    face: dict[str, Any] | None = None
+    crop: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,6 +60,8 @@ class JobResult:
             "style": self.style,
             "seed": self.seed,
             "files": [str(path) for path in self.files],
+            "face": self.face,
+            "crop": self.crop,
             "error": error,
         }
 
@@ -152,6 +159,15 @@ class Batch:
         if self._stopping.is_set():
             result.status = "cancelled"
             return
+        framing = self.client.framing(
+            stored["imageName"],
+            width=self.request.get("width"),
+            height=self.request.get("height"),
+            style=self.request.get("style"),
+        )
+        result.face = next(iter(framing.get("faces") or []), None)
+        result.crop = framing.get("crop")
+        self.reporter.framed(photo, framing)
         record = self.client.generate({**self.request, "imageName": stored["imageName"]})
         with self._lock:
             result.job_id = record["jobId"]

@@ -104,7 +104,10 @@ def generate(
     key: str | None,
     as_json: bool,
 ) -> None:
-    """Make an avatar from each PHOTO and save it in --out."""
+    """Make an avatar from each PHOTO and save it in --out.
+
+    Before each job it prints the face found in the photo and the crop the avatar is made from.
+    """
     request: dict[str, Any] = {}
     if gender:
         request["gender"] = gender

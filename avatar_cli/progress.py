@@ -31,6 +31,30 @@ def queue_text(data: dict[str, Any]) -> str:
     return text
 
 
+def framing_lines(framing: dict[str, Any]) -> list[str]:
+    """Two lines from GET /photos/<imageName>/framing: the face found, and the crop to be used."""
+    faces = framing.get("faces") or []
+    if faces:
+        face = faces[0]
+        line = f"face: {_box(face)}"
+        if len(faces) > 1:
+            line += f" (the largest of {len(faces)})"
+    elif framing.get("policy") == "off":
+        line = "face: not looked for (FACE_POLICY=off)"
+    else:
+        line = "face: none found"
+    crop = framing.get("crop") or {}
+    how = {"face": "around the face", "center": "centre"}.get(
+        crop.get("source"), crop.get("source")
+    )
+    return [line, f"crop: {_box(crop)}, {how}"]
+
+
+def _box(box: dict[str, Any]) -> str:
+    """'90x110 at (180, 60)': a box's size and its top-left corner in the photo's pixels."""
+    return f"{box.get('width')}x{box.get('height')} at ({box.get('x')}, {box.get('y')})"
+
+
 def estimated_start(data: dict[str, Any]) -> int | None:
     """Seconds until the estimated start, when the service tells it."""
     seconds = data.get("estimatedStartSeconds")
@@ -93,6 +117,11 @@ class BarReporter:
         if fields:
             self.progress.update(task, **fields)
 
+    def framed(self, photo: Path, framing: dict[str, Any]) -> None:
+        """Print the face and the crop above the bars."""
+        for line in framing_lines(framing):
+            self.progress.console.print(f"{photo.name}: {line}", markup=False, highlight=False)
+
     def finished(self, result: JobResult) -> None:
         """Fill or mark the bar with the outcome."""
         task = self._tasks[result.photo]
@@ -143,6 +172,11 @@ class LineReporter:
         else:
             return
         self._say(photo, line)
+
+    def framed(self, photo: Path, framing: dict[str, Any]) -> None:
+        """Say which face was found and which crop the job will use."""
+        for line in framing_lines(framing):
+            self._say(photo, line)
 
     def finished(self, result: JobResult) -> None:
         """Say how the photo's job ended."""

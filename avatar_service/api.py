@@ -96,6 +96,13 @@ def upload_image():
     return services().framing.save_photo(upload.stream), 201
 
 
+@bp.get("/photos/<image_name>/framing")
+def photo_framing(image_name: str):
+    """A stored photo's faces and the crop generate would use for ?width=&height= (or style's)."""
+    width, height = front().generate_schema.parse_framing(request.args)
+    return services().framing.describe(image_name, width=width, height=height)
+
+
 @bp.post("/generate-avatar-by-image")
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""

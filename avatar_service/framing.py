@@ -35,6 +35,9 @@ MULTIPLE_FACE_RULES = ("largest", "refuse")
 MIN_CROP_SIDE = 64
 CROP_FIELDS = ("x", "y", "width", "height")
 CROP_SHAPE_MESSAGE = 'must be an object {"x", "y", "width", "height"} of integers'
+# A request's crop is at least the smallest avatar side: a few pixels blown up to an avatar
+# make nothing a user wants.
+MIN_CROP_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,8 @@ def crop_problem(value: Any, photo_size: tuple[int, int] | None) -> str | None:
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
         return CROP_SHAPE_MESSAGE
     x, y, width, height = numbers
-    if x < 0 or y < 0 or width < 1 or height < 1:
-        return "x and y must be at least 0, width and height at least 1"
+    if x < 0 or y < 0 or width < MIN_CROP_SIDE or height < MIN_CROP_SIDE:
+        return f"x and y must be at least 0, width and height at least {MIN_CROP_SIDE}"
     if photo_size is not None:
         photo_width, photo_height = photo_size
         if x + width > photo_width or y + height > photo_height:
@@ -202,29 +205,54 @@ class Framing:
         path = self.photos.path_of(request.image_name)
         if request.crop is not None:
             return request
-        width, height = self.photo_size(request.image_name) or (0, 0)
+        photo = self.photo_size(request.image_name) or (0, 0)
+        _faces, crop = self._choose(path, photo, width=request.width, height=request.height)
+        return replace(request, crop=crop.to_dict())
+
+    def describe(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
+        """What generate would use for an avatar of this size: the photo, its faces, the crop.
+
+        The same choice as ``frame`` (NotFound for an unknown photo, the same 422 by policy),
+        made without a job, so a client can show it before generating.
+        """
+        path = self.photos.path_of(image_name)
+        photo = self.photo_size(image_name) or (0, 0)
+        faces, crop = self._choose(path, photo, width=width, height=height)
+        return {
+            "imageName": image_name,
+            "width": photo[0],
+            "height": photo[1],
+            "faces": [face.to_dict() for face in faces],
+            "crop": crop.to_dict(),
+            "avatar": {"width": width, "height": height},
+            "policy": self.policy,
+        }
+
+    def _choose(
+        self, path: Path, photo: tuple[int, int], *, width: int, height: int
+    ) -> tuple[list[Face], Crop]:
+        """The faces of the photo (of size ``photo``) and the crop for ``width`` x ``height``."""
+        photo_width, photo_height = photo
         faces = [] if self.policy == "off" else self._faces_of(path)
         if self.policy != "off":
             self._check(faces, when="generate")
         if faces:
             box = crop_around_face(
                 faces[0].box,
-                photo_width=width,
-                photo_height=height,
-                target_width=request.width,
-                target_height=request.height,
+                photo_width=photo_width,
+                photo_height=photo_height,
+                target_width=width,
+                target_height=height,
                 margin=self.margin,
             )
-            crop = Crop(box, "face")
-        else:
-            box = center_crop(
-                photo_width=width,
-                photo_height=height,
-                target_width=request.width,
-                target_height=request.height,
-            )
-            crop = Crop(box, "center")
-        return replace(request, crop=crop.to_dict())
+            return faces, Crop(box, "face")
+        box = center_crop(
+            photo_width=photo_width,
+            photo_height=photo_height,
+            target_width=width,
+            target_height=height,
+        )
+        return faces, Crop(box, "center")
 
     def _detect(self, image: Image.Image, size: tuple[int, int]) -> list[Face]:
         assert self.detector is not None

@@ -165,6 +165,35 @@ _UPLOADED = {
         },
     },
 }
+_FRAMING = {
+    "type": "object",
+    "required": ["imageName", "width", "height", "faces", "crop", "avatar", "policy"],
+    "properties": {
+        "imageName": {"type": "string"},
+        "width": {"type": "integer", "description": "the stored photo's width"},
+        "height": {"type": "integer", "description": "the stored photo's height"},
+        "faces": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Face"},
+            "description": "the faces found, largest first (empty with FACE_POLICY=off)",
+        },
+        "crop": {
+            **_CROP,
+            "type": "object",
+            "properties": {**_BOX, "source": {"enum": ["face", "center"]}},
+        },
+        "avatar": {
+            "type": "object",
+            "required": ["width", "height"],
+            "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}},
+            "description": "the avatar size the crop is for",
+        },
+        "policy": {
+            "enum": ["off", "prefer", "require"],
+            "description": "FACE_POLICY (with `off` no face is looked for)",
+        },
+    },
+}
 _SERVICE_INFO = {
     "type": "object",
     "required": ["authRequired", "version", "limits", "styles"],
@@ -388,6 +417,47 @@ def build_document(
                     "429": limited,
                     "503": busy,
                     **failures,
+                },
+            }
+        },
+        "/photos/{image_name}/framing": {
+            "get": {
+                "operationId": "photoFraming",
+                "summary": "A photo's faces and the crop a generate would use",
+                "description": (
+                    "Read-only: the crop generate would choose for this photo and avatar size "
+                    "under FACE_POLICY (around the largest face, else the centre), so a client "
+                    "can show it before generating. Under FACE_POLICY=require a photo without a "
+                    "face answers generate's 422."
+                ),
+                "parameters": [
+                    {
+                        "name": "image_name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the imageName answered by POST /upload-image",
+                    },
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": False,
+                            "schema": schema.framing_schema()[name],
+                        }
+                        for name in ("style", "width", "height")
+                    ),
+                ],
+                "responses": {
+                    "200": _json("the faces and the crop", "Framing"),
+                    "400": _error("a parameter is invalid", "invalid_fields"),
+                    "401": unauthorized,
+                    "404": _error("the photo is unknown", "image_not_found"),
+                    "422": _error(
+                        "the photo is refused by FACE_POLICY / FACE_MULTIPLE",
+                        "no_face_found",
+                        "several_faces",
+                    ),
                 },
             }
         },
@@ -648,6 +718,7 @@ def build_document(
                 "Avatar": _AVATAR,
                 "Uploaded": _UPLOADED,
                 "Face": _FACE,
+                "Framing": _FRAMING,
                 "ServiceInfo": _SERVICE_INFO,
             },
             "securitySchemes": {

@@ -17,13 +17,16 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from .errors import BadRequest
-from .framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, crop_problem
+from .framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem
 from .jobs import GenerateRequest
 from .workflow import Workflow
 
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
 MAX_SEED = 2**64 - 1
 DEFAULT_GENDERS = ("female", "male", "neutral")
+# The query parameters of GET /photos/<imageName>/framing, checked like generate's fields.
+FRAMING_FIELDS = ("style", "width", "height")
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ class GenerateSchema:
                     "type": ["object", "null"],
                     "required": list(CROP_FIELDS),
                     "properties": {
-                        name: {"type": "integer", "minimum": 0 if name in "xy" else 1}
+                        name: {"type": "integer", "minimum": 0 if name in "xy" else MIN_CROP_SIDE}
                         for name in CROP_FIELDS
                     },
                     "additionalProperties": False,
@@ -165,6 +168,11 @@ class GenerateSchema:
             "properties": properties,
         }
 
+    def framing_schema(self) -> dict[str, dict[str, Any]]:
+        """The JSON Schemas of the framing query's parameters (defaults of the default style)."""
+        fields = self.fields(self.workflows.get(self.default_style))
+        return {name: dict(fields[name].schema) for name in FRAMING_FIELDS}
+
     def parse(self, body: Any) -> tuple[GenerateRequest, bool]:
         """Validate a body; one 400 ``invalid_fields`` naming every bad field."""
         if not isinstance(body, dict):
@@ -197,11 +205,7 @@ class GenerateSchema:
                 problems[name] = problem or field.message
             values[name] = value
         if problems:
-            field_name, message = next(iter(problems.items()))
-            summary = (
-                f"{field_name}: {message}" if len(problems) == 1 else "several fields are invalid"
-            )
-            raise BadRequest(summary, code="invalid_fields", details={"fields": problems})
+            raise invalid_fields(problems)
         return (
             GenerateRequest(
                 image_name=values["imageName"],
@@ -216,6 +220,27 @@ class GenerateSchema:
             values["async"],
         )
 
+    def parse_framing(self, args: Mapping[str, str]) -> tuple[int, int]:
+        """The avatar size of a framing query: ``width`` and ``height`` as generate takes them.
+
+        Omitted, each is the default of ``style`` (itself defaulting as in generate); one 400
+        ``invalid_fields`` naming every bad parameter.
+        """
+        style = args.get("style", self.default_style)
+        fields = self.fields(self.workflows.get(style))
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name in FRAMING_FIELDS:
+            field = fields[name]
+            value = _query_value(args[name]) if name in args else field.schema.get("default")
+            if field.accepts(value):
+                values[name] = value
+            else:
+                problems[name] = field.message
+        if problems:
+            raise invalid_fields(problems)
+        return values["width"], values["height"]
+
     def _crop(self, value: Any, image_name: Any) -> tuple[Any, str | None]:
         """A request's crop marked ``source: request``, or the value and what is wrong with it.
 
@@ -229,3 +254,15 @@ class GenerateSchema:
         size = self.photo_size(image_name) if isinstance(image_name, str) else None
         problem = crop_problem(value, size)
         return (value, problem) if problem else ({**value, "source": "request"}, None)
+
+
+def invalid_fields(problems: Mapping[str, str]) -> BadRequest:
+    """One 400 ``invalid_fields`` naming every bad field (the message names a lone one)."""
+    field_name, message = next(iter(problems.items()))
+    summary = f"{field_name}: {message}" if len(problems) == 1 else "several fields are invalid"
+    return BadRequest(summary, code="invalid_fields", details={"fields": dict(problems)})
+
+
+def _query_value(text: str) -> Any:
+    """A query parameter as its JSON value: plain ASCII digits are an integer, else the text."""
+    return int(text) if _DIGITS.fullmatch(text) else text

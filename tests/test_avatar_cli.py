@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from avatar_service.config import Settings
+from avatar_service.faces import Box
 from tests.conftest import make_photo
+from tests.photos import ASTRONAUT_FACE, astronaut, chelsea, png
 from tests.receivers import Receiver, Reply
 
 AVATAR = Path(sys.executable).with_name("avatar")
@@ -109,6 +111,60 @@ def test_generate_saves_an_avatar_per_photo(avatar, service, photos, tmp_path):
     )
 
 
+def test_generate_prints_the_face_and_the_crop_before_the_job(avatar, service, tmp_path):
+    """The astronaut and a cat: one line for the face, one for the crop, before each job is
+    queued; the crop is the one the job then uses; --json carries both."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    portrait, cat = folder / "astronaut.png", folder / "cat.png"
+    portrait.write_bytes(png(astronaut()))
+    cat.write_bytes(png(chelsea()))
+    args = ["generate", str(portrait), str(cat), "--size", "1024x512", "--server", service.url]
+    plain = run(avatar, *args, "--out", str(tmp_path / "a"), cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    ids = job_ids(plain.stderr)
+    for photo in (portrait, cat):
+        record = service.http.get(f"/jobs/{ids[photo.name]}").json()
+        framing = service.http.get(
+            f"/photos/{record['imageName']}/framing", params={"width": 1024, "height": 512}
+        ).json()
+        assert framing["crop"] == record["crop"]
+        crop = record["crop"]
+        lines = [line for line in plain.stderr.splitlines() if line.startswith(f"{photo.name}: ")]
+        if photo is portrait:
+            face = framing["faces"][0]
+            face_line = f"face: {face['width']}x{face['height']} at ({face['x']}, {face['y']})"
+            how = "around the face"
+        else:
+            face_line, how = "face: none found", "centre"
+        crop_line = f"crop: {crop['width']}x{crop['height']} at ({crop['x']}, {crop['y']}), {how}"
+        assert lines[:4] == [
+            f"{photo.name}: uploading",
+            f"{photo.name}: {face_line}",
+            f"{photo.name}: {crop_line}",
+            f"{photo.name}: job {record['jobId']} queued",
+        ]
+    assert Box.from_dict(service.http.get(f"/jobs/{ids['astronaut.png']}").json()["crop"]).contains(
+        ASTRONAUT_FACE
+    )
+
+    as_json = run(avatar, *args, "--json", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    first, second = json.loads(as_json.stdout)["results"]
+    for result in (first, second):
+        record = service.http.get(f"/jobs/{result['jobId']}").json()
+        assert result["crop"] == record["crop"]
+    uploaded = service.http.post(
+        "/upload-image", files={"image": ("a.png", portrait.read_bytes(), "image/png")}
+    ).json()
+    assert first["face"] == uploaded["faces"][0]
+    assert (first["crop"]["source"], second["face"], second["crop"]["source"]) == (
+        "face",
+        None,
+        "center",
+    )
+
+
 def test_generate_json_and_no_overwrite(avatar, service, photos, tmp_path):
     """--json prints each result; the same seed twice saves a second file beside the first."""
     args = ["generate", str(photos[0]), "--seed", "42", "--size", "64x64", "--json"]
@@ -117,17 +173,21 @@ def test_generate_json_and_no_overwrite(avatar, service, photos, tmp_path):
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     results = [json.loads(first.stdout)["results"], json.loads(second.stdout)["results"]]
     for answer, name in zip(results, ["alice-avatar-42.png", "alice-avatar-42-2.png"], strict=True):
+        record = service.http.get(f"/jobs/{answer[0]['jobId']}").json()
         assert answer == [
             {
                 "photo": str(photos[0]),
-                "jobId": answer[0]["jobId"],
+                "jobId": record["jobId"],
                 "status": "succeeded",
                 "style": "avatar",
                 "seed": 42,
                 "files": [name],
+                "face": None,
+                "crop": record["crop"],
                 "error": None,
             }
         ]
+        assert record["crop"]["source"] == "center"
     assert (tmp_path / "alice-avatar-42.png").stat().st_size > 0
     assert (tmp_path / "alice-avatar-42-2.png").stat().st_size > 0
 
@@ -361,3 +421,23 @@ def test_queue_text_shows_the_estimated_start():
         "queued #1, starting any moment"
     )
     assert queue_text({"queuePosition": 1, "estimatedStartAt": "soon"}) == "queued #1"
+
+
+def test_framing_lines_name_several_faces_and_detection_off():
+    """Two faces: the largest, with the count; FACE_POLICY=off: faces are not looked for."""
+    from avatar_cli.progress import framing_lines
+
+    crop = {"x": 0, "y": 10, "width": 300, "height": 150, "source": "face"}
+    faces = [
+        {"x": 20, "y": 30, "width": 90, "height": 100, "confidence": 40.0},
+        {"x": 200, "y": 30, "width": 50, "height": 60, "confidence": 12.5},
+    ]
+    assert framing_lines({"faces": faces, "crop": crop, "policy": "prefer"}) == [
+        "face: 90x100 at (20, 30) (the largest of 2)",
+        "crop: 300x150 at (0, 10), around the face",
+    ]
+    centre = {"x": 0, "y": 37, "width": 451, "height": 226, "source": "center"}
+    assert framing_lines({"faces": [], "crop": centre, "policy": "off"}) == [
+        "face: not looked for (FACE_POLICY=off)",
+        "crop: 451x226 at (0, 37), centre",
+    ]

@@ -3,7 +3,8 @@
 Needs Debian's ``chromium`` (/usr/bin/chromium, or CHROMIUM=path) and Playwright for Python; the
 tests are skipped with the reason when either is missing. Playwright never downloads a browser
 here: it drives the system one. Screenshots are saved in tests/artifacts/; with
-UPDATE_DOCS_SCREENSHOT=1 the first test also writes docs/page.png for the README.
+UPDATE_DOCS_SCREENSHOT=1 the first test also writes docs/page.png for the README (and the face
+test docs/page-framing.png).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from avatar_service.config import Settings
+from avatar_service.framing import center_crop
 from comfyui_standin import StandIn
+from tests import photos
 from tests.conftest import REPO_ROOT, make_photo
 from tests.replay_server import Answer, ReplayServer, step
 
@@ -33,6 +36,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "page.png"
+FRAMING_SCREENSHOT = REPO_ROOT / "docs" / "page-framing.png"
 WAIT_MS = 15_000
 HAS_API_KEYS = "api_keys" in {field.name for field in fields(Settings)}
 
@@ -329,11 +333,143 @@ def test_queue_position_is_shown_while_waiting(open_page, make_service, standin,
     page = open_page(service.url)
     page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
     page.click("#generate-button")
-    assert wait_text(page, "#status-text", "queue") == "Waiting in the queue: position 2."
+    assert wait_text(page, "#status-text", "queue") == "Waiting in the queue: position 1."
     standin.set_faults(step_delay=0)
     service.http.post(f"/jobs/{blocker}/cancel")
     page.wait_for_selector("#result-image", state="visible")
     assert page.locator("#job-error").is_hidden()
+
+
+# -- the face and the crop, before generating ----------------------------------------------------
+
+
+def choose_photo(page, tmp_path: Path, name: str, data: bytes) -> str:
+    """Pick a photo; the imageName of the upload the page makes at once."""
+    with page.expect_response(lambda answer: "/upload-image" in answer.url) as uploaded:
+        page.set_input_files("#photo-input", str(photo_file(tmp_path, name, data)))
+    return uploaded.value.json()["imageName"]
+
+
+def drawn_crop(page, previous: str | None = None) -> dict:
+    """The crop the page draws (from its overlay), once it is drawn (and differs from before)."""
+    text = wait_until(
+        page,
+        """(previous) => {
+            const overlay = document.getElementById('framing-overlay');
+            const crop = overlay.dataset.crop;
+            return !overlay.hasAttribute('hidden') && crop && crop !== previous ? crop : null;
+        }""",
+        previous,
+    )
+    import json
+
+    return json.loads(text)
+
+
+def rect_of(page, selector: str) -> dict[str, int]:
+    """The x, y, width and height attributes of an SVG rect, as numbers."""
+    return {
+        name: int(page.locator(selector).get_attribute(name))
+        for name in ("x", "y", "width", "height")
+    }
+
+
+def assert_drawn_at(page, selector: str, box: dict, photo_size: tuple[int, int]) -> None:
+    """The rect is on screen where ``box`` (photo pixels) lies on the scaled preview.
+
+    Centres match within a pixel; sizes within the stroke drawn around the box (at most 3 px).
+    """
+    image = page.locator("#photo-preview").bounding_box()
+    drawn = page.locator(selector).bounding_box()
+    sx, sy = image["width"] / photo_size[0], image["height"] / photo_size[1]
+    want_width, want_height = box["width"] * sx, box["height"] * sy
+    want_cx = image["x"] + box["x"] * sx + want_width / 2
+    want_cy = image["y"] + box["y"] * sy + want_height / 2
+    assert drawn["x"] + drawn["width"] / 2 == pytest.approx(want_cx, abs=1.0), (drawn, box)
+    assert drawn["y"] + drawn["height"] / 2 == pytest.approx(want_cy, abs=1.0), (drawn, box)
+    assert want_width <= drawn["width"] <= want_width + 4, (drawn, box)
+    assert want_height <= drawn["height"] <= want_height + 4, (drawn, box)
+
+
+def test_face_and_crop_are_drawn_over_the_preview(open_page, service, tmp_path):
+    """The astronaut: her face box and the service's crop over the preview; a new size moves the
+    crop to the route's answer for it, and the job then uses that very crop."""
+    page = open_page(service.url, viewport={"width": 1100, "height": 1000})
+    image_name = choose_photo(page, tmp_path, "astronaut.png", photos.png(photos.astronaut()))
+    assert wait_text(page, "#framing-text", "Face") == (
+        "Face found; the avatar will be cropped around it."
+    )
+    crop = drawn_crop(page)
+    square = service.http.get(
+        f"/photos/{image_name}/framing", params={"width": 512, "height": 512}
+    ).json()
+    assert crop == square["crop"] and crop["source"] == "face"
+    assert rect_of(page, "#crop-box") == {
+        k: square["crop"][k] for k in ("x", "y", "width", "height")
+    }
+    face = square["faces"][0]
+    assert rect_of(page, "#face-box") == {k: face[k] for k in ("x", "y", "width", "height")}
+    page.locator("#photo-preview").wait_for(state="visible")
+    wait_until(page, "() => document.getElementById('photo-preview').naturalWidth > 0")
+    assert_drawn_at(page, "#crop-box", square["crop"], (512, 512))
+    assert_drawn_at(page, "#face-box", face, (512, 512))
+
+    page.check("input[name=size][value=custom]")
+    page.fill("#width-input", "1024")
+    page.fill("#height-input", "512")
+    wide = drawn_crop(page, previous=page.locator("#framing-overlay").get_attribute("data-crop"))
+    expected = service.http.get(
+        f"/photos/{image_name}/framing", params={"width": 1024, "height": 512}
+    ).json()["crop"]
+    assert wide == expected and wide["width"] == 2 * wide["height"]
+    assert_drawn_at(page, "#crop-box", wide, (512, 512))
+
+    page.click("#generate-button")
+    page.wait_for_selector("#result-image", state="visible")
+    record = service.http.get(f"/jobs/{job_id_of(page)}").json()
+    assert (record["imageName"], record["crop"]) == (image_name, wide)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+        wait_until(page, "() => document.getElementById('result-image').naturalWidth > 0")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.screenshot(
+            path=FRAMING_SCREENSHOT, clip={"x": 0, "y": 0, "width": 1100, "height": 720}
+        )
+
+
+def test_a_faceless_photo_says_no_face(open_page, service, tmp_path):
+    """The cat: no face box, the centre crop drawn, and a sentence saying so (phone width)."""
+    page = open_page(
+        service.url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+    )
+    image_name = choose_photo(page, tmp_path, "cat.png", photos.png(photos.chelsea()))
+    assert wait_text(page, "#framing-text", "face") == (
+        "No face found: the photo will be centre-cropped."
+    )
+    crop = drawn_crop(page)
+    answer = service.http.get(f"/photos/{image_name}/framing").json()
+    assert answer["faces"] == [] and crop == answer["crop"]
+    centre = center_crop(photo_width=451, photo_height=300, target_width=512, target_height=512)
+    assert crop == {**centre.to_dict(), "source": "center"}
+    assert page.locator("#face-box").is_hidden()
+    wait_until(page, "() => document.getElementById('photo-preview').naturalWidth > 0")
+    assert_drawn_at(page, "#crop-box", crop, (451, 300))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert low_contrast(page) == []
+
+
+def test_require_shows_the_refusal_next_to_the_photo(open_page, make_service, tmp_path):
+    """Under FACE_POLICY=require a faceless photo is refused at once, in a sentence."""
+    service = make_service(face_policy="require")
+    page = open_page(service.url)
+    page.set_input_files(
+        "#photo-input", str(photo_file(tmp_path, "cat.png", photos.png(photos.chelsea())))
+    )
+    assert wait_text(page, "#photo-error", "face") == (
+        "No face was found in this photo, and this service needs one: choose a photo where one "
+        "face looks at the camera."
+    )
+    assert page.locator("#framing-overlay").is_hidden()
+    assert page.locator("#framing-text").is_hidden()
 
 
 # -- errors next to their cause ------------------------------------------------------------------

@@ -172,3 +172,24 @@ def test_document_describes_faces_and_the_crop(document):
     refused = generate["responses"]["422"]["description"]
     for code in ("no_face_found", "several_faces"):
         assert f"`{code}`" in upload and f"`{code}`" in refused
+
+
+def test_document_describes_the_framing_route(document):
+    """The framing route: size parameters as in generate, its answer and its errors."""
+    operation = document["paths"]["/photos/{image_name}/framing"]["get"]
+    generate = document["paths"]["/generate-avatar-by-image"]["post"]
+    body = generate["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert parameters["image_name"]["in"] == "path"
+    for name in ("style", "width", "height"):
+        assert parameters[name]["in"] == "query"
+        assert parameters[name]["schema"] == body[name]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Framing"
+    }
+    framing = document["components"]["schemas"]["Framing"]
+    assert framing["properties"]["crop"]["properties"]["source"] == {"enum": ["face", "center"]}
+    assert "`image_not_found`" in operation["responses"]["404"]["description"]
+    assert "`invalid_fields`" in operation["responses"]["400"]["description"]
+    for code in ("no_face_found", "several_faces"):
+        assert f"`{code}`" in operation["responses"]["422"]["description"]

@@ -36,6 +36,11 @@
     unauthorized: "This service needs a valid API key.",
     forbidden: "This job belongs to another API key.",
     rate_limited: "Too many requests for now; try again in {retryAfter} seconds.",
+    no_face_found:
+      "No face was found in this photo, and this service needs one: choose a photo where one " +
+      "face looks at the camera.",
+    several_faces: "This photo shows several faces, and this service takes one: choose a photo " +
+      "of one person.",
   };
   const FIELD_OF_CODE = {
     missing_file: "photo",
@@ -47,6 +52,8 @@
     image_too_small: "photo",
     image_too_many_pixels: "photo",
     image_not_found: "photo",
+    no_face_found: "photo",
+    several_faces: "photo",
   };
   const FIELD_OF_INPUT = {
     imageName: "photo",
@@ -72,6 +79,12 @@
     photoInput: $("photo-input"),
     cameraInput: $("camera-input"),
     photoPreview: $("photo-preview"),
+    photoFrame: $("photo-frame"),
+    framingOverlay: $("framing-overlay"),
+    cropShade: $("crop-shade"),
+    cropBox: $("crop-box"),
+    faceBox: $("face-box"),
+    framingText: $("framing-text"),
     photoName: $("photo-name"),
     maxSize: $("max-size"),
     genderOptions: $("gender-options"),
@@ -130,6 +143,9 @@
     file: null,
     previewUrl: null,
     upload: null, // {file, imageName} of the photo last uploaded
+    uploading: null, // {file, promise} of the upload in flight
+    framingAsked: 0, // the number of the last framing asked for; older answers are dropped
+    framingTimer: null,
     job: null,
     stream: null,
     pollTimer: null,
@@ -325,14 +341,44 @@
     if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
     state.previewUrl = URL.createObjectURL(file);
     el.photoPreview.src = state.previewUrl;
-    el.photoPreview.hidden = false;
+    el.photoFrame.hidden = false;
     el.dropHint.textContent = "Drop another photo to replace it";
     el.photoName.textContent = `${file.name} (${formatBytes(file.size)})`;
+    clearFraming();
+    showFramingText("Looking for a face…");
+    // Sent at once, so the face and the crop can be shown before generating.
+    ensureUpload()
+      .then(() => showFraming())
+      .catch((error) => {
+        if (state.file !== file) return;
+        clearFraming();
+        showApiError(error, "photo");
+      });
+  }
+
+  // The upload of the chosen photo: one per photo, shared by the framing and by Generate.
+  function ensureUpload() {
+    const file = state.file;
+    if (state.upload && state.upload.file === file) return Promise.resolve(state.upload);
+    if (state.uploading && state.uploading.file === file) return state.uploading.promise;
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const promise = api("/upload-image", { method: "POST", body: form })
+      .then(({ data }) => {
+        const upload = { file, imageName: data.imageName };
+        if (state.file === file) state.upload = upload;
+        return upload;
+      })
+      .finally(() => {
+        if (state.uploading && state.uploading.promise === promise) state.uploading = null;
+      });
+    state.uploading = { file, promise };
+    return promise;
   }
 
   el.photoPreview.addEventListener("error", () => {
     if (state.file) {
-      el.photoPreview.hidden = true;
+      el.photoFrame.hidden = true;
       el.photoName.textContent = `${state.file.name}: this browser cannot preview it.`;
     }
   });
@@ -362,6 +408,100 @@
   if (window.matchMedia && window.matchMedia("(hover: none) and (pointer: coarse)").matches) {
     body.classList.add("has-camera");
     el.cameraInput.tabIndex = 0;
+  }
+
+  // -- the face and the crop, as the service will use them -------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function showFramingText(text) {
+    el.framingText.textContent = text;
+    el.framingText.hidden = !text;
+  }
+
+  function clearFraming() {
+    el.framingOverlay.toggleAttribute("hidden", true);
+    delete el.framingOverlay.dataset.crop;
+    delete el.framingOverlay.dataset.face;
+    showFramingText("");
+  }
+
+  function setBox(rect, box) {
+    rect.toggleAttribute("hidden", !box); // SVG elements have the attribute, not the property
+    if (!box) return;
+    for (const name of ["x", "y", "width", "height"]) rect.setAttribute(name, String(box[name]));
+  }
+
+  // Ask the service which face and crop a generate of the chosen size would use, and draw them.
+  async function showFraming() {
+    const upload = state.upload;
+    if (!upload || upload.file !== state.file || !state.presets) return; // styles: still loading
+    const size = quietSize();
+    if (!size) {
+      el.framingOverlay.toggleAttribute("hidden", true);
+      showFramingText("Enter a valid size to see the crop.");
+      return;
+    }
+    const number = ++state.framingAsked;
+    const query = new URLSearchParams({
+      width: String(size.width),
+      height: String(size.height),
+    });
+    if (el.styleSelect.value) query.set("style", el.styleSelect.value);
+    let data;
+    try {
+      ({ data } = await api(
+        "/photos/" + encodeURIComponent(upload.imageName) + "/framing?" + query.toString()
+      ));
+    } catch (error) {
+      if (number !== state.framingAsked) return;
+      clearFraming();
+      if (error.code === "image_not_found") {
+        state.upload = null; // sent again by Generate
+        return;
+      }
+      if (error.status === 422) showApiError(error, "photo");
+      else showFramingText("The crop cannot be shown: " + explain(error));
+      return;
+    }
+    if (number !== state.framingAsked || state.upload !== upload) return;
+    drawFraming(data);
+  }
+
+  function drawFraming(data) {
+    const { width, height, crop } = data;
+    const face = (data.faces || [])[0] || null;
+    el.framingOverlay.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    // Everything outside the crop is shaded: the photo's outline, then the crop as a hole.
+    el.cropShade.setAttribute(
+      "d",
+      `M0 0H${width}V${height}H0Z M${crop.x} ${crop.y}h${crop.width}v${crop.height}h${-crop.width}Z`
+    );
+    setBox(el.cropBox, crop);
+    setBox(el.faceBox, face);
+    el.framingOverlay.dataset.crop = JSON.stringify(crop);
+    el.framingOverlay.dataset.face = face ? JSON.stringify(face) : "";
+    el.framingOverlay.toggleAttribute("hidden", false);
+    const count = (data.faces || []).length;
+    let text;
+    if (crop.source === "face") {
+      text =
+        count > 1
+          ? `${count} faces found; the avatar will be cropped around the largest.`
+          : "Face found; the avatar will be cropped around it.";
+    } else if (data.policy === "off") {
+      text = "Faces are not looked for here: the photo will be centre-cropped.";
+    } else {
+      text = "No face found: the photo will be centre-cropped.";
+    }
+    showFramingText(text);
+  }
+
+  function refreshFraming({ soon = false } = {}) {
+    clearTimeout(state.framingTimer);
+    if (!state.upload || state.upload.file !== state.file) return;
+    if (soon) state.framingTimer = setTimeout(showFraming, 250);
+    else showFraming();
   }
 
   // -- options --------------------------------------------------------------------------------
@@ -423,12 +563,17 @@
   el.styleSelect.addEventListener("change", () => {
     clearErrors("style");
     renderStyleOptions(true);
+    refreshFraming();
   });
   el.sizeOptions.addEventListener("change", () => {
     clearErrors("size");
     el.customSize.hidden = selectedValue("size") !== "custom";
     if (!el.customSize.hidden) el.widthInput.focus();
+    refreshFraming();
   });
+  for (const input of [el.widthInput, el.heightInput]) {
+    input.addEventListener("input", () => refreshFraming({ soon: true }));
+  }
 
   async function loadStyles() {
     clearErrors("style");
@@ -445,12 +590,14 @@
       );
       el.styleSelect.value = data.default || (state.styles[0] && state.styles[0].name);
       renderStyleOptions(false);
+      refreshFraming();
     } catch (error) {
       showError("style", "The styles could not be loaded: " + explain(error));
     }
   }
 
-  function readSize() {
+  // The chosen size, or null while it is not one the service takes (nothing is shown).
+  function quietSize() {
     const preset = selectedValue("size");
     if (preset !== "custom") {
       const found = (state.presets || []).find((p) => p.id === preset);
@@ -460,7 +607,12 @@
     const height = Number(el.heightInput.value);
     const ok = (n) =>
       Number.isInteger(n) && n >= limits.minSide && n <= limits.maxSide && n % limits.step === 0;
-    if (!ok(width) || !ok(height)) {
+    return ok(width) && ok(height) ? { width, height } : null;
+  }
+
+  function readSize() {
+    const size = quietSize();
+    if (!size && selectedValue("size") === "custom") {
       showError(
         "size",
         `Width and height must be whole numbers from ${limits.minSide} to ${limits.maxSide}, ` +
@@ -468,7 +620,7 @@
       );
       return null;
     }
-    return { width, height };
+    return size;
   }
 
   function readSeed() {
@@ -500,14 +652,9 @@
     setBusy(true);
     showProgress("Uploading the photo…");
     try {
-      if (!state.upload || state.upload.file !== state.file) {
-        const form = new FormData();
-        form.append("image", state.file, state.file.name);
-        const { data } = await api("/upload-image", { method: "POST", body: form });
-        state.upload = { file: state.file, imageName: data.imageName };
-      }
+      const upload = await ensureUpload();
       const request = {
-        imageName: state.upload.imageName,
+        imageName: upload.imageName,
         gender: selectedValue("gender") || undefined,
         style: el.styleSelect.value || undefined,
         width: size.width,
