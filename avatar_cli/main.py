@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import ApiError, AvatarClient, ClientError
-from .jobs import Batch
+from .jobs import Batch, client_error
 from .progress import BarReporter, LineReporter
 
 DEFAULT_SERVER = "http://127.0.0.1:5000"
@@ -158,7 +158,7 @@ def generate(
 @_common
 def styles(server: str, key: str | None, as_json: bool) -> None:
     """List the styles the service offers."""
-    body = _call(lambda client: client.styles(), server, key)
+    body = _call(lambda client: client.styles(), server, key, as_json)
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
@@ -181,7 +181,7 @@ def styles(server: str, key: str | None, as_json: bool) -> None:
 @_common
 def jobs(job_id: str, server: str, key: str | None, as_json: bool) -> None:
     """Show a job: status, progress, error and avatars."""
-    record = _call(lambda client: client.job(job_id), server, key)
+    record = _call(lambda client: client.job(job_id), server, key, as_json)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -215,7 +215,7 @@ def jobs(job_id: str, server: str, key: str | None, as_json: bool) -> None:
 @_common
 def cancel(job_id: str, server: str, key: str | None, as_json: bool) -> None:
     """Cancel a queued or running job."""
-    record = _call(lambda client: client.cancel(job_id), server, key)
+    record = _call(lambda client: client.cancel(job_id), server, key, as_json)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -228,22 +228,27 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _call(action: Callable[[AvatarClient], dict[str, Any]], server: str, key: str | None):
-    """Run one request; on an error print the service's message and exit 1."""
+def _call(
+    action: Callable[[AvatarClient], dict[str, Any]], server: str, key: str | None, as_json: bool
+):
+    """Run one request; on an error print the service's message (and its JSON) and exit 1."""
     client = AvatarClient(server, key=key)
     try:
         return action(client)
     except ApiError as exc:
-        _fail(f"error: {exc.describe()}")
+        _fail(f"error: {exc.describe()}", exc.to_dict(), as_json)
     except ClientError as exc:
-        _fail(f"error: {exc.message}")
+        _fail(f"error: {exc.message}", client_error(exc), as_json)
     finally:
         client.close()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, error: dict[str, Any], as_json: bool, status: int = EXIT_FAILED) -> None:
+    """Say what went wrong on stderr (and as ``{"error": ...}`` on stdout with --json); exit."""
+    if as_json:
+        click.echo(json.dumps({"error": error}, indent=2))
     click.echo(message, err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(status)
 
 
 def main() -> None:

@@ -262,6 +262,24 @@ def test_unreachable_service_and_bad_usage(avatar, photos, tmp_path):
     assert (version.returncode, version.stdout) == (0, "avatar, version 0.1.0\n")
 
 
+def test_every_command_answers_errors_as_json_with_json(avatar, service, tmp_path):
+    """With --json an error is {"error": ...} on stdout (service's or the client's), exit 1."""
+    unknown = run(avatar, "jobs", "nope", "--json", "--server", service.url, cwd=tmp_path)
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout) == {
+        "error": {"code": "job_not_found", "message": "unknown job", "details": {"jobId": "nope"}}
+    }
+    assert unknown.stderr == "error: unknown job [job_not_found]\n"
+    cancel = run(avatar, "cancel", "nope", "--json", "--server", service.url, cwd=tmp_path)
+    assert cancel.returncode == 1
+    assert json.loads(cancel.stdout)["error"]["code"] == "job_not_found"
+    down = run(avatar, "styles", "--json", "--server", "http://127.0.0.1:9", cwd=tmp_path)
+    assert down.returncode == 1
+    error = json.loads(down.stdout)["error"]
+    assert (error["code"], error["details"]) == ("client_error", {})
+    assert error["message"].startswith("cannot reach the avatar service at http://127.0.0.1:9")
+
+
 def test_styles(avatar, service, tmp_path):
     """`avatar styles` lists the styles; --json prints GET /styles as it is."""
     table = run(avatar, "styles", cwd=tmp_path, AVATAR_SERVER=service.url)
@@ -382,7 +400,7 @@ def test_key_is_sent_as_bearer_and_401_is_explained(avatar, tmp_path):
     assert (ok.returncode, ok.stdout) == (0, f"job {'a' * 32}: cancelled\n")
     assert (refused.returncode, refused.stderr) == (
         1,
-        "error: a valid API key is required [unauthorized]\n",
+        "error: a valid API key is required (use --key KEY or set AVATAR_KEY) [unauthorized]\n",
     )
     assert [request.headers["authorization"] for request in sent] == ["Bearer k1", "Bearer k2"]
     assert [request.path for request in sent] == [f"/jobs/{'a' * 32}/cancel"] * 2
@@ -395,7 +413,9 @@ def test_generate_with_api_keys_on(avatar, make_service, photos, tmp_path):
     service = make_service(api_keys=key)
     refused = run(avatar, "generate", str(photos[0]), "--server", service.url, cwd=tmp_path)
     assert refused.returncode == 1
-    assert refused.stderr.rstrip().endswith("[unauthorized]")
+    assert refused.stderr.rstrip().endswith(
+        "send Authorization: Bearer <key> (use --key KEY or set AVATAR_KEY) [unauthorized]"
+    )
     done = run(
         avatar, "generate", str(photos[0]), "--server", service.url, cwd=tmp_path, AVATAR_KEY=key
     )
