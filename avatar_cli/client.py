@@ -105,6 +105,10 @@ class AvatarClient:
         """GET /styles."""
         return self._json("GET", "/styles")
 
+    def service_info(self) -> dict[str, Any]:
+        """GET /service-info: whether a key is needed, and the service's limits."""
+        return self._json("GET", "/service-info")
+
     def upload(self, photo: Path) -> dict[str, Any]:
         """POST /upload-image: the stored photo's imageName, width and height."""
         with photo.open("rb") as handle:

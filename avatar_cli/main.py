@@ -23,9 +23,11 @@ from .jobs import Batch, client_error
 from .progress import BarReporter, LineReporter
 
 DEFAULT_SERVER = "http://127.0.0.1:5000"
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 CANCEL_GRACE_SECONDS = 10.0
 MAX_SEED = 2**64 - 1
+# The service's size rules, used when it does not publish its own in /service-info.
+SIZE_RULES = {"minSide": 64, "maxSide": 2048, "sideStep": 8}
 
 
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,6 +121,8 @@ def generate(
         request["seed"] = seed
     err = Console(stderr=True, soft_wrap=True)
     client = AvatarClient(server, key=key)
+    if size:
+        _check_size(client, size, as_json)
     unique = list(dict.fromkeys(photos))
     reporter = BarReporter(err, unique) if err.is_terminal else LineReporter(err)
     batch = Batch(client, reporter, request=request, out_dir=out_dir, parallel=parallel)
@@ -221,6 +225,38 @@ def cancel(job_id: str, server: str, key: str | None, as_json: bool) -> None:
         return
     state = "cancelled" if record["status"] == "cancelled" else f"{record['status']}, cancelling"
     click.echo(f"job {record['jobId']}: {state}")
+
+
+def size_problems(size: tuple[int, int], rules: dict[str, int]) -> dict[str, str]:
+    """What is wrong with each side of ``size`` under the service's rules (empty when it is fine)."""
+    low, high, step = rules["minSide"], rules["maxSide"], rules["sideStep"]
+    rule = f"must be an integer from {low} to {high} and a multiple of {step}"
+    return {
+        name: rule
+        for name, side in zip(("width", "height"), size, strict=True)
+        if not low <= side <= high or side % step
+    }
+
+
+def _check_size(client: AvatarClient, size: tuple[int, int], as_json: bool) -> None:
+    """Refuse a size the service would refuse (exit 2) before anything is uploaded."""
+    rules = dict(SIZE_RULES)
+    try:
+        limits = client.service_info().get("limits") or {}
+    except ClientError:
+        limits = {}  # an older service, or none at all: the upload will tell
+    for name in rules:
+        if isinstance(limits.get(name), int) and limits[name] > 0:
+            rules[name] = limits[name]
+    problems = size_problems(size, rules)
+    if not problems:
+        return
+    client.close()
+    text = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+    # The service's own error for this request, so --json reads the same either way.
+    message = text if len(problems) == 1 else "several fields are invalid"
+    error = {"code": "invalid_fields", "message": message, "details": {"fields": problems}}
+    _fail(f"Error: Invalid value for '--size': {text}", error, as_json, status=EXIT_USAGE)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -280,6 +280,94 @@ def test_every_command_answers_errors_as_json_with_json(avatar, service, tmp_pat
     assert error["message"].startswith("cannot reach the avatar service at http://127.0.0.1:9")
 
 
+def test_a_size_the_service_refuses_exits_2_before_uploading(avatar, tmp_path, photos):
+    """--size outside /service-info's limits: exit 2, nothing uploaded; --json says it as JSON."""
+    info = {"limits": {"minSide": 64, "maxSide": 1024, "sideStep": 16}}
+    with Receiver() as receiver:
+        receiver.script(*[Reply(body=json.dumps(info).encode())] * 3)
+        server = receiver.url("")
+        odd = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "700x512",
+            "--server",
+            server,
+            cwd=tmp_path,
+        )
+        big = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "1536x1536",
+            "--json",
+            "--server",
+            server,
+            cwd=tmp_path,
+        )
+        fine = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "1008x512",
+            "--server",
+            server,
+            cwd=tmp_path,
+        )
+        sent = receiver.wait_for(4)
+    rule = "must be an integer from 64 to 1024 and a multiple of 16"
+    assert odd.returncode == 2
+    assert odd.stderr == f"Error: Invalid value for '--size': width: {rule}\n"
+    assert odd.stdout == ""
+    assert big.returncode == 2
+    assert json.loads(big.stdout) == {
+        "error": {
+            "code": "invalid_fields",
+            "message": "several fields are invalid",
+            "details": {"fields": {"width": rule, "height": rule}},
+        }
+    }
+    # Only the accepted size went on to upload the photo.
+    assert [request.path for request in sent] == ["/service-info"] * 3 + ["/upload-image"]
+    assert fine.returncode == 1
+
+
+def test_size_rules_default_without_service_info(avatar, service, photos, tmp_path):
+    """A service without the limits in /service-info: the defaults 64..2048 step 8 apply."""
+    with Receiver() as receiver:
+        receiver.script(Reply(status=404, body=b"{}"))
+        odd = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "2056x512",
+            "--server",
+            receiver.url(""),
+            cwd=tmp_path,
+        )
+        sent = receiver.wait_for(1)
+    assert odd.returncode == 2
+    rule = "must be an integer from 64 to 2048 and a multiple of 8"
+    assert odd.stderr == f"Error: Invalid value for '--size': width: {rule}\n"
+    assert [request.path for request in sent] == ["/service-info"]
+    live = run(
+        avatar,
+        "generate",
+        str(photos[0]),
+        "--size",
+        "700x512",
+        "--server",
+        service.url,
+        cwd=tmp_path,
+    )
+    assert live.returncode == 2
+    assert live.stderr.endswith(f"width: {rule}\n")
+
+
 def test_styles(avatar, service, tmp_path):
     """`avatar styles` lists the styles; --json prints GET /styles as it is."""
     table = run(avatar, "styles", cwd=tmp_path, AVATAR_SERVER=service.url)
