@@ -39,6 +39,8 @@ DOCS_SCREENSHOT = REPO_ROOT / "docs" / "page.png"
 FRAMING_SCREENSHOT = REPO_ROOT / "docs" / "page-framing.png"
 WAIT_MS = 15_000
 HAS_API_KEYS = "api_keys" in {field.name for field in fields(Settings)}
+# A style from /styles in the select (not the note shown while the styles are not known).
+STYLE_OPTION = '#style-select option:not([value=""])'
 
 
 @pytest.fixture(scope="module")
@@ -616,12 +618,26 @@ def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
     service = make_service(api_keys="sesame-0123456789abcdef", token_ttl=3)
     page = open_page(service.url, styles_loaded=False)
     page.locator("#key-dialog").wait_for(state="visible")
+    # Behind the dialog the form says what it waits for instead of showing empty controls.
+    pending = "Enter your API key to load the styles."
+    assert wait_text(page, "#style-select", "API key") == pending
+    assert text_of(page, "#gender-options") == pending
+    assert page.locator("input[name=size]").evaluate_all("(all) => all.map((i) => i.value)") == [
+        "512x512",
+        "768x768",
+        "1024x1024",
+        "768x1024",
+        "custom",
+    ]
+    assert page.locator("input[name=size][value='512x512']").is_checked()
     page.fill("#key-input", "wrong-key-0123456789")
     page.click("#key-save")
-    page.locator("#key-error").wait_for(state="visible")
+    assert wait_text(page, "#key-error", "accepted") == "This API key was not accepted."
+    assert page.evaluate("document.body.innerText.split('not accepted').length - 1") == 1
     page.fill("#key-input", "sesame-0123456789abcdef")
     page.click("#key-save")
-    page.wait_for_selector("#style-select option", state="attached")
+    page.wait_for_selector(STYLE_OPTION, state="attached")
+    assert page.locator("input[name=gender]").count() > 0
     page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
     page.click("#generate-button")
     page.wait_for_selector("#result-image", state="visible")

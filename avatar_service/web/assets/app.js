@@ -260,9 +260,8 @@
     return new Promise((resolve) => {
       state.keyWaiters.push(resolve);
       if (el.keyDialog.open) return;
-      el.keyReason.textContent =
-        (reason ? reason + " " : "") +
-        "This service needs an API key. It is kept in this browser only.";
+      // The reason (a refused key) is said once, in the error line under the field.
+      el.keyReason.textContent = "This service needs an API key. It is kept in this browser only.";
       el.keyError.hidden = !reason;
       el.keyError.textContent = reason;
       el.keyInput.value = "";
@@ -435,7 +434,7 @@
   // Ask the service which face and crop a generate of the chosen size would use, and draw them.
   async function showFraming() {
     const upload = state.upload;
-    if (!upload || upload.file !== state.file || !state.presets) return; // styles: still loading
+    if (!upload || upload.file !== state.file || !state.styles.length) return; // styles: loading
     const size = quietSize();
     if (!size) {
       el.framingOverlay.toggleAttribute("hidden", true);
@@ -533,8 +532,11 @@
         radio("gender", name, name[0].toUpperCase() + name.slice(1), name === gender)
       )
     );
-    const width = defaults.width || 512;
-    const height = defaults.height || 512;
+    renderSizeOptions(defaults.width || 512, defaults.height || 512, keepChoices, true);
+  }
+
+  // The size presets around a default (the style's when ``isStyleDefault``), plus Custom.
+  function renderSizeOptions(width, height, keepChoices, isStyleDefault) {
     const presetId = keepChoices && selectedValue("size");
     const presets = SIZE_PRESETS.slice();
     if (!presets.some((p) => p.width === width && p.height === height)) {
@@ -545,7 +547,12 @@
     const selected = current ? presetId : defaultId;
     el.sizeOptions.replaceChildren(
       ...presets.map((p) =>
-        radio("size", p.id, p.id === defaultId ? p.label + " (style default)" : p.label, p.id === selected)
+        radio(
+          "size",
+          p.id,
+          p.id === defaultId && isStyleDefault ? p.label + " (style default)" : p.label,
+          p.id === selected
+        )
       ),
       radio("size", "custom", "Custom", selected === "custom")
     );
@@ -575,8 +582,35 @@
     input.addEventListener("input", () => refreshFraming({ soon: true }));
   }
 
+  // Before the styles are known (they need the key when keys are on): say so in each control
+  // instead of leaving it empty, and offer the sizes, which do not depend on a style.
+  function showStylesPending(text) {
+    if (state.styles.length) return;
+    const option = document.createElement("option");
+    option.value = "";
+    option.disabled = true;
+    option.selected = true;
+    option.textContent = text;
+    el.styleSelect.replaceChildren(option);
+    el.styleDescription.textContent = "";
+    const note = document.createElement("p");
+    note.className = "hint";
+    note.textContent = text;
+    el.genderOptions.replaceChildren(note);
+    if (!state.presets) renderSizeOptions(512, 512, false);
+  }
+
   async function loadStyles() {
     clearErrors("style");
+    let info = null;
+    try {
+      const answer = await fetch("/service-info", { headers: { Accept: "application/json" } });
+      info = await answer.json();
+    } catch (_) {
+      info = null; // the styles' own answer tells
+    }
+    const needsKey = Boolean(info && info.authRequired && !storedKey());
+    showStylesPending(needsKey ? "Enter your API key to load the styles." : "Loading the styles…");
     try {
       const { data } = await api("/styles");
       state.styles = data.styles || [];
@@ -592,6 +626,7 @@
       renderStyleOptions(false);
       refreshFraming();
     } catch (error) {
+      if (error.status === 401) showStylesPending("Enter your API key to load the styles.");
       showError("style", "The styles could not be loaded: " + explain(error));
     }
   }
