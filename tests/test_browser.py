@@ -226,7 +226,8 @@ def test_photo_to_avatar_with_progress_download_and_recent(
     with page.expect_download() as download:
         page.click("#download-link")
     avatar = record["avatars"][0]
-    assert download.value.suggested_filename == avatar["fileName"]
+    # Named as the command line names its files: <photo>-<style>-<seed>.png.
+    assert download.value.suggested_filename == f"me-cartoon-{record['seed']}.png"
     saved = Path(download.value.path()).read_bytes()
     assert saved == (tmp_path / "generated_avatar" / avatar["fileName"]).read_bytes()
     assert page.locator("#recent-list li").count() == 1
@@ -322,6 +323,14 @@ def test_cancel_stops_the_job(open_page, make_service, standin, tmp_path):
     assert service.http.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
     assert len(standin.interrupts) == 1, "the running prompt was interrupted in ComfyUI"
     assert not page.locator("#generate-button").is_disabled()
+
+    # A file refused next: the old photo and the cancelled job's message go, the hint resets.
+    page.set_input_files("#photo-input", str(photo_file(tmp_path, "notes.txt", b"hello")))
+    assert wait_text(page, "#photo-error", "notes").startswith("“notes.txt” is a text/plain file")
+    assert page.locator("#job-error").is_hidden()
+    assert page.locator("#photo-frame").is_hidden()
+    assert (text_of(page, "#drop-hint"), text_of(page, "#photo-name")) == ("Drop a photo here", "")
+    assert page.locator("#empty-note").is_visible()
 
 
 def test_queue_position_is_shown_while_waiting(open_page, make_service, standin, tmp_path):

@@ -147,6 +147,7 @@
     framingAsked: 0, // the number of the last framing asked for; older answers are dropped
     framingTimer: null,
     job: null,
+    jobPhoto: null, // the file name of the photo the job in flight was made from
     stream: null,
     pollTimer: null,
     previewCount: 0,
@@ -315,29 +316,50 @@
     return bytes + " bytes";
   }
 
+  // Why the page refuses a file before sending it, or "" when it may be sent.
+  function refusal(file) {
+    if (!ACCEPTED_TYPES.includes(file.type)) {
+      const kind = file.type ? "a " + file.type + " file" : "not a photo the page can recognise";
+      return `“${file.name}” is ${kind}; choose a JPEG, PNG or WebP photo.`;
+    }
+    if (file.size > limits.maxBytes) {
+      return (
+        `“${file.name}” is ${formatBytes(file.size)}; photos can be at most ` +
+        `${formatBytes(limits.maxBytes)}.`
+      );
+    }
+    if (file.size === 0) return `“${file.name}” is empty; choose another photo.`;
+    return "";
+  }
+
+  // A new file (taken or refused) replaces the photo and ends what was shown of the last job.
+  function forgetPhoto() {
+    state.file = null;
+    state.upload = null;
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = null;
+    el.photoPreview.removeAttribute("src");
+    el.photoFrame.hidden = true;
+    el.dropHint.textContent = "Drop a photo here";
+    el.photoName.textContent = "";
+    clearFraming();
+    if (!state.busy) {
+      clearErrors("job");
+      el.resultBox.hidden = true;
+      el.emptyNote.hidden = !el.progressBox.hidden;
+    }
+  }
+
   function takePhoto(file) {
     clearErrors("photo", "form");
     if (!file) return;
-    if (!ACCEPTED_TYPES.includes(file.type)) {
-      const kind = file.type ? "a " + file.type + " file" : "not a photo the page can recognise";
-      showError("photo", `“${file.name}” is ${kind}; choose a JPEG, PNG or WebP photo.`);
-      return;
-    }
-    if (file.size > limits.maxBytes) {
-      showError(
-        "photo",
-        `“${file.name}” is ${formatBytes(file.size)}; photos can be at most ` +
-          `${formatBytes(limits.maxBytes)}.`
-      );
-      return;
-    }
-    if (file.size === 0) {
-      showError("photo", `“${file.name}” is empty; choose another photo.`);
+    forgetPhoto();
+    const refused = refusal(file);
+    if (refused) {
+      showError("photo", refused);
       return;
     }
     state.file = file;
-    state.upload = null;
-    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
     state.previewUrl = URL.createObjectURL(file);
     el.photoPreview.src = state.previewUrl;
     el.photoFrame.hidden = false;
@@ -697,6 +719,7 @@
         async: true,
       };
       if (seed.seed !== null) request.seed = seed.seed;
+      state.jobPhoto = upload.file.name;
       showProgress("Sending the job…");
       const { data } = await api("/generate-avatar-by-image", {
         method: "POST",
@@ -901,6 +924,7 @@
       return;
     }
     if (!jobId) return;
+    state.jobPhoto = null; // the photo of a job taken up after a reload is not known here
     try {
       const { data } = await api("/jobs/" + encodeURIComponent(jobId));
       if (isEnded(data)) {
@@ -943,6 +967,7 @@
     const entry = {
       url: avatar.url,
       fileName: avatar.fileName,
+      downloadName: downloadName(state.jobPhoto, record, avatar),
       jobId: record.jobId,
       style: record.style,
       gender: record.gender,
@@ -956,6 +981,17 @@
     el.download.focus();
   }
 
+  // The name a download is saved under, as the command line names its files:
+  // <photo>-<style>-<seed>.<ext> ("avatar" when the photo is not known).
+  function downloadName(photoName, record, avatar) {
+    const stem = String(photoName || "avatar")
+      .replace(/\.[^.]*$/, "")
+      .replace(/[^\p{L}\p{N}._-]+/gu, "-")
+      .replace(/^[-.]+|-+$/g, "");
+    const extension = (/\.[A-Za-z0-9]+$/.exec(avatar.fileName || "") || [".png"])[0];
+    return `${stem || "avatar"}-${record.style}-${record.seed}${extension}`;
+  }
+
   function display(entry) {
     el.emptyNote.hidden = true;
     el.resultBox.hidden = false;
@@ -964,13 +1000,36 @@
     el.resultImage.width = entry.width;
     el.resultImage.height = entry.height;
     el.download.href = entry.url;
-    el.download.setAttribute("download", entry.fileName);
+    el.download.setAttribute("download", entry.downloadName || downloadName(null, entry, entry));
     el.resultCaption.textContent =
       `${entry.style} · ${entry.gender || ""} · ${entry.width} × ${entry.height} · seed ${entry.seed}`;
     for (const button of el.recentList.querySelectorAll("button")) {
       button.setAttribute("aria-current", String(button.dataset.url === entry.url));
     }
   }
+
+  // Browsers keep the download attribute's name only for blob: and data: links (Chromium drops it
+  // even for this origin's files): fetch the avatar and save it from a blob under that name.
+  el.download.addEventListener("click", async (event) => {
+    event.preventDefault();
+    clearErrors("job");
+    const name = el.download.getAttribute("download");
+    try {
+      const answer = await fetch(el.download.href);
+      if (!answer.ok) throw new Error("the service answered " + answer.status);
+      const url = URL.createObjectURL(await answer.blob());
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = name;
+      link.hidden = true;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (error) {
+      showError("job", "The avatar could not be downloaded: " + sentence(error.message));
+    }
+  });
 
   function recent() {
     try {
