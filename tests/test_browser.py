@@ -580,6 +580,34 @@ def test_phone_width_layout(open_page, service):
     assert page.locator("#generate-button").bounding_box()["width"] <= 360
 
 
+@pytest.mark.parametrize("motion", ["reduce", "no-preference"])
+def test_progress_and_cancel_come_into_view_on_a_phone(
+    open_page, make_service, standin, tmp_path, motion
+):
+    """At 360 x 740 the progress (with Cancel) is scrolled into view once a job starts."""
+    service = make_service()
+    standin.set_faults(step_delay=0.2)
+    page = open_page(
+        service.url,
+        viewport={"width": 360, "height": 740},
+        is_mobile=True,
+        has_touch=True,
+        reduced_motion=motion,
+    )
+    page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
+    page.locator("#photo-preview").wait_for(state="visible")
+    page.click("#generate-button")
+    wait_text(page, "#step-text", r"^Step \d+ of 70$")
+    in_view = """() => {
+        const box = document.getElementById('cancel-button').getBoundingClientRect();
+        const status = document.getElementById('status-text').getBoundingClientRect();
+        return box.height > 0 && status.top >= 0 && box.bottom <= window.innerHeight;
+    }"""
+    wait_until(page, in_view, timeout=3)
+    page.click("#cancel-button")
+    assert wait_text(page, "#job-error", "cancelled") == "The job was cancelled."
+
+
 def test_every_control_is_labelled_and_reachable(open_page, service):
     """Each form control has a label, and the file picker is reached with the keyboard."""
     page = open_page(service.url)

@@ -708,6 +708,7 @@
     if (!size || !seed.ok) return;
     setBusy(true);
     showProgress("Uploading the photo…");
+    bringProgressIntoView();
     try {
       const upload = await ensureUpload();
       const request = {
@@ -760,6 +761,19 @@
     el.livePreview.hidden = true;
   }
 
+  // Room the progress box takes once steps and a live preview are shown (Cancel at its foot).
+  const PROGRESS_ROOM_PX = 480;
+
+  // On a phone the result panel is below the form: scroll the progress box to the top of the
+  // screen, so that it can grow without pushing Cancel out of view (not when it already fits).
+  function bringProgressIntoView() {
+    const top = el.progressBox.getBoundingClientRect().top;
+    const room = Math.min(window.innerHeight, PROGRESS_ROOM_PX);
+    if (top >= 0 && top + room <= window.innerHeight) return;
+    const still = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    el.progressBox.scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+  }
+
   function hideProgress() {
     el.progressBox.hidden = true;
     if (el.resultBox.hidden) el.emptyNote.hidden = false;
@@ -777,8 +791,7 @@
     el.progressBox.dataset.jobId = record.jobId;
     showProgress("Queued…");
     el.cancel.hidden = false;
-    // On a phone the result panel is below the form: bring the progress into view.
-    el.progressBox.scrollIntoView({ block: "nearest" });
+    bringProgressIntoView();
     onRecord(record);
     if (isEnded(record)) return;
     const url = record.links && record.links.events;
