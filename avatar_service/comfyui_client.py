@@ -278,8 +278,8 @@ class _QueueSnapshot:
             (item for item in answer.get("queue_pending") or [] if _item_id(item) is not None),
             key=lambda item: (float(item[0]), str(item[1])),
         )
-        offset = 1 if running else 0
-        positions = {str(item[1]): index + 1 + offset for index, item in enumerate(pending)}
+        # 1 = the next to start (the running prompt is not counted), as the service's own queue.
+        positions = {str(item[1]): index + 1 for index, item in enumerate(pending)}
         return cls(asked_at, running, positions)
 
 
@@ -458,7 +458,7 @@ class ComfyUIClient:
         return self._json("GET", "/queue")
 
     def queue_state(self, prompt_id: str, *, newer_than: float) -> tuple[str, int | None]:
-        """Where a prompt is: ("running", 0), ("pending", position from 1), or ("absent", None).
+        """Where a prompt is: ("running", 0), ("pending", 1 = next to start), or ("absent", None).
 
         Read from one shared GET /queue asked for no earlier than ``newer_than`` (a
         ``time.monotonic()`` value): however many jobs wait, ComfyUI builds the (large) queue

@@ -35,6 +35,9 @@ MULTIPLE_FACE_RULES = ("largest", "refuse")
 MIN_CROP_SIDE = 64
 CROP_FIELDS = ("x", "y", "width", "height")
 CROP_SHAPE_MESSAGE = 'must be an object {"x", "y", "width", "height"} of integers'
+# A request's crop is at least the smallest avatar side: a few pixels blown up to an avatar
+# make nothing a user wants.
+MIN_CROP_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,8 @@ def crop_problem(value: Any, photo_size: tuple[int, int] | None) -> str | None:
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
         return CROP_SHAPE_MESSAGE
     x, y, width, height = numbers
-    if x < 0 or y < 0 or width < 1 or height < 1:
-        return "x and y must be at least 0, width and height at least 1"
+    if x < 0 or y < 0 or width < MIN_CROP_SIDE or height < MIN_CROP_SIDE:
+        return f"x and y must be at least 0, width and height at least {MIN_CROP_SIDE}"
     if photo_size is not None:
         photo_width, photo_height = photo_size
         if x + width > photo_width or y + height > photo_height:

@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from .errors import BadRequest
-from .framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, crop_problem
+from .framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem
 from .jobs import GenerateRequest
 from .workflow import Workflow
 
@@ -132,7 +132,7 @@ class GenerateSchema:
                     "type": ["object", "null"],
                     "required": list(CROP_FIELDS),
                     "properties": {
-                        name: {"type": "integer", "minimum": 0 if name in "xy" else 1}
+                        name: {"type": "integer", "minimum": 0 if name in "xy" else MIN_CROP_SIDE}
                         for name in CROP_FIELDS
                     },
                     "additionalProperties": False,

@@ -344,7 +344,7 @@ def test_queue_position_is_shown_while_waiting(open_page, make_service, standin,
     page = open_page(service.url)
     page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
     page.click("#generate-button")
-    assert wait_text(page, "#status-text", "queue") == "Waiting in the queue: position 2."
+    assert wait_text(page, "#status-text", "queue") == "Waiting in the queue: position 1."
     standin.set_faults(step_delay=0)
     service.http.post(f"/jobs/{blocker}/cancel")
     page.wait_for_selector("#result-image", state="visible")

@@ -101,7 +101,7 @@ def test_a_server_gets_at_most_its_slots(make_service, standin, photo):
         nonlocal sent
         sent = [service.http.get(f"/jobs/{job_id}").json() for job_id in jobs[:2]]
         return sorted((r["status"], r["queuePosition"] or 0) for r in sent) == [
-            ("queued", 2),  # in ComfyUI's queue, behind the running prompt
+            ("queued", 1),  # in ComfyUI's queue, next after the running prompt
             ("running", 0),
         ]
 
@@ -287,4 +287,23 @@ def test_waiting_jobs_get_an_estimated_start(make_service, standin, photo):
     assert positions[-1] == {"queuePosition": 3, "estimatedStartAt": starts[2]}
     standin.set_faults(hang=False, step_delay=0.0)
     for job_id in [first, *waiting]:
+        assert service.wait_job(job_id)["status"] == "succeeded"
+
+
+def test_positions_count_from_one_across_comfyui_and_the_service(make_service, standin, photo):
+    """One running, one waiting in ComfyUI, two in the service's queue: positions 1, 2, 3."""
+    service = make_service(comfyui_slots=2)
+    standin.set_faults(hang=True)
+    name = service.upload(photo)
+    jobs = [start_job(service, name, seed=index) for index in range(4)]
+    service.wait_job(jobs[0], until=lambda r: r["status"] == "running")
+    records = [
+        service.wait_job(job_id, until=lambda r, n=place: r["queuePosition"] == n)
+        for place, job_id in enumerate(jobs[1:], start=1)
+    ]
+    assert [record["status"] for record in records] == ["queued"] * 3
+    assert server_of(service, jobs[1]) is not None  # in ComfyUI's queue
+    assert [server_of(service, job_id) for job_id in jobs[2:]] == [None, None]
+    standin.set_faults(hang=False)
+    for job_id in jobs:
         assert service.wait_job(job_id)["status"] == "succeeded"

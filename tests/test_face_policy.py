@@ -126,7 +126,11 @@ def test_request_crop_overrides_the_face(service, standin):
         ),
         (
             {"x": 0, "y": 0, "width": 0, "height": 5},
-            "x and y must be at least 0, width and height at least 1",
+            "x and y must be at least 0, width and height at least 64",
+        ),
+        (
+            {"x": 0, "y": 0, "width": 1, "height": 1},
+            "x and y must be at least 0, width and height at least 64",
         ),
     ],
 )

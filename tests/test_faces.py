@@ -149,7 +149,7 @@ def test_face_crop_never_leaves_the_photo_or_the_face():
 
 
 SHAPE = 'must be an object {"x", "y", "width", "height"} of integers'
-SIZES = "x and y must be at least 0, width and height at least 1"
+SIZES = "x and y must be at least 0, width and height at least 64"
 OUTSIDE = (
     "must lie inside the stored photo (512x512): "
     "x + width <= photo width and y + height <= photo height"
@@ -166,9 +166,12 @@ OUTSIDE = (
         ({"x": True, "y": 0, "width": 10, "height": 10}, None, SHAPE),
         ({"x": -1, "y": 0, "width": 10, "height": 10}, None, SIZES),
         ({"x": 0, "y": 0, "width": 0, "height": 10}, None, SIZES),
-        ({"x": 500, "y": 0, "width": 13, "height": 10}, (512, 512), OUTSIDE),
-        ({"x": 0, "y": 300, "width": 10, "height": 213}, (512, 512), OUTSIDE),
-        ({"x": 500, "y": 0, "width": 13, "height": 10}, None, None),
+        ({"x": 0, "y": 0, "width": 63, "height": 100}, None, SIZES),
+        ({"x": 0, "y": 0, "width": 1, "height": 1}, (512, 512), SIZES),
+        ({"x": 449, "y": 0, "width": 64, "height": 64}, (512, 512), OUTSIDE),
+        ({"x": 0, "y": 300, "width": 64, "height": 213}, (512, 512), OUTSIDE),
+        ({"x": 500, "y": 0, "width": 64, "height": 64}, None, None),
+        ({"x": 448, "y": 0, "width": 64, "height": 64}, (512, 512), None),
         ({"x": 0, "y": 0, "width": 512, "height": 512}, (512, 512), None),
     ],
 )

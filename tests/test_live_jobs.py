@@ -93,7 +93,7 @@ def test_job_shows_queue_position_and_progress(service, standin, photo):
     second = start_job(service, name)
     queued = service.wait_job(second, until=lambda r: r["queuePosition"] is not None)
     assert queued["status"] == "queued"
-    assert queued["queuePosition"] == 2
+    assert queued["queuePosition"] == 1  # the next to start (the running job is not counted)
     running = service.wait_job(first, until=lambda r: (r["progress"] or {}).get("value"))
     assert running["status"] == "running"
     assert running["progress"]["nodeType"] == "KSampler"
@@ -321,7 +321,7 @@ def test_queued_job_learns_its_position_promptly(make_service, standin, photo):
     service.wait_job(first, until=lambda r: r["status"] == "running", timeout=10)
     second = start_job(service, name)
     record = service.wait_job(second, until=lambda r: r["queuePosition"] is not None, timeout=10)
-    assert record["queuePosition"] == 2
+    assert record["queuePosition"] == 1
     standin.set_faults(hang=False)
     assert service.wait_job(second)["status"] == "succeeded"
 

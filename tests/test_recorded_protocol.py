@@ -457,7 +457,7 @@ def test_partial_acceptance_is_rejected_and_removed_from_comfyui(replayed, recs)
 
 
 def test_queue_position_from_recorded_queue_answer(replayed, recs):
-    """07: the prompt waiting behind a foreign one is at position 2, then runs and succeeds."""
+    """07: the prompt waiting behind a running one is next to start (1), then runs and succeeds."""
     rec = recs["07"]
     label = "POST /prompt #2"
     ids = ids_of(rec, label)
@@ -475,7 +475,7 @@ def test_queue_position_from_recorded_queue_answer(replayed, recs):
     events = events_of(service, job["jobId"])
 
     kinds = [kind for kind, _ in events]
-    assert [data for kind, data in events if kind == "position"] == [{"queuePosition": 2}]
+    assert [data for kind, data in events if kind == "position"] == [{"queuePosition": 1}]
     assert kinds.index("position") < kinds.index("running")
     assert kinds[-1] == "succeeded", events[-1]
     queue_reads = [r for r in replay.requests if r.path == "/queue" and r.method == "GET"]
@@ -618,7 +618,7 @@ def test_queue_position_sorts_heap_order_float_numbers_and_foreign_items(replaye
     job = submit(service)
     events = events_of(service, job["jobId"])
 
-    # sorted: -403 (front), 5.0, 391 (ours), behind the running prompt -> 4th
-    assert [data for kind, data in events if kind == "position"] == [{"queuePosition": 4}]
+    # sorted: -403 (front), 5.0, 391 (ours): two start before it -> 3rd
+    assert [data for kind, data in events if kind == "position"] == [{"queuePosition": 3}]
     assert events[-1][0] == "succeeded", events[-1]
     assert_clean(replay)
