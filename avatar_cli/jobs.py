@@ -28,7 +28,7 @@ class Reporter(Protocol):
 
 
 def client_error(error: ClientError) -> dict[str, Any]:
-    """An error of the client itself (service unreachable, unreadable answer) in the service's shape."""
+    """An error of the client itself (service unreachable, bad answer) in the service's shape."""
     return {"code": "client_error", "message": error.message, "details": {}}
 
 

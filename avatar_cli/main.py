@@ -228,7 +228,7 @@ def cancel(job_id: str, server: str, key: str | None, as_json: bool) -> None:
 
 
 def size_problems(size: tuple[int, int], rules: dict[str, int]) -> dict[str, str]:
-    """What is wrong with each side of ``size`` under the service's rules (empty when it is fine)."""
+    """What is wrong with each side of ``size`` under the service's rules (empty: it is fine)."""
     low, high, step = rules["minSide"], rules["maxSide"], rules["sideStep"]
     rule = f"must be an integer from {low} to {high} and a multiple of {step}"
     return {

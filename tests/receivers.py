@@ -74,7 +74,7 @@ class Received:
 
 
 class Receiver:
-    """A threaded HTTP server that records every POST (and GET) and answers from a script of actions.
+    """A threaded HTTP server that records every POST (and GET) and answers from a script.
 
     Scripted actions are used in order, one per request; when the script is empty every request
     gets ``default``. Use as a context manager, or call ``start`` and ``stop``.
