@@ -23,6 +23,8 @@ TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 # Event streams send a keep-alive at least every 15 s; four missed ones mean the stream is gone.
 STREAM_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# What a 401 does not say: how this command sends a key.
+KEY_HINT = "(use --key KEY or set AVATAR_KEY)"
 
 
 class ClientError(Exception):
@@ -68,6 +70,8 @@ class ApiError(ClientError):
             text = "; ".join(f"{name}: {problem}" for name, problem in fields.items())
         if self.retry_after:
             text += f" (retry after {self.retry_after} s)"
+        if self.status == 401:
+            text += f" {KEY_HINT}"
         return f"{text} [{self.code}]"
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +104,10 @@ class AvatarClient:
     def styles(self) -> dict[str, Any]:
         """GET /styles."""
         return self._json("GET", "/styles")
+
+    def service_info(self) -> dict[str, Any]:
+        """GET /service-info: whether a key is needed, and the service's limits."""
+        return self._json("GET", "/service-info")
 
     def upload(self, photo: Path) -> dict[str, Any]:
         """POST /upload-image: the stored photo's imageName, width and height."""

@@ -27,6 +27,11 @@ class Reporter(Protocol):
         """The job of this photo has ended (or could not start)."""
 
 
+def client_error(error: ClientError) -> dict[str, Any]:
+    """An error of the client itself (service unreachable, bad answer) in the service's shape."""
+    return {"code": "client_error", "message": error.message, "details": {}}
+
+
 @dataclass
 class JobResult:
     """What became of one photo."""
@@ -52,7 +57,7 @@ class JobResult:
         if isinstance(self.error, ApiError):
             error = self.error.to_dict()
         elif self.error is not None:
-            error = {"code": "client_error", "message": self.error.message, "details": {}}
+            error = client_error(self.error)
         return {
             "photo": str(self.photo),
             "jobId": self.job_id,

@@ -19,13 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import ApiError, AvatarClient, ClientError
-from .jobs import Batch
+from .jobs import Batch, client_error
 from .progress import BarReporter, LineReporter
 
 DEFAULT_SERVER = "http://127.0.0.1:5000"
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 CANCEL_GRACE_SECONDS = 10.0
 MAX_SEED = 2**64 - 1
+# The service's size rules, used when it does not publish its own in /service-info.
+SIZE_RULES = {"minSide": 64, "maxSide": 2048, "sideStep": 8}
 
 
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,6 +121,8 @@ def generate(
         request["seed"] = seed
     err = Console(stderr=True, soft_wrap=True)
     client = AvatarClient(server, key=key)
+    if size:
+        _check_size(client, size, as_json)
     unique = list(dict.fromkeys(photos))
     reporter = BarReporter(err, unique) if err.is_terminal else LineReporter(err)
     batch = Batch(client, reporter, request=request, out_dir=out_dir, parallel=parallel)
@@ -158,7 +162,7 @@ def generate(
 @_common
 def styles(server: str, key: str | None, as_json: bool) -> None:
     """List the styles the service offers."""
-    body = _call(lambda client: client.styles(), server, key)
+    body = _call(lambda client: client.styles(), server, key, as_json)
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
@@ -181,7 +185,7 @@ def styles(server: str, key: str | None, as_json: bool) -> None:
 @_common
 def jobs(job_id: str, server: str, key: str | None, as_json: bool) -> None:
     """Show a job: status, progress, error and avatars."""
-    record = _call(lambda client: client.job(job_id), server, key)
+    record = _call(lambda client: client.job(job_id), server, key, as_json)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -215,7 +219,7 @@ def jobs(job_id: str, server: str, key: str | None, as_json: bool) -> None:
 @_common
 def cancel(job_id: str, server: str, key: str | None, as_json: bool) -> None:
     """Cancel a queued or running job."""
-    record = _call(lambda client: client.cancel(job_id), server, key)
+    record = _call(lambda client: client.cancel(job_id), server, key, as_json)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -223,27 +227,64 @@ def cancel(job_id: str, server: str, key: str | None, as_json: bool) -> None:
     click.echo(f"job {record['jobId']}: {state}")
 
 
+def size_problems(size: tuple[int, int], rules: dict[str, int]) -> dict[str, str]:
+    """What is wrong with each side of ``size`` under the service's rules (empty: it is fine)."""
+    low, high, step = rules["minSide"], rules["maxSide"], rules["sideStep"]
+    rule = f"must be an integer from {low} to {high} and a multiple of {step}"
+    return {
+        name: rule
+        for name, side in zip(("width", "height"), size, strict=True)
+        if not low <= side <= high or side % step
+    }
+
+
+def _check_size(client: AvatarClient, size: tuple[int, int], as_json: bool) -> None:
+    """Refuse a size the service would refuse (exit 2) before anything is uploaded."""
+    rules = dict(SIZE_RULES)
+    try:
+        limits = client.service_info().get("limits") or {}
+    except ClientError:
+        limits = {}  # an older service, or none at all: the upload will tell
+    for name in rules:
+        if isinstance(limits.get(name), int) and limits[name] > 0:
+            rules[name] = limits[name]
+    problems = size_problems(size, rules)
+    if not problems:
+        return
+    client.close()
+    text = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+    # The service's own error for this request, so --json reads the same either way.
+    message = text if len(problems) == 1 else "several fields are invalid"
+    error = {"code": "invalid_fields", "message": message, "details": {"fields": problems}}
+    _fail(f"Error: Invalid value for '--size': {text}", error, as_json, status=EXIT_USAGE)
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     """SIGTERM ends a generate like Ctrl-C: its jobs are cancelled first."""
     raise KeyboardInterrupt
 
 
-def _call(action: Callable[[AvatarClient], dict[str, Any]], server: str, key: str | None):
-    """Run one request; on an error print the service's message and exit 1."""
+def _call(
+    action: Callable[[AvatarClient], dict[str, Any]], server: str, key: str | None, as_json: bool
+):
+    """Run one request; on an error print the service's message (and its JSON) and exit 1."""
     client = AvatarClient(server, key=key)
     try:
         return action(client)
     except ApiError as exc:
-        _fail(f"error: {exc.describe()}")
+        _fail(f"error: {exc.describe()}", exc.to_dict(), as_json)
     except ClientError as exc:
-        _fail(f"error: {exc.message}")
+        _fail(f"error: {exc.message}", client_error(exc), as_json)
     finally:
         client.close()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, error: dict[str, Any], as_json: bool, status: int = EXIT_FAILED) -> None:
+    """Say what went wrong on stderr (and as ``{"error": ...}`` on stdout with --json); exit."""
+    if as_json:
+        click.echo(json.dumps({"error": error}, indent=2))
     click.echo(message, err=True)
-    sys.exit(EXIT_FAILED)
+    sys.exit(status)
 
 
 def main() -> None:

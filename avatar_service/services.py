@@ -65,6 +65,9 @@ class Services:
     broadcast: EventBroadcast | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
     workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    # server URL -> whether its last /system_stats answer came from the stand-in: a server that
+    # is down says nothing, and the stand-in it was stays the stand-in until it answers again.
+    standin_seen: dict[str, bool] = field(default_factory=dict)
     # Requests that hold a server thread for long (sync waits, event streams) may use only some
     # of THREADS, so /healthz, /readyz, cancel and uploads always find a free thread.
     long_requests: threading.BoundedSemaphore = field(
@@ -401,10 +404,12 @@ class Services:
                 stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
                 state["http"] = True
                 state["version"] = (stats.get("system") or {}).get("comfyui_version")
-                state["standin"] = runs_standin(stats)
+                state["standin"] = self.standin_seen[client.base_url] = runs_standin(stats)
             except ComfyUIError as exc:
                 state["http"] = False
                 state["error"] = exc.message
+                if client.base_url in self.standin_seen:
+                    state["standin"] = self.standin_seen[client.base_url]
             if not client.connected and client.last_error:
                 state.setdefault("error", client.last_error)
             checked = self.workflow_problems.get(client.base_url)
@@ -419,9 +424,10 @@ class Services:
             )
             servers[client.base_url] = state
         ready = any(state["ready"] for state in servers.values())
-        # True when every answering server is the stand-in: its images are not real avatars.
-        answering = [state for state in servers.values() if state["http"]]
-        standin = bool(answering) and all(state["standin"] for state in answering)
+        # True when every server known (answering now, or last time it answered) is the stand-in:
+        # its images are not real avatars. A server never heard from tells nothing.
+        known = [state["standin"] for state in servers.values() if "standin" in state]
+        standin = bool(known) and all(known)
         report: dict[str, Any] = {"ready": ready, "standin": standin, "servers": servers}
         if not ready:
             reachable = any(state["websocket"] and state["http"] for state in servers.values())

@@ -74,7 +74,7 @@ class Received:
 
 
 class Receiver:
-    """A threaded HTTP server that records every POST and answers from a script of actions.
+    """A threaded HTTP server that records every POST (and GET) and answers from a script.
 
     Scripted actions are used in order, one per request; when the script is empty every request
     gets ``default``. Use as a context manager, or call ``start`` and ``stop``.
@@ -168,11 +168,17 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                self._answer("POST")
+
+            def do_GET(self) -> None:
+                self._answer("GET")
+
+            def _answer(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 action = receiver._next_action()
-                receiver._record(Received("POST", self.path, headers, body, time.monotonic()))
+                receiver._record(Received(method, self.path, headers, body, time.monotonic()))
                 if isinstance(action, Drop):
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

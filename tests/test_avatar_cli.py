@@ -262,6 +262,112 @@ def test_unreachable_service_and_bad_usage(avatar, photos, tmp_path):
     assert (version.returncode, version.stdout) == (0, "avatar, version 0.1.0\n")
 
 
+def test_every_command_answers_errors_as_json_with_json(avatar, service, tmp_path):
+    """With --json an error is {"error": ...} on stdout (service's or the client's), exit 1."""
+    unknown = run(avatar, "jobs", "nope", "--json", "--server", service.url, cwd=tmp_path)
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout) == {
+        "error": {"code": "job_not_found", "message": "unknown job", "details": {"jobId": "nope"}}
+    }
+    assert unknown.stderr == "error: unknown job [job_not_found]\n"
+    cancel = run(avatar, "cancel", "nope", "--json", "--server", service.url, cwd=tmp_path)
+    assert cancel.returncode == 1
+    assert json.loads(cancel.stdout)["error"]["code"] == "job_not_found"
+    down = run(avatar, "styles", "--json", "--server", "http://127.0.0.1:9", cwd=tmp_path)
+    assert down.returncode == 1
+    error = json.loads(down.stdout)["error"]
+    assert (error["code"], error["details"]) == ("client_error", {})
+    assert error["message"].startswith("cannot reach the avatar service at http://127.0.0.1:9")
+
+
+def test_a_size_the_service_refuses_exits_2_before_uploading(avatar, tmp_path, photos):
+    """--size outside /service-info's limits: exit 2, nothing uploaded; --json says it as JSON."""
+    info = {"limits": {"minSide": 64, "maxSide": 1024, "sideStep": 16}}
+    with Receiver() as receiver:
+        receiver.script(*[Reply(body=json.dumps(info).encode())] * 3)
+        server = receiver.url("")
+        odd = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "700x512",
+            "--server",
+            server,
+            cwd=tmp_path,
+        )
+        big = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "1536x1536",
+            "--json",
+            "--server",
+            server,
+            cwd=tmp_path,
+        )
+        fine = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "1008x512",
+            "--server",
+            server,
+            cwd=tmp_path,
+        )
+        sent = receiver.wait_for(4)
+    rule = "must be an integer from 64 to 1024 and a multiple of 16"
+    assert odd.returncode == 2
+    assert odd.stderr == f"Error: Invalid value for '--size': width: {rule}\n"
+    assert odd.stdout == ""
+    assert big.returncode == 2
+    assert json.loads(big.stdout) == {
+        "error": {
+            "code": "invalid_fields",
+            "message": "several fields are invalid",
+            "details": {"fields": {"width": rule, "height": rule}},
+        }
+    }
+    # Only the accepted size went on to upload the photo.
+    assert [request.path for request in sent] == ["/service-info"] * 3 + ["/upload-image"]
+    assert fine.returncode == 1
+
+
+def test_size_rules_default_without_service_info(avatar, service, photos, tmp_path):
+    """A service without the limits in /service-info: the defaults 64..2048 step 8 apply."""
+    with Receiver() as receiver:
+        receiver.script(Reply(status=404, body=b"{}"))
+        odd = run(
+            avatar,
+            "generate",
+            str(photos[0]),
+            "--size",
+            "2056x512",
+            "--server",
+            receiver.url(""),
+            cwd=tmp_path,
+        )
+        sent = receiver.wait_for(1)
+    assert odd.returncode == 2
+    rule = "must be an integer from 64 to 2048 and a multiple of 8"
+    assert odd.stderr == f"Error: Invalid value for '--size': width: {rule}\n"
+    assert [request.path for request in sent] == ["/service-info"]
+    live = run(
+        avatar,
+        "generate",
+        str(photos[0]),
+        "--size",
+        "700x512",
+        "--server",
+        service.url,
+        cwd=tmp_path,
+    )
+    assert live.returncode == 2
+    assert live.stderr.endswith(f"width: {rule}\n")
+
+
 def test_styles(avatar, service, tmp_path):
     """`avatar styles` lists the styles; --json prints GET /styles as it is."""
     table = run(avatar, "styles", cwd=tmp_path, AVATAR_SERVER=service.url)
@@ -382,7 +488,7 @@ def test_key_is_sent_as_bearer_and_401_is_explained(avatar, tmp_path):
     assert (ok.returncode, ok.stdout) == (0, f"job {'a' * 32}: cancelled\n")
     assert (refused.returncode, refused.stderr) == (
         1,
-        "error: a valid API key is required [unauthorized]\n",
+        "error: a valid API key is required (use --key KEY or set AVATAR_KEY) [unauthorized]\n",
     )
     assert [request.headers["authorization"] for request in sent] == ["Bearer k1", "Bearer k2"]
     assert [request.path for request in sent] == [f"/jobs/{'a' * 32}/cancel"] * 2
@@ -395,7 +501,9 @@ def test_generate_with_api_keys_on(avatar, make_service, photos, tmp_path):
     service = make_service(api_keys=key)
     refused = run(avatar, "generate", str(photos[0]), "--server", service.url, cwd=tmp_path)
     assert refused.returncode == 1
-    assert refused.stderr.rstrip().endswith("[unauthorized]")
+    assert refused.stderr.rstrip().endswith(
+        "send Authorization: Bearer <key> (use --key KEY or set AVATAR_KEY) [unauthorized]"
+    )
     done = run(
         avatar, "generate", str(photos[0]), "--server", service.url, cwd=tmp_path, AVATAR_KEY=key
     )

@@ -39,6 +39,8 @@ DOCS_SCREENSHOT = REPO_ROOT / "docs" / "page.png"
 FRAMING_SCREENSHOT = REPO_ROOT / "docs" / "page-framing.png"
 WAIT_MS = 15_000
 HAS_API_KEYS = "api_keys" in {field.name for field in fields(Settings)}
+# A style from /styles in the select (not the note shown while the styles are not known).
+STYLE_OPTION = '#style-select option:not([value=""])'
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,8 @@ def test_photo_to_avatar_with_progress_download_and_recent(
     with page.expect_download() as download:
         page.click("#download-link")
     avatar = record["avatars"][0]
-    assert download.value.suggested_filename == avatar["fileName"]
+    # Named as the command line names its files: <photo>-<style>-<seed>.png.
+    assert download.value.suggested_filename == f"me-cartoon-{record['seed']}.png"
     saved = Path(download.value.path()).read_bytes()
     assert saved == (tmp_path / "generated_avatar" / avatar["fileName"]).read_bytes()
     assert page.locator("#recent-list li").count() == 1
@@ -320,6 +323,14 @@ def test_cancel_stops_the_job(open_page, make_service, standin, tmp_path):
     assert service.http.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
     assert len(standin.interrupts) == 1, "the running prompt was interrupted in ComfyUI"
     assert not page.locator("#generate-button").is_disabled()
+
+    # A file refused next: the old photo and the cancelled job's message go, the hint resets.
+    page.set_input_files("#photo-input", str(photo_file(tmp_path, "notes.txt", b"hello")))
+    assert wait_text(page, "#photo-error", "notes").startswith("“notes.txt” is a text/plain file")
+    assert page.locator("#job-error").is_hidden()
+    assert page.locator("#photo-frame").is_hidden()
+    assert (text_of(page, "#drop-hint"), text_of(page, "#photo-name")) == ("Drop a photo here", "")
+    assert page.locator("#empty-note").is_visible()
 
 
 def test_queue_position_is_shown_while_waiting(open_page, make_service, standin, tmp_path):
@@ -569,6 +580,34 @@ def test_phone_width_layout(open_page, service):
     assert page.locator("#generate-button").bounding_box()["width"] <= 360
 
 
+@pytest.mark.parametrize("motion", ["reduce", "no-preference"])
+def test_progress_and_cancel_come_into_view_on_a_phone(
+    open_page, make_service, standin, tmp_path, motion
+):
+    """At 360 x 740 the progress (with Cancel) is scrolled into view once a job starts."""
+    service = make_service()
+    standin.set_faults(step_delay=0.2)
+    page = open_page(
+        service.url,
+        viewport={"width": 360, "height": 740},
+        is_mobile=True,
+        has_touch=True,
+        reduced_motion=motion,
+    )
+    page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
+    page.locator("#photo-preview").wait_for(state="visible")
+    page.click("#generate-button")
+    wait_text(page, "#step-text", r"^Step \d+ of 70$")
+    in_view = """() => {
+        const box = document.getElementById('cancel-button').getBoundingClientRect();
+        const status = document.getElementById('status-text').getBoundingClientRect();
+        return box.height > 0 && status.top >= 0 && box.bottom <= window.innerHeight;
+    }"""
+    wait_until(page, in_view, timeout=3)
+    page.click("#cancel-button")
+    assert wait_text(page, "#job-error", "cancelled") == "The job was cancelled."
+
+
 def test_every_control_is_labelled_and_reachable(open_page, service):
     """Each form control has a label, and the file picker is reached with the keyboard."""
     page = open_page(service.url)
@@ -616,12 +655,26 @@ def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
     service = make_service(api_keys="sesame-0123456789abcdef", token_ttl=3)
     page = open_page(service.url, styles_loaded=False)
     page.locator("#key-dialog").wait_for(state="visible")
+    # Behind the dialog the form says what it waits for instead of showing empty controls.
+    pending = "Enter your API key to load the styles."
+    assert wait_text(page, "#style-select", "API key") == pending
+    assert text_of(page, "#gender-options") == pending
+    assert page.locator("input[name=size]").evaluate_all("(all) => all.map((i) => i.value)") == [
+        "512x512",
+        "768x768",
+        "1024x1024",
+        "768x1024",
+        "custom",
+    ]
+    assert page.locator("input[name=size][value='512x512']").is_checked()
     page.fill("#key-input", "wrong-key-0123456789")
     page.click("#key-save")
-    page.locator("#key-error").wait_for(state="visible")
+    assert wait_text(page, "#key-error", "accepted") == "This API key was not accepted."
+    assert page.evaluate("document.body.innerText.split('not accepted').length - 1") == 1
     page.fill("#key-input", "sesame-0123456789abcdef")
     page.click("#key-save")
-    page.wait_for_selector("#style-select option", state="attached")
+    page.wait_for_selector(STYLE_OPTION, state="attached")
+    assert page.locator("input[name=gender]").count() > 0
     page.set_input_files("#photo-input", str(photo_file(tmp_path, "me.png", portrait())))
     page.click("#generate-button")
     page.wait_for_selector("#result-image", state="visible")

@@ -146,6 +146,19 @@ def test_readyz_on_a_real_comfyui_is_not_standin(make_service, recording):
         replay.stop()
 
 
+def test_readyz_keeps_saying_standin_while_the_standin_is_down(make_service, standin):
+    """A stand-in that stops answering is still the stand-in: the banner stays while it is down."""
+    service = make_service(comfyui_url=standin.url)
+    assert service.http.get("/readyz").json()["standin"] is True
+    standin.stop()
+    answer = service.http.get("/readyz")
+    report = answer.json()
+    assert (answer.status_code, report["ready"], report["standin"]) == (503, False, True)
+    server = report["servers"][standin.url]
+    assert (server["http"], server["standin"]) == (False, True)
+    assert report["reason"] == "no ComfyUI server is reachable"
+
+
 def test_readyz_with_no_server_answering_is_not_standin(client):
     """When no ComfyUI answers, nothing is known: no stand-in banner."""
     report = client.get("/readyz").get_json()

@@ -147,6 +147,7 @@
     framingAsked: 0, // the number of the last framing asked for; older answers are dropped
     framingTimer: null,
     job: null,
+    jobPhoto: null, // the file name of the photo the job in flight was made from
     stream: null,
     pollTimer: null,
     previewCount: 0,
@@ -260,9 +261,8 @@
     return new Promise((resolve) => {
       state.keyWaiters.push(resolve);
       if (el.keyDialog.open) return;
-      el.keyReason.textContent =
-        (reason ? reason + " " : "") +
-        "This service needs an API key. It is kept in this browser only.";
+      // The reason (a refused key) is said once, in the error line under the field.
+      el.keyReason.textContent = "This service needs an API key. It is kept in this browser only.";
       el.keyError.hidden = !reason;
       el.keyError.textContent = reason;
       el.keyInput.value = "";
@@ -316,29 +316,50 @@
     return bytes + " bytes";
   }
 
+  // Why the page refuses a file before sending it, or "" when it may be sent.
+  function refusal(file) {
+    if (!ACCEPTED_TYPES.includes(file.type)) {
+      const kind = file.type ? "a " + file.type + " file" : "not a photo the page can recognise";
+      return `“${file.name}” is ${kind}; choose a JPEG, PNG or WebP photo.`;
+    }
+    if (file.size > limits.maxBytes) {
+      return (
+        `“${file.name}” is ${formatBytes(file.size)}; photos can be at most ` +
+        `${formatBytes(limits.maxBytes)}.`
+      );
+    }
+    if (file.size === 0) return `“${file.name}” is empty; choose another photo.`;
+    return "";
+  }
+
+  // A new file (taken or refused) replaces the photo and ends what was shown of the last job.
+  function forgetPhoto() {
+    state.file = null;
+    state.upload = null;
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = null;
+    el.photoPreview.removeAttribute("src");
+    el.photoFrame.hidden = true;
+    el.dropHint.textContent = "Drop a photo here";
+    el.photoName.textContent = "";
+    clearFraming();
+    if (!state.busy) {
+      clearErrors("job");
+      el.resultBox.hidden = true;
+      el.emptyNote.hidden = !el.progressBox.hidden;
+    }
+  }
+
   function takePhoto(file) {
     clearErrors("photo", "form");
     if (!file) return;
-    if (!ACCEPTED_TYPES.includes(file.type)) {
-      const kind = file.type ? "a " + file.type + " file" : "not a photo the page can recognise";
-      showError("photo", `“${file.name}” is ${kind}; choose a JPEG, PNG or WebP photo.`);
-      return;
-    }
-    if (file.size > limits.maxBytes) {
-      showError(
-        "photo",
-        `“${file.name}” is ${formatBytes(file.size)}; photos can be at most ` +
-          `${formatBytes(limits.maxBytes)}.`
-      );
-      return;
-    }
-    if (file.size === 0) {
-      showError("photo", `“${file.name}” is empty; choose another photo.`);
+    forgetPhoto();
+    const refused = refusal(file);
+    if (refused) {
+      showError("photo", refused);
       return;
     }
     state.file = file;
-    state.upload = null;
-    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
     state.previewUrl = URL.createObjectURL(file);
     el.photoPreview.src = state.previewUrl;
     el.photoFrame.hidden = false;
@@ -435,7 +456,7 @@
   // Ask the service which face and crop a generate of the chosen size would use, and draw them.
   async function showFraming() {
     const upload = state.upload;
-    if (!upload || upload.file !== state.file || !state.presets) return; // styles: still loading
+    if (!upload || upload.file !== state.file || !state.styles.length) return; // styles: loading
     const size = quietSize();
     if (!size) {
       el.framingOverlay.toggleAttribute("hidden", true);
@@ -533,8 +554,11 @@
         radio("gender", name, name[0].toUpperCase() + name.slice(1), name === gender)
       )
     );
-    const width = defaults.width || 512;
-    const height = defaults.height || 512;
+    renderSizeOptions(defaults.width || 512, defaults.height || 512, keepChoices, true);
+  }
+
+  // The size presets around a default (the style's when ``isStyleDefault``), plus Custom.
+  function renderSizeOptions(width, height, keepChoices, isStyleDefault) {
     const presetId = keepChoices && selectedValue("size");
     const presets = SIZE_PRESETS.slice();
     if (!presets.some((p) => p.width === width && p.height === height)) {
@@ -545,7 +569,12 @@
     const selected = current ? presetId : defaultId;
     el.sizeOptions.replaceChildren(
       ...presets.map((p) =>
-        radio("size", p.id, p.id === defaultId ? p.label + " (style default)" : p.label, p.id === selected)
+        radio(
+          "size",
+          p.id,
+          p.id === defaultId && isStyleDefault ? p.label + " (style default)" : p.label,
+          p.id === selected
+        )
       ),
       radio("size", "custom", "Custom", selected === "custom")
     );
@@ -575,8 +604,35 @@
     input.addEventListener("input", () => refreshFraming({ soon: true }));
   }
 
+  // Before the styles are known (they need the key when keys are on): say so in each control
+  // instead of leaving it empty, and offer the sizes, which do not depend on a style.
+  function showStylesPending(text) {
+    if (state.styles.length) return;
+    const option = document.createElement("option");
+    option.value = "";
+    option.disabled = true;
+    option.selected = true;
+    option.textContent = text;
+    el.styleSelect.replaceChildren(option);
+    el.styleDescription.textContent = "";
+    const note = document.createElement("p");
+    note.className = "hint";
+    note.textContent = text;
+    el.genderOptions.replaceChildren(note);
+    if (!state.presets) renderSizeOptions(512, 512, false);
+  }
+
   async function loadStyles() {
     clearErrors("style");
+    let info = null;
+    try {
+      const answer = await fetch("/service-info", { headers: { Accept: "application/json" } });
+      info = await answer.json();
+    } catch (_) {
+      info = null; // the styles' own answer tells
+    }
+    const needsKey = Boolean(info && info.authRequired && !storedKey());
+    showStylesPending(needsKey ? "Enter your API key to load the styles." : "Loading the styles…");
     try {
       const { data } = await api("/styles");
       state.styles = data.styles || [];
@@ -592,6 +648,7 @@
       renderStyleOptions(false);
       refreshFraming();
     } catch (error) {
+      if (error.status === 401) showStylesPending("Enter your API key to load the styles.");
       showError("style", "The styles could not be loaded: " + explain(error));
     }
   }
@@ -651,6 +708,7 @@
     if (!size || !seed.ok) return;
     setBusy(true);
     showProgress("Uploading the photo…");
+    bringProgressIntoView();
     try {
       const upload = await ensureUpload();
       const request = {
@@ -662,6 +720,7 @@
         async: true,
       };
       if (seed.seed !== null) request.seed = seed.seed;
+      state.jobPhoto = upload.file.name;
       showProgress("Sending the job…");
       const { data } = await api("/generate-avatar-by-image", {
         method: "POST",
@@ -702,6 +761,19 @@
     el.livePreview.hidden = true;
   }
 
+  // Room the progress box takes once steps and a live preview are shown (Cancel at its foot).
+  const PROGRESS_ROOM_PX = 480;
+
+  // On a phone the result panel is below the form: scroll the progress box to the top of the
+  // screen, so that it can grow without pushing Cancel out of view (not when it already fits).
+  function bringProgressIntoView() {
+    const top = el.progressBox.getBoundingClientRect().top;
+    const room = Math.min(window.innerHeight, PROGRESS_ROOM_PX);
+    if (top >= 0 && top + room <= window.innerHeight) return;
+    const still = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    el.progressBox.scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+  }
+
   function hideProgress() {
     el.progressBox.hidden = true;
     if (el.resultBox.hidden) el.emptyNote.hidden = false;
@@ -719,8 +791,7 @@
     el.progressBox.dataset.jobId = record.jobId;
     showProgress("Queued…");
     el.cancel.hidden = false;
-    // On a phone the result panel is below the form: bring the progress into view.
-    el.progressBox.scrollIntoView({ block: "nearest" });
+    bringProgressIntoView();
     onRecord(record);
     if (isEnded(record)) return;
     const url = record.links && record.links.events;
@@ -866,6 +937,7 @@
       return;
     }
     if (!jobId) return;
+    state.jobPhoto = null; // the photo of a job taken up after a reload is not known here
     try {
       const { data } = await api("/jobs/" + encodeURIComponent(jobId));
       if (isEnded(data)) {
@@ -908,6 +980,7 @@
     const entry = {
       url: avatar.url,
       fileName: avatar.fileName,
+      downloadName: downloadName(state.jobPhoto, record, avatar),
       jobId: record.jobId,
       style: record.style,
       gender: record.gender,
@@ -921,6 +994,17 @@
     el.download.focus();
   }
 
+  // The name a download is saved under, as the command line names its files:
+  // <photo>-<style>-<seed>.<ext> ("avatar" when the photo is not known).
+  function downloadName(photoName, record, avatar) {
+    const stem = String(photoName || "avatar")
+      .replace(/\.[^.]*$/, "")
+      .replace(/[^\p{L}\p{N}._-]+/gu, "-")
+      .replace(/^[-.]+|-+$/g, "");
+    const extension = (/\.[A-Za-z0-9]+$/.exec(avatar.fileName || "") || [".png"])[0];
+    return `${stem || "avatar"}-${record.style}-${record.seed}${extension}`;
+  }
+
   function display(entry) {
     el.emptyNote.hidden = true;
     el.resultBox.hidden = false;
@@ -929,13 +1013,36 @@
     el.resultImage.width = entry.width;
     el.resultImage.height = entry.height;
     el.download.href = entry.url;
-    el.download.setAttribute("download", entry.fileName);
+    el.download.setAttribute("download", entry.downloadName || downloadName(null, entry, entry));
     el.resultCaption.textContent =
       `${entry.style} · ${entry.gender || ""} · ${entry.width} × ${entry.height} · seed ${entry.seed}`;
     for (const button of el.recentList.querySelectorAll("button")) {
       button.setAttribute("aria-current", String(button.dataset.url === entry.url));
     }
   }
+
+  // Browsers keep the download attribute's name only for blob: and data: links (Chromium drops it
+  // even for this origin's files): fetch the avatar and save it from a blob under that name.
+  el.download.addEventListener("click", async (event) => {
+    event.preventDefault();
+    clearErrors("job");
+    const name = el.download.getAttribute("download");
+    try {
+      const answer = await fetch(el.download.href);
+      if (!answer.ok) throw new Error("the service answered " + answer.status);
+      const url = URL.createObjectURL(await answer.blob());
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = name;
+      link.hidden = true;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (error) {
+      showError("job", "The avatar could not be downloaded: " + sentence(error.message));
+    }
+  });
 
   function recent() {
     try {
