@@ -25,11 +25,10 @@ from PIL import Image
 
 from avatar_service.faces import FaceDetector
 from avatar_service.images import STORED_LONG_SIDE, STORED_SHORT_SIDE, reduced_copy
-from bench.latency import free_port, percentile, process
+from bench.latency import free_port, percentile, process, update_readme
 from tests import photos
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 MARK_START, MARK_END = "<!-- bench:faces:start -->", "<!-- bench:faces:end -->"
 
 
@@ -175,12 +174,6 @@ def as_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(markdown: str) -> None:
-    text = README.read_text(encoding="utf-8")
-    start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
-    README.write_text(text[:start] + "\n" + markdown + "\n" + text[end:], encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -193,7 +186,7 @@ def main() -> int:
     markdown = as_markdown(result)
     print(markdown)
     if args.update_readme:
-        update_readme(markdown)
+        update_readme(markdown, MARK_START, MARK_END)
     return 0
 
 

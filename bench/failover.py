@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from bench.fleet import start_service, start_standin
-from bench.latency import ROOT, photo_bytes
-from bench.throughput import STEPS, update_readme
+from bench.latency import ROOT, photo_bytes, update_readme
+from bench.throughput import STEPS
 
 MARK_START, MARK_END = "<!-- bench:failover:start -->", "<!-- bench:failover:end -->"
 

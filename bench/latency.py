@@ -241,10 +241,11 @@ def as_markdown(result: dict) -> str:
     )
 
 
-def update_readme(markdown: str) -> None:
+def update_readme(markdown: str, start: str = MARK_START, end: str = MARK_END) -> None:
+    """Replace the README's block between the ``start`` and ``end`` markers with ``markdown``."""
     text = README.read_text(encoding="utf-8")
-    start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
-    README.write_text(text[:start] + "\n" + markdown + "\n" + text[end:], encoding="utf-8")
+    head, tail = text.index(start) + len(start), text.index(end)
+    README.write_text(text[:head] + "\n" + markdown + "\n" + text[tail:], encoding="utf-8")
 
 
 def main() -> int:

@@ -31,8 +31,8 @@ import httpx
 import psycopg
 
 from bench.fleet import Proc, start_service, start_standin
-from bench.latency import ROOT, free_port, photo_bytes, wait_http
-from bench.throughput import STEPS, update_readme
+from bench.latency import ROOT, free_port, photo_bytes, update_readme, wait_http
+from bench.throughput import STEPS
 
 MARK_START, MARK_END = "<!-- bench:scale:start -->", "<!-- bench:scale:end -->"
 SERVER_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")

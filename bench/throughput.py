@@ -29,7 +29,7 @@ import httpx
 from PIL import Image
 
 from bench.fleet import ResourceSampler, start_service, start_standin
-from bench.latency import README, ROOT, photo_bytes
+from bench.latency import ROOT, photo_bytes, update_readme
 
 MARK_START, MARK_END = "<!-- bench:throughput:start -->", "<!-- bench:throughput:end -->"
 STEPS = 70  # sampler steps of the shipped avatar style
@@ -214,12 +214,6 @@ def as_markdown(result: dict) -> str:
     )
 
 
-def update_readme(markdown: str, start: str = MARK_START, end: str = MARK_END) -> None:
-    text = README.read_text(encoding="utf-8")
-    head, tail = text.index(start) + len(start), text.index(end)
-    README.write_text(text[:head] + "\n" + markdown + "\n" + text[tail:], encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=4)
@@ -235,7 +229,7 @@ def main() -> int:
     markdown = as_markdown(result)
     print(markdown)
     if args.update_readme:
-        update_readme(markdown)
+        update_readme(markdown, MARK_START, MARK_END)
     return 0
 
 

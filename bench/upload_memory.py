@@ -25,9 +25,8 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.latency import ROOT, free_port, process
+from bench.latency import ROOT, free_port, process, update_readme
 
-README = ROOT / "README.md"
 MARK_START, MARK_END = "<!-- bench:upload-memory:start -->", "<!-- bench:upload-memory:end -->"
 MAX_IMAGE_PIXELS = 40_000_000  # the service's default
 MIB = 1024 * 1024
@@ -206,12 +205,6 @@ def as_markdown(result: dict) -> str:
     )
 
 
-def update_readme(markdown: str) -> None:
-    text = README.read_text(encoding="utf-8")
-    start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
-    README.write_text(text[:start] + "\n" + markdown + "\n" + text[end:], encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrent", type=int, default=32)
@@ -231,7 +224,7 @@ def main() -> int:
     markdown = as_markdown(result)
     print(markdown)
     if args.update_readme:
-        update_readme(markdown)
+        update_readme(markdown, MARK_START, MARK_END)
     return 0
 
 
