@@ -54,7 +54,7 @@ def main() -> int:
             _start(services, settings)
             app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
         else:
-            from avatar_service.server import create_server
+            from avatar_service.server import create_server, serve
 
             try:  # bind first: a second process on a busy port stops before touching any job
                 server = create_server(
@@ -68,7 +68,7 @@ def main() -> int:
                 logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
                 return 2
             _start(services, settings)
-            server.run()
+            return serve(server)
     except ConfigError as exc:
         logger.error("cannot start: %s", exc)
         return 2

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 # How long a statement waits for a lock (SQLite).
 LOCK_TIMEOUT = 30.0
+# SQLite connections kept open between transactions (more are opened while more blocks run at
+# once, and closed when they end).
+POOL_IDLE = 4
 # How long a connection to PostgreSQL may take to open, and a transaction may wait for one from
 # the pool (when the database is gone, callers learn it after this, not later).
 CONNECT_TIMEOUT = 5
@@ -124,37 +127,75 @@ class Database:
 
 
 class SQLiteDatabase(Database):
-    """Thread-local connections to one SQLite file (WAL), each block a transaction."""
+    """A small pool of connections to one SQLite file (WAL), each block a transaction.
+
+    A connection is lent for one block and returned after it, so the number open stays at
+    most the number of blocks running at once (``POOL_IDLE`` kept between them), however many
+    threads the service starts over its life. A block nested in another on the same thread
+    shares the outer block's connection and transaction.
+    """
 
     dialect = SQLITE
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, idle: int = POOL_IDLE) -> None:
         self.path = Path(path)
         self.where = str(self.path)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle_max = idle
+        self._idle: list[sqlite3.Connection] = []
+        self._lent: set[sqlite3.Connection] = set()
+        self._held = threading.local()
         self._lock = threading.Lock()
+        self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (rows read by column name or index)."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, check_same_thread=False)
-            connection.row_factory = _sqlite_row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            self._local.connection = connection
-            with self._lock:
-                self._connections.append(connection)
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, check_same_thread=False)
+        connection.row_factory = _sqlite_row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """This thread's connection; committed when the block ends, rolled back on error."""
-        connection = self.connection()
-        with connection:
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool for the block, outside any transaction (migrations)."""
+        held = getattr(self._held, "connection", None)
+        if held is not None:
+            yield held
+            return
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = self._open()
+        with self._lock:
+            self._lent.add(connection)
+        self._held.connection = connection
+        try:
             yield connection
+        finally:
+            self._held.connection = None
+            if connection.in_transaction:  # a block that did not end its own transaction
+                connection.rollback()
+            with self._lock:
+                self._lent.discard(connection)
+                keep = not self._closed and len(self._idle) < self._idle_max
+                if keep:
+                    self._idle.append(connection)
+            if not keep:
+                connection.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A pooled connection; committed when the block ends, rolled back on error."""
+        if getattr(self._held, "connection", None) is not None:
+            yield self._held.connection  # nested: part of the outer block's transaction
+            return
+        with self.connection() as connection, connection:
+            yield connection
+
+    def open_connections(self) -> int:
+        """Connections open now (idle in the pool, or lent to a block)."""
+        with self._lock:
+            return len(self._idle) + len(self._lent)
 
     def run_script(self, script: str) -> None:
         """Run DDL statements in one go."""
@@ -173,12 +214,12 @@ class SQLiteDatabase(Database):
         return {row[1] for row in connection.execute(f"PRAGMA table_info({table})").fetchall()}
 
     def close(self) -> None:
-        """Close every connection opened here."""
+        """Close the idle connections; those lent now are closed when their block ends."""
         with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 class PostgresDatabase(Database):

@@ -1,12 +1,22 @@
-"""Live job events in memory: what sync waits and Server-Sent Events streams block on."""
+"""Live job events in memory: what sync waits and Server-Sent Events streams block on.
+
+What is kept per job is bounded: the events of a job that has ended are packed into one
+compressed block (all but the final event, which late readers ask for most), and kept for
+``RETENTION_SECONDS`` after the end, for at most ``RETENTION_JOBS`` ended jobs, so that a
+client resuming with ``Last-Event-ID`` still gets what it missed. A channel a reader opened for
+a job that never published here is dropped when its last reader leaves.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +42,45 @@ class _Channel:
     readers of that job (hundreds of sync waiters do not all wake for every event)."""
 
     changed: threading.Condition
+    # Events not packed yet (of an ended job: only the final one).
     events: list[JobEvent] = field(default_factory=list)
+    # The ids given so far (the newest event's id).
+    count: int = 0
     ended_at: float | None = None
+    # Events up to ``packed_upto`` (of an ended job), compressed JSON.
+    packed: bytes | None = None
+    packed_upto: int = 0
+    readers: int = 0
+
+    def after(self, after: int) -> list[JobEvent]:
+        """The events with an id above ``after`` (every one when ``after`` is negative)."""
+        if self.packed is not None and after < self.packed_upto:
+            rows = json.loads(zlib.decompress(self.packed))
+            older = [JobEvent(*row) for row in rows if row[0] > after]
+            return older + self.events
+        return [event for event in self.events if event.id > after]
+
+    def pack(self) -> None:
+        """Compress every event but the last (the job has ended)."""
+        older = self.events[:-1]
+        if older:
+            rows = [[event.id, event.event, event.data] for event in older]
+            self.packed = zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 1)
+            self.packed_upto = older[-1].id
+            self.events = self.events[-1:]
 
 
 class JobEvents:
     """A per-job append-only log of events with blocking reads."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        retention_seconds: float = RETENTION_SECONDS,
+        retention_jobs: int = RETENTION_JOBS,
+    ) -> None:
+        self.retention_seconds = retention_seconds
+        self.retention_jobs = retention_jobs
         # Names this run of the service in event ids (event numbers restart with the process).
         self.epoch = format(time.time_ns() // 1_000_000, "x")
         self._lock = threading.Lock()
@@ -88,9 +129,11 @@ class JobEvents:
             channel = self._channel(job_id)
             if remote and channel.ended_at is not None:
                 return  # already ended here (e.g. read from the record while catching up)
-            channel.events.append(JobEvent(len(channel.events) + 1, event, data))
-            if final:
+            channel.count += 1
+            channel.events.append(JobEvent(channel.count, event, data))
+            if final and channel.ended_at is None:
                 channel.ended_at = time.monotonic()
+                channel.pack()
                 self._ended.append(job_id)
                 self._prune()
             channel.changed.notify_all()
@@ -110,12 +153,11 @@ class JobEvents:
     def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
         """Events with id > ``after`` (waiting up to ``timeout``), and whether the log has ended."""
         deadline = time.monotonic() + timeout
-        with self._lock:
+        with self._lock, self._reading(job_id) as channel:
             while True:
-                channel = self._channel(job_id)
-                fresh = channel.events[after:] if after >= 0 else channel.events
+                fresh = channel.after(after)
                 if fresh or channel.ended_at is not None:
-                    return list(fresh), channel.ended_at is not None
+                    return fresh, channel.ended_at is not None
                 if self._closing:
                     return [], True
                 remaining = deadline - time.monotonic()
@@ -134,20 +176,19 @@ class JobEvents:
         """The id of the newest event of a job (0 when none is known)."""
         with self._lock:
             channel = self._channels.get(job_id)
-            return len(channel.events) if channel else 0
+            return channel.count if channel else 0
 
     def known(self, job_id: str) -> bool:
         """Whether events of this job are held in memory."""
         with self._lock:
             channel = self._channels.get(job_id)
-            return channel is not None and bool(channel.events)
+            return channel is not None and channel.count > 0
 
     def wait_ended(self, job_id: str, timeout: float) -> bool:
         """Block until the job's final event or the timeout; True when it ended."""
         deadline = time.monotonic() + timeout
-        with self._lock:
+        with self._lock, self._reading(job_id) as channel:
             while True:
-                channel = self._channel(job_id)
                 if channel.ended_at is not None:
                     return True
                 if self._closing:
@@ -164,12 +205,31 @@ class JobEvents:
             channel = self._channels[job_id] = _Channel(threading.Condition(self._lock))
         return channel
 
+    @contextlib.contextmanager
+    def _reading(self, job_id: str) -> Iterator[_Channel]:
+        """The job's channel for one reader; the caller holds the lock. A channel that is still
+        empty when its last reader leaves is dropped (nothing was published for that job)."""
+        channel = self._channel(job_id)
+        channel.readers += 1
+        try:
+            yield channel
+        finally:
+            channel.readers -= 1
+            unused = not channel.readers and not channel.count and channel.ended_at is None
+            if unused and self._channels.get(job_id) is channel:
+                del self._channels[job_id]
+
+    def held(self) -> int:
+        """How many jobs' events are held in memory (bounded: see the module's docstring)."""
+        with self._lock:
+            return len(self._channels)
+
     def _prune(self) -> None:
         now = time.monotonic()
         while self._ended:
             oldest = self._channels.get(self._ended[0])
             expired = oldest is None or oldest.ended_at is None
-            expired = expired or now - oldest.ended_at > RETENTION_SECONDS
-            if not expired and len(self._ended) <= RETENTION_JOBS:
+            expired = expired or now - oldest.ended_at > self.retention_seconds
+            if not expired and len(self._ended) <= self.retention_jobs:
                 break
             self._channels.pop(self._ended.popleft(), None)

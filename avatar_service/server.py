@@ -11,6 +11,8 @@ The body limit is the app's own ``MAX_CONTENT_LENGTH``, so an oversized upload i
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 from flask import Flask
@@ -18,6 +20,12 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.server import create_server as create_waitress_server
 from waitress.task import ErrorTask
+
+logger = logging.getLogger(__name__)
+
+# The serving loop is entered again after a failure, unless it fails this often: then the
+# process exits with status 1 (for its supervisor to restart it), saying why.
+LOOP_FAILURES_MAX, LOOP_FAILURES_WINDOW = 5, 60.0
 
 # Waitress's error classes by status, as the service's error codes.
 _CODES = {
@@ -63,7 +71,34 @@ def create_server(
         threads=threads,
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
         ident="avatar-service",
+        # poll(2), not select(2): select cannot watch a descriptor above 1023, and a busy
+        # process (many connections, database files, sockets to ComfyUI) has more.
+        asyncore_use_poll=True,
         **options,
     )
     server.channel_class = _JsonErrorChannel
     return server
+
+
+def serve(server: Any, *, clock: Any = time.monotonic) -> int:
+    """Run waitress's loop until shutdown (0). An error raised out of the loop is logged and
+    the loop entered again (connections and jobs in flight carry on); after
+    ``LOOP_FAILURES_MAX`` failures within ``LOOP_FAILURES_WINDOW`` seconds: 1. Never a silent
+    exit."""
+    failures: list[float] = []
+    while True:
+        try:
+            server.run()
+            return 0
+        except Exception:
+            now = clock()
+            failures = [at for at in failures if now - at < LOOP_FAILURES_WINDOW] + [now]
+            if len(failures) >= LOOP_FAILURES_MAX:
+                logger.critical(
+                    "the serving loop failed %d times in %.0f s: stopping",
+                    len(failures),
+                    LOOP_FAILURES_WINDOW,
+                    exc_info=True,
+                )
+                return 1
+            logger.critical("the serving loop failed; serving again", exc_info=True)

@@ -37,8 +37,9 @@ class Proc:
             self.popen.kill()
 
 
-def start_standin(scratch: Path, name: str, *, step_delay: float) -> Proc:
-    """A stand-in ComfyUI process with ``step_delay`` seconds per sampler step."""
+def start_standin(scratch: Path, name: str, *, step_delay: float, zero_cost: bool = False) -> Proc:
+    """A stand-in ComfyUI process with ``step_delay`` seconds per sampler step (``zero_cost``:
+    every other node takes no time either)."""
     port = free_port()
     root = scratch / name
     dirs = {kind: root / kind for kind in ("input", "output", "temp")}
@@ -49,6 +50,8 @@ def start_standin(scratch: Path, name: str, *, step_delay: float) -> Proc:
         "--input-dir", str(dirs["input"]), "--output-dir", str(dirs["output"]),
         "--temp-dir", str(dirs["temp"]), "--step-delay", str(step_delay),
     ]  # fmt: skip
+    if zero_cost:
+        args += ["--node-cost", "0", "--pixel-cost", "0"]
     popen = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/system_stats")

@@ -168,7 +168,8 @@ def migrate(database: Database, component: str = "jobs") -> int:
     with _LOCK:  # two stores of one process may open the database at once
         if database.dialect.shared:
             return _migrate_postgres(database, component)
-        return _migrate_sqlite(database.connection(), database, component)  # type: ignore[attr-defined]
+        with database.connection() as connection:  # type: ignore[attr-defined]
+            return _migrate_sqlite(connection, database, component)
 
 
 def _migrate_sqlite(connection: sqlite3.Connection, database: Database, component: str) -> int:
