@@ -12,7 +12,7 @@ load_dotenv()
 
 from avatar_service import create_app  # noqa: E402  (settings are read after .env is loaded)
 from avatar_service.config import ConfigError, Settings  # noqa: E402
-from avatar_service.memory import limit_malloc_arenas  # noqa: E402
+from avatar_service.photos.memory import limit_malloc_arenas  # noqa: E402
 
 logger = logging.getLogger("avatar_service")
 SHUTDOWN_GRACE_SECONDS = 1.0
@@ -54,7 +54,7 @@ def main() -> int:
             _start(services, settings)
             app.run(host=settings.host, port=settings.port, debug=True, use_reloader=False)
         else:
-            from avatar_service.server import create_server, serve
+            from avatar_service.http.server import create_server, serve
 
             try:  # bind first: a second process on a busy port stops before touching any job
                 server = create_server(

@@ -13,9 +13,9 @@ from flask import Flask, Response
 from flask_cors import CORS
 from flask_limiter import Limiter
 
-from .api_services import ApiServices
 from .config import Settings
 from .errors import register_error_handlers
+from .http.api_services import ApiServices
 from .services import Services
 
 __version__ = "0.1.0"
@@ -45,7 +45,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     register_error_handlers(app)
 
-    from . import api, cli, webpage
+    from . import commands as cli
+    from .http import page as webpage
+    from .http import routes as api
 
     app.register_blueprint(api.bp)
     app.register_blueprint(webpage.bp)

@@ -13,30 +13,30 @@ from typing import Any, TextIO
 
 import httpx
 
-from .comfyui_client import ComfyUIClient, ComfyUIError, runs_standin
-from .config import ConfigError, Settings
-from .database import Database, DatabaseUnavailable, PostgresDatabase, open_database
-from .errors import ServiceUnavailable
-from .events import JobEvents
-from .faces import FaceDetector
-from .framing import Framing
-from .images import PhotoStore
-from .jobs import Job, JobEngine, JobRecords
-from .jobs.broadcast import EventBroadcast
-from .jobs.dispatcher import Dispatcher
-from .jobs.ledger import JobLedger
-from .jobs.prompt import RunSettings
-from .jobs.records import iso
-from .publish import AvatarForwarder, content_type_of
-from .storage import AvatarStore, write_atomic
-from .webhooks import WebhookDispatcher, WebhookError
-from .workflow import (
+from .comfyui.client import ComfyUIClient, ComfyUIError, runs_standin
+from .comfyui.workflow import (
     Workflow,
     WorkflowError,
     check_against_object_info,
     describe,
     load_workflows,
 )
+from .config import ConfigError, Settings
+from .delivery.forwarding import AvatarForwarder, content_type_of
+from .delivery.webhooks import WebhookDispatcher, WebhookError
+from .errors import ServiceUnavailable
+from .jobs import Job, JobEngine, JobRecords
+from .jobs.broadcast import EventBroadcast
+from .jobs.dispatcher import Dispatcher
+from .jobs.events import JobEvents
+from .jobs.ledger import JobLedger
+from .jobs.prompt import RunSettings
+from .jobs.records import iso
+from .persistence.database import Database, DatabaseUnavailable, PostgresDatabase, open_database
+from .photos.faces import FaceDetector
+from .photos.framing import Framing
+from .photos.store import PhotoStore
+from .storage.avatars import AvatarStore, write_atomic
 
 logger = logging.getLogger(__name__)
 # Threads kept for short requests (health, uploads, cancels) however large THREADS is.

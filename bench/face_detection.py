@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from avatar_service.faces import FaceDetector
-from avatar_service.images import STORED_LONG_SIDE, STORED_SHORT_SIDE, reduced_copy
+from avatar_service.photos.faces import FaceDetector
+from avatar_service.photos.store import STORED_LONG_SIDE, STORED_SHORT_SIDE, reduced_copy
 from bench.latency import free_port, percentile, process, update_readme
 from tests import photos
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from avatar_service.faces import Box, FaceDetector
-from avatar_service.framing import center_crop, crop_around_face
+from avatar_service.photos.faces import Box, FaceDetector
+from avatar_service.photos.framing import center_crop, crop_around_face
 from tests import photos
 
 ROOT = Path(__file__).resolve().parent.parent

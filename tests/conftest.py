@@ -82,7 +82,7 @@ class LiveService:
     """The avatar service running under waitress on 127.0.0.1:<free port>, in a thread."""
 
     def __init__(self, app) -> None:
-        from avatar_service.server import create_server
+        from avatar_service.http.server import create_server
 
         self.app = app
         self.services = app.extensions["avatar_service"]

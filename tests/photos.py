@@ -7,7 +7,7 @@ from importlib.resources import files
 
 from PIL import Image, ImageDraw
 
-from avatar_service.faces import Box
+from avatar_service.photos.faces import Box
 
 # Where the astronaut's face is in skimage's astronaut.png (512x512), measured by eye on the
 # picture (brow to chin, ear to ear), independently of any detector.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from avatar_service.config import Settings
-from avatar_service.faces import Box
+from avatar_service.photos.faces import Box
 from tests.conftest import make_photo
 from tests.photos import ASTRONAUT_FACE, astronaut, chelsea, png
 from tests.receivers import Receiver, Reply

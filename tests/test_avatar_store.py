@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
-from avatar_service.storage import without_png_text
+from avatar_service.storage.avatars import without_png_text
 
 
 def png_with_text(**text: str) -> bytes:

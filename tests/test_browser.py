@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from avatar_service.config import Settings
-from avatar_service.framing import center_crop
+from avatar_service.photos.framing import center_crop
 from comfyui_standin import StandIn
 from tests import photos
 from tests.conftest import REPO_ROOT, make_photo

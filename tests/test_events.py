@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from avatar_service.events import JobEvents
+from avatar_service.jobs.events import JobEvents
 
 
 def publish_job(events: JobEvents, job_id: str, steps: int = 5) -> None:

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageChops, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 
-from avatar_service.faces import Box
-from avatar_service.framing import center_crop
+from avatar_service.photos.faces import Box
+from avatar_service.photos.framing import center_crop
 from tests import photos
 from tests.photos import ASTRONAUT_FACE
 

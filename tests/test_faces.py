@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from avatar_service.faces import Box, FaceDetector
-from avatar_service.framing import center_crop, crop_around_face, crop_problem
+from avatar_service.photos.faces import Box, FaceDetector
+from avatar_service.photos.framing import center_crop, crop_around_face, crop_problem
 from tests import photos
 from tests.photos import ASTRONAUT_FACE
 

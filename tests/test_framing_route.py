@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avatar_service.faces import Box
+from avatar_service.photos.faces import Box
 from tests import photos
 from tests.photos import ASTRONAUT_FACE
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from avatar_service.jobs.migrations import V1_SCHEMA as OLD_SCHEMA
 from avatar_service.jobs.records import Job
 from avatar_service.jobs.records import JobRecords as JobStore
+from avatar_service.persistence.migrations import V1_SCHEMA as OLD_SCHEMA
 
 
 def test_old_database_gains_the_crop_column_and_keeps_its_jobs(tmp_path):

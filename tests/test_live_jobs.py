@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from avatar_service.webhooks import verify
+from avatar_service.delivery.webhooks import verify
 from comfyui_standin import StandIn
 from tests.conftest import LiveService
 from tests.receivers import Receiver, Reply

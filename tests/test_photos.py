@@ -142,7 +142,7 @@ def test_busy_decoder_answers_503_service_busy(make_service, photo, tmp_path):
 MEASURE = """
 import json, resource, sys
 from pathlib import Path
-from avatar_service.images import PhotoStore
+from avatar_service.photos.store import PhotoStore
 
 def rss_kib(field):
     for line in open("/proc/self/status"):
@@ -153,7 +153,7 @@ store = PhotoStore(Path(sys.argv[2]), max_bytes=10**9, max_pixels=50_000_000, mi
 data = Path(sys.argv[1]).read_bytes()
 inspect = None
 if sys.argv[4:] == ["faces"]:  # as FACE_POLICY=prefer does: detect in the stored photo
-    from avatar_service.faces import FaceDetector
+    from avatar_service.photos.faces import FaceDetector
 
     detector = FaceDetector()
     inspect = lambda image, size: detector.detect(image, size=size)

@@ -9,10 +9,10 @@ from collections import Counter
 import httpx
 import pytest
 
-from avatar_service.database import PostgresDatabase, open_database
-from avatar_service.jobs.migrations import COMPONENTS
+from avatar_service.delivery.webhooks import WebhookDispatcher
 from avatar_service.jobs.records import JobRecords
-from avatar_service.webhooks import WebhookDispatcher
+from avatar_service.persistence.database import PostgresDatabase, open_database
+from avatar_service.persistence.migrations import COMPONENTS
 from tests.receivers import Receiver, eventually
 from tests.test_records import make_job
 

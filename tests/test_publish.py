@@ -12,8 +12,8 @@ import httpx
 import pytest
 from receivers import Drop, Receiver, Reply, Slow, eventually, free_port
 
-from avatar_service.publish import Publisher, UploadOutcome
-from avatar_service.retry import backoff_delay, parse_retry_after, redact_url
+from avatar_service.delivery.forwarding import Publisher, UploadOutcome
+from avatar_service.delivery.retry import backoff_delay, parse_retry_after, redact_url
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05}
 TIMEOUT = httpx.Timeout(5.0)
@@ -131,7 +131,7 @@ def test_gives_up_after_max_attempts(receiver, avatar, make_publisher, caplog):
     """A receiver that keeps failing gets max_attempts tries; each failure is logged."""
     receiver.default = Reply(502, b"bad gateway", {"Content-Type": "text/plain"})
 
-    with caplog.at_level("WARNING", logger="avatar_service.publish"):
+    with caplog.at_level("WARNING", logger="avatar_service.delivery.forwarding"):
         outcome = make_publisher(receiver.url(), max_attempts=4).publish(avatar, filename="a.png")
 
     assert outcome == UploadOutcome(
@@ -249,7 +249,7 @@ def test_close_ends_a_backoff_wait(receiver, avatar, make_publisher, caplog):
     publisher = make_publisher(receiver.url(), backoff_max=60.0)
     result: list[UploadOutcome] = []
     worker = threading.Thread(target=lambda: result.append(publisher.publish(avatar, filename="a")))
-    with caplog.at_level("WARNING", logger="avatar_service.publish"):
+    with caplog.at_level("WARNING", logger="avatar_service.delivery.forwarding"):
         worker.start()
         # The failed attempt is logged just before the backoff wait begins.
         eventually(lambda: caplog.records)

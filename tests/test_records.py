@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from avatar_service.jobs.migrations import MIGRATIONS, V1_SCHEMA
 from avatar_service.jobs.records import Job, JobRecords
+from avatar_service.persistence.migrations import MIGRATIONS, V1_SCHEMA
 
 
 def make_job(job_id: str, *, style: str = "avatar", created_at: float | None = None) -> Job:
@@ -142,8 +142,8 @@ def test_webhook_tables_of_an_old_database_become_the_outbox(tmp_path: Path):
     """A pending webhook stored by the first schema is kept, as a webhook, in the new outbox."""
     import httpx
 
-    from avatar_service.jobs.migrations import DELIVERIES_V1_SCHEMA
-    from avatar_service.webhooks import WebhookDispatcher
+    from avatar_service.delivery.webhooks import WebhookDispatcher
+    from avatar_service.persistence.migrations import DELIVERIES_V1_SCHEMA
 
     path = tmp_path / "old.sqlite3"
     connection = sqlite3.connect(path)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from avatar_service.server import serve
+from avatar_service.http.server import serve
 from tests.conftest import TERMINAL, LiveService
 
 JOBS = 240

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from receivers import Drop, Receiver, Reply, Slow, eventually, free_port
 
-from avatar_service.webhooks import (
+from avatar_service.delivery.webhooks import (
     InvalidSecret,
     InvalidWebhook,
     WebhookDispatcher,
@@ -368,7 +368,7 @@ def test_gives_up_after_max_attempts(receiver, make_dispatcher, caplog):
     receiver.default = Reply(503, b"", {})
     dispatcher = make_dispatcher(max_attempts=3)
 
-    with caplog.at_level("WARNING", logger="avatar_service.webhooks"):
+    with caplog.at_level("WARNING", logger="avatar_service.delivery.webhooks"):
         dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.failed", data={})
         delivery = eventually(lambda: _state(dispatcher, "j1", "failed"))
 
@@ -394,7 +394,7 @@ def test_timestamp_is_of_the_attempt_and_signature_follows_it(receiver, make_dis
 
 def test_unsigned_without_secret(receiver, make_dispatcher, caplog):
     """Without a secret: id and timestamp are sent, no signature, and one warning at start."""
-    with caplog.at_level("WARNING", logger="avatar_service.webhooks"):
+    with caplog.at_level("WARNING", logger="avatar_service.delivery.webhooks"):
         dispatcher = make_dispatcher(secret=None)
         dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.succeeded", data={})
         dispatcher.enqueue(job_id="j2", url=receiver.url(), event_type="job.succeeded", data={})

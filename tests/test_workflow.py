@@ -1,4 +1,4 @@
-"""Unit tests for avatar_service.workflow: parsing, role discovery, patching, object_info checks."""
+"""Unit tests for avatar_service.comfyui.workflow: parsing, role discovery, patching, object_info checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from avatar_service.workflow import (
+from avatar_service.comfyui.workflow import (
     AmbiguousRoleError,
     InvalidBindingError,
     InvalidParameterError,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from avatar_service import create_app
+from avatar_service.comfyui.workflow import load_workflows
 from avatar_service.config import ConfigError
-from avatar_service.workflow import load_workflows
 from comfyui_standin import StandIn
 from tests.conftest import REPO_ROOT
 

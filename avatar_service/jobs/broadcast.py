@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Any
 
-from ..database import PostgresDatabase
-from ..events import JobEvents
+from ..persistence.database import PostgresDatabase
+from .events import JobEvents
 from .records import JobRecords
 
 logger = logging.getLogger(__name__)

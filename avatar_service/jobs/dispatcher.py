@@ -32,11 +32,11 @@ from typing import Any
 
 import httpx
 
-from ..comfyui_client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
-from ..database import DatabaseUnavailable, Leadership
-from ..images import PhotoStore
-from ..storage import AvatarStore
-from ..workflow import Workflow
+from ..comfyui.client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from ..comfyui.workflow import Workflow
+from ..persistence.database import DatabaseUnavailable, Leadership
+from ..photos.store import PhotoStore
+from ..storage.avatars import AvatarStore
 from . import outcomes
 from .estimates import Busy, RunTimes, schedule
 from .fleet import Fleet, WorkerEntry

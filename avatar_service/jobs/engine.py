@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..comfyui_client import Preview
+from ..comfyui.client import Preview
 from ..errors import NotFound, ServiceUnavailable
-from ..events import JobEvents
 from . import outcomes
 from .dispatcher import Dispatcher
+from .events import JobEvents
 from .ledger import JobLedger
 from .records import Job, JobRecords
 

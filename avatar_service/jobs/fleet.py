@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..database import Database
+from ..persistence.database import Database
 from .records import iso
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ServiceError
-from ..events import JobEvents
+from .events import JobEvents
 from .records import Job, JobRecords, iso
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..comfyui_client import (
+from ..comfyui.client import (
     ComfyUIError,
     ComfyUIProtocolError,
     ComfyUIUnavailable,

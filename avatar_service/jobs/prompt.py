@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..comfyui_client import (
+from ..comfyui.client import (
     ComfyUIClient,
     ComfyUIError,
     ComfyUIProtocolError,
@@ -44,9 +44,9 @@ from ..comfyui_client import (
     QueueChanged,
     Reconnected,
 )
-from ..framing import prepared_bytes
-from ..images import PhotoStore
-from ..workflow import Workflow, patch_workflow
+from ..comfyui.workflow import Workflow, patch_workflow
+from ..photos.framing import prepared_bytes
+from ..photos.store import PhotoStore
 from . import outcomes
 from .ledger import JobLedger, ms
 from .records import Job, JobRecords

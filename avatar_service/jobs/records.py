@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..database import Connection, Database, as_database
-from .migrations import migrate
+from ..persistence.database import Connection, Database, as_database
+from ..persistence.migrations import migrate
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings", "crop"})

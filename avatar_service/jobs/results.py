@@ -8,9 +8,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..comfyui_client import ComfyUIClient, ComfyUIError, HistoryEntry
-from ..storage import AvatarStore
-from ..workflow import Workflow
+from ..comfyui.client import ComfyUIClient, ComfyUIError, HistoryEntry
+from ..comfyui.workflow import Workflow
+from ..storage.avatars import AvatarStore
 from . import outcomes
 from .records import Job
 

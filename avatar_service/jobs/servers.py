@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..comfyui_client import ComfyUIClient, PromptRejected
+from ..comfyui.client import ComfyUIClient, PromptRejected
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from .errors import BadRequest
-from .framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem
-from .jobs import GenerateRequest
-from .workflow import Workflow
+from ..comfyui.workflow import Workflow
+from ..errors import BadRequest
+from ..jobs import GenerateRequest
+from ..photos.framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem
 
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
 MAX_SEED = 2**64 - 1

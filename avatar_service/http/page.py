@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, render_template
 
-from .api import MAX_SIDE, MIN_SIDE, SIDE_STEP
+from .routes import MAX_SIDE, MIN_SIDE, SIDE_STEP
 
 bp = Blueprint(
     "page",

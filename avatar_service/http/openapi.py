@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Settings
+from ..config import Settings
 from .schemas import GenerateSchema
 
 # Swagger UI files served at /docs/<name> (from the swagger-ui-bundle package, no CDN).

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import NotFound
+from ..errors import NotFound
 
 # Avatar file names are made by the service: "<jobId>_<index>.<ext>".
 AVATAR_NAME_PATTERN = re.compile(r"^[a-f0-9]{32}_\d{1,3}\.(png|jpg|jpeg|webp)$")

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
-from .errors import ServiceError, UnprocessablePhoto
+from ..errors import ServiceError, UnprocessablePhoto
+from ..storage.avatars import write_atomic
 from .faces import Box, Face, FaceDetector
-from .images import PhotoStore, reduced_copy
-from .storage import write_atomic
+from .store import PhotoStore, reduced_copy
 
 if TYPE_CHECKING:
-    from .jobs import GenerateRequest
+    from ..jobs import GenerateRequest
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .database import Database
-from .delivery import Due, Outbox, Sent
+from ..persistence.database import Database
+from .outbox import Due, Outbox, Sent
 from .retry import parse_retry_after
 
 logger = logging.getLogger(__name__)

@@ -10,20 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import Settings
+from ..delivery.webhooks import is_allowed_callback
+from ..errors import Conflict, UnprocessableContent
+from ..jobs import GenerateRequest, Job
+from ..persistence.database import Database, ensure_schema
+from ..services import Services
+from ..storage.retention import SCHEMA as RETENTION_SCHEMA
+from ..storage.retention import Retention
 from .access import SCHEMA as ACCESS_SCHEMA
 from .access import Access, Caller, read_keys_file, token_secret
-from .config import Settings
-from .database import Database, ensure_schema
-from .errors import Conflict, UnprocessableContent
 from .idempotency import SCHEMA as IDEMPOTENCY_SCHEMA
 from .idempotency import IdempotencyKeys, body_hash
-from .jobs import GenerateRequest, Job
 from .metrics import Metrics
-from .retention import SCHEMA as RETENTION_SCHEMA
-from .retention import Retention
 from .schemas import GenerateSchema
-from .services import Services
-from .webhooks import is_allowed_callback
 
 # How long a request with an Idempotency-Key waits for a concurrent one with the same key.
 IDEMPOTENCY_WAIT_SECONDS = 5.0

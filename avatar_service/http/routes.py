@@ -29,10 +29,8 @@ from flask import (
     stream_with_context,
 )
 
-from . import __version__
-from .access import Caller
-from .api_services import ApiServices
-from .errors import (
+from .. import __version__
+from ..errors import (
     BadRequest,
     Conflict,
     Forbidden,
@@ -41,12 +39,14 @@ from .errors import (
     Unauthorized,
     error_from_record,
 )
-from .jobs import Job
+from ..jobs import Job
+from ..services import Services
+from ..storage.avatars import AVATAR_NAME_PATTERN
+from .access import Caller
+from .api_services import ApiServices
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document
 from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
-from .services import Services
-from .storage import AVATAR_NAME_PATTERN
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("avatar_service.requests")

@@ -15,10 +15,8 @@ import httpx
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .comfyui_client import ComfyUIClient, ComfyUIError
-from .config import Settings
-from .storage import write_atomic
-from .workflow import (
+from .comfyui.client import ComfyUIClient, ComfyUIError
+from .comfyui.workflow import (
     Problem,
     Roles,
     WorkflowError,
@@ -28,6 +26,8 @@ from .workflow import (
     prepare_import,
     sampler_steps,
 )
+from .config import Settings
+from .storage.avatars import write_atomic
 
 workflows_cli = AppGroup("workflows", help="Check, import and list ComfyUI workflows (styles).")
 

@@ -26,9 +26,9 @@ from typing import BinaryIO
 
 from PIL import Image, ImageChops, UnidentifiedImageError
 
-from .errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from ..errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from ..storage.avatars import open_atomic
 from .memory import release_free_memory
-from .storage import open_atomic
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 # A multi-picture JPEG (MPO: phones, stereo cameras) is a JPEG whose first frame is the photo.

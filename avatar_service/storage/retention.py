@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .database import Database
-from .storage import AVATAR_NAME_PATTERN
+from ..persistence.database import Database
+from .avatars import AVATAR_NAME_PATTERN
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .database import Database
-from .storage import write_atomic
+from ..persistence.database import Database
+from ..storage.avatars import write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_owners (

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .delivery import Due, Outbox, Sent
+from .outbox import Due, Outbox, Sent
 from .retry import (
     backoff_delay,
     describe_transport_error,

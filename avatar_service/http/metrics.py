@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .comfyui_client import ComfyUIClient
-from .database import Database, DatabaseUnavailable
-from .jobs import Job
+from ..comfyui.client import ComfyUIClient
+from ..jobs import Job
+from ..persistence.database import Database, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

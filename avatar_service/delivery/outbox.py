@@ -32,8 +32,8 @@ from typing import Any
 
 import httpx
 
-from .database import Database, DatabaseUnavailable, as_database
-from .jobs.migrations import migrate
+from ..persistence.database import Database, DatabaseUnavailable, as_database
+from ..persistence.migrations import migrate
 from .retry import backoff_delay, describe_transport_error, redact_url
 
 logger = logging.getLogger(__name__)

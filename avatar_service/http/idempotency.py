@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .database import Database
+from ..persistence.database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (

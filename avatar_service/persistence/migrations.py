@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
-from ..database import Connection, Database, postgres_ddl
+from .database import Connection, Database, postgres_ddl
 
 logger = logging.getLogger(__name__)
 _LOCK = threading.Lock()

@@ -1,0 +1,1 @@
+"""Outbound deliveries: one durable outbox for webhooks and avatar forwarding."""

@@ -1,0 +1,1 @@
+"""The HTTP face: routes, request schemas, OpenAPI, page, access, idempotency, metrics, server."""

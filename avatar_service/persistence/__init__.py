@@ -1,0 +1,1 @@
+"""Where state lives: the database (SQLite or PostgreSQL) and one list of migrations."""

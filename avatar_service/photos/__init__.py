@@ -1,0 +1,1 @@
+"""Photos: the store (validation, bounded-memory decode), faces, framing (the crop)."""

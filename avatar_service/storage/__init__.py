@@ -1,0 +1,1 @@
+"""Where files live: avatars written atomically, and retention."""
