@@ -1,4 +1,4 @@
-"""Unit tests for avatar_service.comfyui.workflow: parsing, role discovery, patching, object_info checks."""
+"""Unit tests for workflow templates: parsing, role discovery, patching, object_info checks."""
 
 from __future__ import annotations
 
