@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python -m bench.failover --update-readme
 	$(BIN)/python -m bench.scale --update-readme
 	$(BIN)/python -m bench.upload_memory --update-readme
+	$(BIN)/python -m bench.soak --update-readme
 
 bench-memory: setup
 	$(BIN)/python -m bench.upload_memory --update-readme
