@@ -26,13 +26,14 @@ from .delivery.forwarding import AvatarForwarder, content_type_of
 from .delivery.webhooks import WebhookDispatcher, WebhookError
 from .errors import ServiceUnavailable
 from .jobs import Job, JobEngine, JobRecords
-from .jobs.broadcast import EventBroadcast
+from .jobs.coordination import Solo
 from .jobs.dispatcher import Dispatcher
 from .jobs.events import JobEvents
+from .jobs.fleet import Fleet
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
 from .jobs.records import iso
-from .persistence.database import Database, DatabaseUnavailable, PostgresDatabase, open_database
+from .persistence.database import Database, open_database
 from .photos.faces import FaceDetector
 from .photos.framing import Framing
 from .photos.store import PhotoStore
@@ -61,8 +62,8 @@ class Services:
     runner: JobEngine
     forwarder: AvatarForwarder | None = None
     webhooks: WebhookDispatcher | None = None
-    # Job events to and from other processes (a shared database only).
-    broadcast: EventBroadcast | None = None
+    # Solo (one process) or Fleet (processes sharing PostgreSQL), chosen once here.
+    coordination: Solo | None = None
     # server URL -> style -> problems found in that server's /object_info (absent: not checked)
     workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     # server URL -> whether its last /system_stats answer came from the stand-in: a server that
@@ -166,7 +167,12 @@ class Services:
                 )
             except WebhookError as exc:
                 raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
-        ledger = JobLedger(records=records, events=events)
+        coordination: Solo = (
+            Fleet(records, database=database, events=events, lease=settings.worker_lease)
+            if database.dialect.shared
+            else Solo(records)
+        )
+        ledger = JobLedger(records=records, events=events, coordination=coordination)
         if forwarder is not None:
             ledger.on_end.append(_forwarding_hook(forwarder, avatars))
         if webhooks is not None:
@@ -181,16 +187,11 @@ class Services:
             settings=RunSettings(
                 job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
             ),
+            coordination=coordination,
             slots=settings.comfyui_slots,
             down_grace=settings.comfyui_down_grace,
             lease=settings.worker_lease,
-            leadership=database.leadership("queue"),
         )
-        broadcast = None
-        if isinstance(database, PostgresDatabase):
-            broadcast = EventBroadcast(
-                database=database, records=records, events=events, origin=dispatcher.owner
-            )
         runner = JobEngine(
             records=records,
             events=events,
@@ -217,7 +218,7 @@ class Services:
             runner=runner,
             forwarder=forwarder,
             webhooks=webhooks,
-            broadcast=broadcast,
+            coordination=coordination,
         )
 
     def start(self) -> None:
@@ -227,8 +228,6 @@ class Services:
                 return
             self._hold_instance_lock()
             self._started = True
-        if self.broadcast is not None:
-            self.broadcast.start()
         for client in self.clients:
             client.on_connect = self.check_workflows
             client.start()
@@ -294,8 +293,6 @@ class Services:
         for close in self.on_close:
             close()
         self.runner.stop(timeout=5)
-        if self.broadcast is not None:
-            self.broadcast.stop()
         for client in self.clients:
             client.close()
         if self.webhooks is not None:
@@ -338,54 +335,16 @@ class Services:
         """GET /styles: each workflow with its parameters (with a shared database, also the
         live servers of the fleet that can run it now: ``liveServers``)."""
         styles = [describe(workflow) for _, workflow in sorted(self.workflows.items())]
-        if self.database.dialect.shared:
-            try:
-                live = [entry for entry in self.runner.dispatcher.fleet.live() if entry.usable]
-            except DatabaseUnavailable:
-                live = []
-            for style in styles:
-                style["liveServers"] = sorted(
-                    {entry.server for entry in live if style["name"] not in entry.withheld}
-                )
+        self.runner.dispatcher.coordination.describe_styles(styles)
         return styles
 
     def readiness(self) -> dict[str, Any]:
         """Per ComfyUI server: websocket up, HTTP answering, stand-in or not; ready when one is.
 
-        With a shared database: the database answers, and some live worker of the fleet (in
-        any process) can take jobs.
+        In a fleet: the database answers, and some live worker (in any process) can take jobs.
         """
-        if self.database.dialect.shared:
-            return self._fleet_readiness()
-        return self._local_readiness()
-
-    def _fleet_readiness(self) -> dict[str, Any]:
-        dispatcher = self.runner.dispatcher
-        database: dict[str, Any] = {"ok": True, "engine": "postgresql"}
-        workers: list[dict[str, Any]] = []
-        try:
-            self.database.ping()
-            workers = [entry.to_dict() for entry in dispatcher.fleet.live()]
-        except DatabaseUnavailable as exc:
-            database = {"ok": False, "engine": "postgresql", "error": str(exc)}
-        if dispatcher.database_error is not None:
-            database = {"ok": False, "engine": "postgresql", "error": dispatcher.database_error}
-        local = self._local_readiness()["servers"] if self.clients else {}
-        ready = database["ok"] and any(worker["usable"] for worker in workers)
-        report: dict[str, Any] = {
-            "ready": ready,
-            "database": database,
-            "workers": workers,
-            "servers": local,
-        }
-        if not ready:
-            report["reason"] = (
-                f"the database does not answer: {database['error']}"
-                if not database["ok"]
-                else "no live worker can take jobs (none registered, or their ComfyUI servers "
-                "are unreachable)"
-            )
-        return report
+        local = self._local_readiness()
+        return self.runner.dispatcher.coordination.readiness(local)
 
     def _local_readiness(self) -> dict[str, Any]:
         """This process's own ComfyUI servers."""

@@ -28,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Seeds chosen by the service stay below 2**53 so JavaScript clients read them exactly.
 RANDOM_SEED_LIMIT = 2**53
-# With a shared database, how often a waiting request reads the job's record again (seconds).
-SHARED_RECHECK = 1.0
 # Retry-After bounds for a full queue.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX, RETRY_AFTER_UNKNOWN = 1, 600, 10
 
@@ -84,9 +82,7 @@ class JobEngine:
 
     def start(self) -> int:
         """Take up jobs left by the previous run, then start the workers; jobs in flight."""
-        resumed = self.dispatcher.resume(self.records.unfinished())
-        self.dispatcher.start()
-        return resumed
+        return self.dispatcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop following jobs, leaving unfinished ones to be resumed by the next start."""
@@ -181,19 +177,21 @@ class JobEngine:
         job = self.get(job_id)
         if job.ended or timeout <= 0:
             return job
-        if not self.records.dialect.shared:
-            self.events.wait_ended(job_id, timeout)
-            return self.get(job_id)
-        # Another process may run the job: its events arrive by notification, and the record
-        # (the source of truth) is read again every SHARED_RECHECK seconds in case one is missed.
+        # With a fleet another process may run the job: its events arrive by notification, and
+        # the record (the source of truth) is read again every ``recheck_interval`` seconds in
+        # case one is missed. One process publishes every event itself: one wait suffices.
+        recheck = self.dispatcher.coordination.recheck_interval
         deadline = time.monotonic() + timeout
-        while not job.ended and not self.events.closing:
+        while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self.events.wait_ended(job_id, min(remaining, SHARED_RECHECK))
+            self.events.wait_ended(
+                job_id, remaining if recheck is None else min(remaining, recheck)
+            )
             job = self.get(job_id)
-        return job
+            if job.ended or self.events.closing or recheck is None:
+                return job
+            if deadline - time.monotonic() <= 0:
+                return job
 
     def cancel(self, job_id: str, *, wait: float = 0.0) -> Job:
         """Cancel a job: take it out of the service's queue, or withdraw its prompt from ComfyUI
@@ -220,9 +218,8 @@ class JobEngine:
         self.get(job_id)
         run = self.dispatcher.find_run(job_id)
         preview = run.preview if run is not None else None
-        if preview is None and self.records.dialect.shared:  # another process runs the job
-            kept = self.records.preview(job_id)
-            preview = None if kept is None else Preview(content_type=kept[0], data=kept[1])
+        if preview is None:  # another process of a fleet may run the job
+            preview = self.dispatcher.coordination.stored_preview(job_id)
         if preview is None:
             raise NotFound(
                 "no preview for this job (none sent yet, or the job is not running)",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ServiceError
+from .coordination import Solo
 from .events import JobEvents
 from .records import Job, JobRecords, iso
 
@@ -26,10 +27,12 @@ class JobLedger:
         *,
         records: JobRecords,
         events: JobEvents,
+        coordination: Solo,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.records = records
         self.events = events
+        self.coordination = coordination
         self.clock = clock
         self.on_end: list[Callable[[Job, dict[str, Any]], None]] = []
         self._progress_written: dict[str, float] = {}
@@ -101,7 +104,7 @@ class JobLedger:
     def preview(self, job: Job, frame: Any = None) -> None:
         """A new preview frame is available (kept in the database, at most twice a second,
         when other processes may be asked for it)."""
-        if frame is not None and self.records.dialect.shared:
+        if frame is not None and self.coordination.keeps_previews:
             now = time.monotonic()
             if now - self._preview_written.get(job.id, 0.0) >= PROGRESS_WRITE_INTERVAL:
                 self._preview_written[job.id] = now
@@ -131,9 +134,9 @@ class JobLedger:
         if error is not None:
             record = {"status": error.status, **error.to_dict()}
             record.setdefault("details", {})["jobId"] = job.id
-        # With a shared database only the job's holder may end it (a process cut off past its
-        # lease has lost the job to another, whose end counts): LeaseLost otherwise.
-        held_by = job.owner if self.records.dialect.shared else None
+        # In a fleet only the job's holder may end it (a process cut off past its lease has lost
+        # the job to another, whose end counts): LeaseLost otherwise.
+        held_by = self.coordination.end_guard(job)
         job = self.records.update(
             job,
             expect_owner=held_by,

@@ -1,0 +1,221 @@
+"""Server workers: one per ComfyUI server, pulling jobs when the server has a free slot.
+
+A worker claims the oldest waiting job only when its server is up and has a free slot
+(``slots`` prompts at once: one running plus one waiting by default, so the GPU never idles
+between prompts); among servers with room, the one holding fewest jobs takes first. Nothing is
+pushed to a server before it can run it. Each held job runs in a slot thread of its own
+(``drive``): its prompt's life (``prompt.PromptRun``), its images collected, and its end written;
+a failure that is the server's rather than the job's sends it back to the head of the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ..comfyui.client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from ..persistence.database import DatabaseUnavailable
+from . import outcomes
+from .ledger import ms
+from .prompt import FailoverAsked, PromptRun
+from .records import Job, LeaseLost
+from .results import collect_avatars
+from .servers import ServerState
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+# A worker whose server failed a submission waits this long before claiming again.
+SUBMIT_FAILURE_PAUSE = 1.0
+# The longest a worker waits before looking at the queue again without being told.
+IDLE_WAIT = 0.5
+
+
+class ServerWorker:
+    """Pulls jobs for one server while it has free slots; runs each in a slot thread."""
+
+    def __init__(self, dispatcher: Dispatcher, state: ServerState, slots: int) -> None:
+        self.dispatcher = dispatcher
+        self.state = state
+        self.slots = slots
+        self.owner = f"{dispatcher.owner}/{state.url}"
+        self.runs: dict[str, PromptRun | None] = {}  # None: claimed, run not built yet
+        self.paused_until = 0.0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def client(self) -> ComfyUIClient:
+        """The server's client."""
+        return self.state.client
+
+    def start(self) -> None:
+        """Start pulling."""
+        self._thread = threading.Thread(
+            target=self._pull, name=f"worker {self.state.url}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the pulling loop to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def has_room(self) -> bool:
+        """Whether the server is up, has a free slot, and holds no more jobs than any other
+        server with room (least outstanding first: idle servers get the first jobs).
+
+        The caller holds ``dispatcher.changed``.
+        """
+        if not self._open():
+            return False
+        others = [w for w in self.dispatcher.workers if w is not self and w._open()]
+        return all(len(self.runs) <= len(other.runs) for other in others)
+
+    def _open(self) -> bool:
+        return (
+            self.dispatcher.coordination.database_error is None
+            and self.state.usable
+            and len(self.runs) < self.slots
+            and time.monotonic() >= self.paused_until
+        )
+
+    def _pull(self) -> None:
+        dispatcher = self.dispatcher
+        while not dispatcher.stopping.is_set():
+            with dispatcher.changed:
+                seen = dispatcher.version
+                if not self.has_room():
+                    dispatcher.changed.wait(IDLE_WAIT)
+                    continue
+            try:
+                job = dispatcher.records.claim_next(
+                    self.state.url,
+                    self.owner,
+                    exclude_styles=self.state.withheld(),
+                    lease_seconds=dispatcher.lease,
+                )
+            except Exception:  # the database is locked or broken: try again shortly
+                logger.exception("worker %s could not claim a job", self.state.url)
+                job = None
+            if job is None:
+                with dispatcher.changed:
+                    if dispatcher.version == seen and not dispatcher.stopping.is_set():
+                        dispatcher.changed.wait(IDLE_WAIT)
+                continue
+            self.take(job)
+
+    def take(self, job: Job) -> None:
+        """Run a claimed (or resumed) job in a slot thread."""
+        with self.dispatcher.changed:
+            self.runs[job.id] = None
+        thread = threading.Thread(target=self.drive, args=(job,), name=f"job {job.id}", daemon=True)
+        self.dispatcher.threads.add(thread)
+        thread.start()
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def drive(self, job: Job) -> None:
+        """Run a claimed job on this server to its end (or give it back)."""
+        dispatcher = self.dispatcher
+        run: PromptRun | None = None
+        try:
+            run = self._register(job)
+            self._finish(run)
+        except outcomes.Cancelled:
+            dispatcher.ledger.finish(run.job if run else job, "cancelled", None)
+        except outcomes.Shutdown:
+            self._left(job)
+        except outcomes.FailedOver:
+            self._give_back(run.job if run else job, "its server was given up")
+        except (LeaseLost, DatabaseUnavailable) as exc:
+            # Cut off from the database, or past the lease: the process that takes the job over
+            # ends it; nothing is written from here.
+            logger.error("job %s left to the process that takes it over: %s", job.id, exc)
+        except Exception as exc:  # every failure ends the job; none escapes the thread
+            current = run.job if run else job
+            if dispatcher.stopping.is_set():
+                self._left(current)
+            elif self._may_run_elsewhere(exc, current, run):
+                self._give_back(current, str(exc))
+            else:
+                dispatcher.fail(current, exc)
+        finally:
+            if run is not None:
+                run.close()
+            dispatcher.released(self, job.id)
+
+    def _register(self, job: Job) -> PromptRun:
+        """The job's run, registered where cancels and failovers reach it."""
+        dispatcher = self.dispatcher
+        workflow = dispatcher.workflows.get(job.style)
+        if workflow is None:
+            raise outcomes.style_removed(job.style)
+        run = PromptRun(
+            job,
+            client=self.client,
+            workflow=workflow,
+            records=dispatcher.records,
+            ledger=dispatcher.ledger,
+            photos=dispatcher.photos,
+            settings=dispatcher.settings,
+            clock=dispatcher.clock,
+        )
+        with dispatcher.changed:
+            self.runs[job.id] = run
+            cancelled = dispatcher.take_early_cancel(job.id)
+        if cancelled or job.cancel_requested:
+            run.cancel()  # cancelled before the run was registered, so it was not told
+        if not self.state.usable and self.state.down_since is not None:
+            run.stop(FailoverAsked())
+        return run
+
+    def _finish(self, run: PromptRun) -> None:
+        """Follow the prompt to its end, collect its images, and end the job succeeded."""
+        dispatcher = self.dispatcher
+        entry = run.run()
+        job = run.job
+        fetch_started = dispatcher.clock()
+        avatars = collect_avatars(
+            job, self.client, run.workflow, entry, dispatcher.avatars, patiently=run.patiently
+        )
+        timings = {**job.timings, "fetchMs": ms(dispatcher.clock() - fetch_started)}
+        job = replace(job, timings=timings)  # written by finish()
+        if job.started_at is not None:
+            dispatcher.run_times.record(
+                self.state.url, job.style, dispatcher.clock() - job.started_at
+            )
+        dispatcher.ledger.finish(job, "succeeded", None, avatars=avatars)
+
+    def _left(self, job: Job) -> None:
+        note = self.dispatcher.coordination.left_unfinished
+        logger.info("job %s left unfinished %s", job.id, note)
+
+    def _may_run_elsewhere(self, exc: Exception, job: Job, run: PromptRun | None) -> bool:
+        """Whether a failure is the server's, not the job's, so another server may run it."""
+        if isinstance(exc, PromptRejected) and exc.server_lacks_something:
+            self.state.withhold(job.style, exc)
+            return any(job.style not in s.withheld() for s in self.dispatcher.states.values())
+        if isinstance(exc, ComfyUIUnavailable) and (run is None or run.watch is None):
+            # The server went away before the prompt was queued: no prompt to follow there.
+            self.paused_until = time.monotonic() + SUBMIT_FAILURE_PAUSE
+            return True
+        return False
+
+    def _give_back(self, job: Job, reason: str) -> None:
+        """Put a job back at the head of the queue; its prompt there is removed later."""
+        records = self.dispatcher.records
+        current = records.get(job.id) or job
+        if current.ended:
+            return
+        if current.prompt_id and current.server:
+            records.abandon_prompt(current.server, current.prompt_id, current.id)
+        logger.warning(
+            "job %s goes back to the head of the queue (%s: %s)", job.id, self.state.url, reason
+        )
+        requeued = records.requeue(current, front=True)
+        self.dispatcher.ledger.requeued(requeued)
