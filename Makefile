@@ -33,15 +33,15 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(BIN)/python -m bench.latency --runs 200 --update-readme
-	$(BIN)/python -m bench.throughput --update-readme
-	$(BIN)/python -m bench.failover --update-readme
-	$(BIN)/python -m bench.scale --update-readme
-	$(BIN)/python -m bench.upload_memory --update-readme
-	$(BIN)/python -m bench.soak --update-readme
+	$(BIN)/python -m bench.latency --runs 200 --update-docs
+	$(BIN)/python -m bench.throughput --update-docs
+	$(BIN)/python -m bench.failover --update-docs
+	$(BIN)/python -m bench.scale --update-docs
+	$(BIN)/python -m bench.upload_memory --update-docs
+	$(BIN)/python -m bench.soak --update-docs
 
 bench-memory: setup
-	$(BIN)/python -m bench.upload_memory --update-readme
+	$(BIN)/python -m bench.upload_memory --update-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ Two service processes (``python app.py``, waitress) run side by side, one with d
 photo, so machine noise hits both alike. A third process with ``FACE_POLICY=require`` times the
 refusal of a faceless phone-sized photo. Upload needs no ComfyUI, so none is started. Usage::
 
-    python -m bench.face_detection [--runs 30] [--update-readme]
+    python -m bench.face_detection [--runs 30] [--update-docs]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image
 
 from avatar_service.photos.faces import FaceDetector
 from avatar_service.photos.store import STORED_LONG_SIDE, STORED_SHORT_SIDE, reduced_copy
-from bench.latency import free_port, percentile, process, update_readme
+from bench.latency import free_port, percentile, process, update_results
 from tests import photos
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,9 @@ def as_markdown(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     result = run(args.runs)
     results_dir = ROOT / "bench" / "results"
@@ -185,8 +187,8 @@ def main() -> int:
     (results_dir / "face_detection.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = as_markdown(result)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown, MARK_START, MARK_END)
+    if args.update_docs:
+        update_results(markdown, MARK_START, MARK_END)
     return 0
 
 

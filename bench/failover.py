@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.fleet import start_service, start_standin
-from bench.latency import ROOT, photo_bytes, update_readme
+from bench.latency import ROOT, photo_bytes, update_results
 from bench.throughput import STEPS
 
 MARK_START, MARK_END = "<!-- bench:failover:start -->", "<!-- bench:failover:end -->"
@@ -150,7 +150,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=96)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--kill-after", type=float, default=2.0)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     result = run(args.servers, args.job_seconds, args.jobs, args.grace, args.kill_after)
     results_dir = ROOT / "bench" / "results"
@@ -158,8 +160,8 @@ def main() -> int:
     (results_dir / "failover.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = as_markdown(result)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown, MARK_START, MARK_END)
+    if args.update_docs:
+        update_results(markdown, MARK_START, MARK_END)
     return 0
 
 

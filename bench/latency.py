@@ -6,7 +6,7 @@ websocket, GET /history, GET /view. The service (its own process, waitress) adds
 validation, the job record in SQLite, the avatar file and its answer. Runs alternate between the
 two sides so machine noise hits both alike. Usage::
 
-    python -m bench.latency [--runs 200] [--size 64] [--update-readme]
+    python -m bench.latency [--runs 200] [--size 64] [--update-docs]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import websocket
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "benchmarks.md"
 MARK_START, MARK_END = "<!-- bench:latency:start -->", "<!-- bench:latency:end -->"
 
 
@@ -241,18 +241,22 @@ def as_markdown(result: dict) -> str:
     )
 
 
-def update_readme(markdown: str, start: str = MARK_START, end: str = MARK_END) -> None:
-    """Replace the README's block between the ``start`` and ``end`` markers with ``markdown``."""
-    text = README.read_text(encoding="utf-8")
+def update_results(
+    markdown: str, start: str = MARK_START, end: str = MARK_END, page: Path = RESULTS_PAGE
+) -> None:
+    """Replace the block between the ``start`` and ``end`` markers of ``page`` with ``markdown``."""
+    text = page.read_text(encoding="utf-8")
     head, tail = text.index(start) + len(start), text.index(end)
-    README.write_text(text[:head] + "\n" + markdown + "\n" + text[tail:], encoding="utf-8")
+    page.write_text(text[:head] + "\n" + markdown + "\n" + text[tail:], encoding="utf-8")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     result = run(args.runs, args.size)
     results_dir = ROOT / "bench" / "results"
@@ -260,8 +264,8 @@ def main() -> int:
     (results_dir / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = as_markdown(result)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown)
+    if args.update_docs:
+        update_results(markdown)
     return 0
 
 

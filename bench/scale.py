@@ -31,7 +31,7 @@ import httpx
 import psycopg
 
 from bench.fleet import Proc, start_service, start_standin
-from bench.latency import ROOT, free_port, photo_bytes, update_readme, wait_http
+from bench.latency import ROOT, free_port, photo_bytes, update_results, wait_http
 from bench.throughput import STEPS
 
 MARK_START, MARK_END = "<!-- bench:scale:start -->", "<!-- bench:scale:end -->"
@@ -305,7 +305,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--lease", type=float, default=5.0)
     parser.add_argument("--kill-after", type=float, default=5.0)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     result = run(args.servers, args.job_seconds, args.jobs, args.lease, args.kill_after)
     results_dir = ROOT / "bench" / "results"
@@ -313,8 +315,8 @@ def main() -> int:
     (results_dir / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = as_markdown(result)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown, MARK_START, MARK_END)
+    if args.update_docs:
+        update_results(markdown, MARK_START, MARK_END)
     return 0
 
 

@@ -9,7 +9,7 @@ the same run: descriptors and threads must come back to it, and resident memory 
 growing (the growth over the second half of the run, per 1,000 jobs, is reported). Usage::
 
     python -m bench.soak [--jobs 5000] [--sample-every 500] [--concurrency 8]
-                         [--database sqlite|postgresql|both] [--update-readme]
+                         [--database sqlite|postgresql|both] [--update-docs]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from bench.fleet import Proc, start_service, start_standin
-from bench.latency import ROOT, photo_bytes, update_readme
+from bench.latency import ROOT, photo_bytes, update_results
 
 MARK_START, MARK_END = "<!-- bench:soak:start -->", "<!-- bench:soak:end -->"
 # Where a PostgreSQL is looked for when TEST_DATABASE_URL is unset (trust auth, as in CI).
@@ -199,7 +199,9 @@ def main() -> int:
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     databases = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
     results = [
@@ -231,8 +233,8 @@ def main() -> int:
     )
     markdown = as_markdown(results, concurrency=args.concurrency)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown, MARK_START, MARK_END)
+    if args.update_docs:
+        update_results(markdown, MARK_START, MARK_END)
     flat = all(
         r.failed == 0
         and r.samples[-1].fds <= r.samples[0].fds + 2

@@ -29,7 +29,7 @@ import httpx
 from PIL import Image
 
 from bench.fleet import ResourceSampler, start_service, start_standin
-from bench.latency import ROOT, photo_bytes, update_readme
+from bench.latency import ROOT, photo_bytes, update_results
 
 MARK_START, MARK_END = "<!-- bench:throughput:start -->", "<!-- bench:throughput:end -->"
 STEPS = 70  # sampler steps of the shipped avatar style
@@ -220,7 +220,9 @@ def main() -> int:
     parser.add_argument("--job-seconds", type=float, default=0.25)
     parser.add_argument("--sync", type=int, default=64)
     parser.add_argument("--async", dest="asynchronous", type=int, default=256)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     result = run(args.servers, args.job_seconds, args.sync, args.asynchronous)
     results_dir = ROOT / "bench" / "results"
@@ -228,8 +230,8 @@ def main() -> int:
     (results_dir / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = as_markdown(result)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown, MARK_START, MARK_END)
+    if args.update_docs:
+        update_results(markdown, MARK_START, MARK_END)
     return 0
 
 

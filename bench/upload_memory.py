@@ -6,7 +6,7 @@ from ``/proc/<pid>/status`` (Linux). The peak of each scenario is the kernel's h
 no short peak is missed. The baseline is the idle service, after one small warm-up upload.
 Uploads never call ComfyUI, so ``COMFYUI_URL`` points at a port where nothing listens. Usage::
 
-    python -m bench.upload_memory [--concurrent 32] [--jpeg-mb 20] [--update-readme]
+    python -m bench.upload_memory [--concurrent 32] [--jpeg-mb 20] [--update-docs]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.latency import ROOT, free_port, process, update_readme
+from bench.latency import ROOT, free_port, process, update_results
 
 MARK_START, MARK_END = "<!-- bench:upload-memory:start -->", "<!-- bench:upload-memory:end -->"
 MAX_IMAGE_PIXELS = 40_000_000  # the service's default
@@ -215,7 +215,9 @@ def main() -> int:
         default=ROOT,
         help="checkout whose app.py is measured (default: this one), e.g. an older version",
     )
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument(
+        "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
+    )
     args = parser.parse_args()
     result = run(args.concurrent, args.jpeg_mb, args.service_dir.resolve())
     results_dir = ROOT / "bench" / "results"
@@ -223,8 +225,8 @@ def main() -> int:
     (results_dir / "upload_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = as_markdown(result)
     print(markdown)
-    if args.update_readme:
-        update_readme(markdown, MARK_START, MARK_END)
+    if args.update_docs:
+        update_results(markdown, MARK_START, MARK_END)
     return 0
 
 
