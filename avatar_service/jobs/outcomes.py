@@ -24,7 +24,6 @@ from ..comfyui.client import (
     ComfyUIError,
     ComfyUIProtocolError,
     ComfyUIUnavailable,
-    ExecutionFailed,
     HistoryEntry,
     OutputImage,
     PromptRejected,
@@ -37,6 +36,7 @@ from ..errors import (
     ServiceError,
     ServiceUnavailable,
 )
+from .prompt_state import PromptState
 from .records import Job
 
 
@@ -59,14 +59,16 @@ class PromptLost(Exception):
 def judge(
     entry: HistoryEntry | None,
     *,
-    failure: ExecutionFailed | None,
-    interrupted: bool,
+    state: PromptState,
     cancel_requested: bool,
     prompt_id: str,
 ) -> HistoryEntry:
-    """The success entry of an ended prompt; raises Cancelled or the job's error otherwise."""
-    failure = failure or (entry.failure if entry else None)
-    interrupted = interrupted or bool(entry and entry.interrupted)
+    """The success entry of an ended prompt; raises Cancelled or the job's error otherwise.
+
+    What ComfyUI said while the prompt ran (``state``) and its history entry both count.
+    """
+    failure = state.failure or (entry.failure if entry else None)
+    interrupted = state.interrupted or bool(entry and entry.interrupted)
     succeeded = bool(entry and entry.succeeded)
     if cancel_requested and (interrupted or (failure is None and not succeeded)):
         raise Cancelled

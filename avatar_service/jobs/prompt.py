@@ -1,21 +1,20 @@
-"""The prompt's life on one server: a small state machine fed by typed events.
+"""The prompt's life on one server: submit it, follow its state to the end, read its history.
 
 A run uploads the photo, queues a patched copy of the workflow under a prompt_id of its own and
-follows the prompt through three phases::
-
-    WAITING (in ComfyUI's queue) -> RUNNING -> ENDED
-
-Events come from the server's websocket (``comfyui_client``'s typed events) and from the run's
-owner (``Check`` when it is time to ask ComfyUI itself, ``CancelAsked``, ``ShutdownAsked``,
-``FailoverAsked``). A ``Check`` asks the shared ``/queue`` view and, for a prompt no longer in
-it, ``/history``: that is how a missed message, a dropped socket or a server that forgot the
+feeds every event to the prompt's state (``prompt_state``: WAITING -> RUNNING -> ENDED), acting
+on each: the job's record and events (``ledger``), and asking ComfyUI itself on a ``Check``, a
+reconnect or a cancel (the shared ``/queue`` view and, for a prompt no longer in it,
+``/history``): that is how a missed message, a dropped socket or a server that forgot the
 prompt is noticed. The run ends with the prompt's success entry; every other ending is an
 exception that ``outcomes`` maps to the job's result.
+
+Besides the state, a run keeps three small things of its own: its ``Submission`` (when the
+prompt was queued, for the socket check), its ``Withdrawal`` (a cancel to send to ComfyUI, again
+while unreachable) and its ``CheckTimer`` (when to ask ComfyUI next).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
 import threading
@@ -32,8 +31,6 @@ from ..comfyui.client import (
     ComfyUIUnavailable,
     Disconnected,
     ExecutionEnded,
-    ExecutionFailed,
-    ExecutionInterrupted,
     ExecutionStarted,
     HistoryEntry,
     NodeStarted,
@@ -49,7 +46,21 @@ from ..photos.framing import prepared_bytes
 from ..photos.store import PhotoStore
 from . import outcomes
 from .ledger import JobLedger, ms
+from .prompt_state import (
+    ABSENT,
+    ENDED,
+    RUNNING,
+    CancelAsked,
+    Check,
+    FailoverAsked,
+    Phase,
+    PromptState,
+    ShutdownAsked,
+    Where,
+)
 from .records import Job, JobRecords
+
+__all__ = ["FailoverAsked", "Phase", "PromptRun", "RunSettings", "ShutdownAsked", "withdraw"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,35 +76,8 @@ POSITION_REFRESH_SECONDS = 1.0
 QUEUE_VIEW_MAX_AGE = 1.0
 # Waits for the history entry ComfyUI writes just before ``executing`` null (a lagging server).
 HISTORY_RETRY_DELAYS = (0.0, 0.1, 0.3, 0.6, 1.0)
-
-
-@dataclass(frozen=True)
-class Check:
-    """Time to ask ComfyUI where the prompt is."""
-
-
-@dataclass(frozen=True)
-class CancelAsked:
-    """The job's owner cancelled it (the prompt has been withdrawn, or will be)."""
-
-
-@dataclass(frozen=True)
-class ShutdownAsked:
-    """The service is stopping."""
-
-
-@dataclass(frozen=True)
-class FailoverAsked:
-    """The server was given up: stop following the prompt here."""
-
-
-class Phase(enum.Enum):
-    """Where the prompt is on its server."""
-
-    WAITING = "waiting"
-    RUNNING = "running"
-    ENDED = "ended"
-
+# A withdrawal ComfyUI did not receive is sent again at most this often (seconds).
+WITHDRAW_RETRY = 1.0
 
 # Events after which the run asks ComfyUI itself where its prompt is.
 _ASKS = (Check, Reconnected, Disconnected, CancelAsked)
@@ -105,6 +89,49 @@ class RunSettings:
 
     job_timeout: float
     poll_interval: float
+
+
+@dataclass
+class Submission:
+    """When the prompt was queued (monotonic), and the socket's message count then."""
+
+    queued_at: float = 0.0
+    # None once the socket was checked (or for a prompt taken up rather than queued).
+    messages_at_queue: int | None = None
+
+
+@dataclass
+class Withdrawal:
+    """A cancel: asked, and whether ComfyUI still has to be told (it was unreachable)."""
+
+    asked: bool = False
+    pending: bool = False
+    last_try: float = 0.0
+
+
+@dataclass
+class CheckTimer:
+    """When the run asks ComfyUI next, beside the poll interval."""
+
+    # Ask before waiting for the next event (a run taken up, or a queue change).
+    pending: bool = False
+    # A first position check soon after queueing (None once the prompt was heard of).
+    first_at: float | None = None
+    last_position: float = 0.0
+
+    def start(self, *, check_first: bool) -> None:
+        """The prompt is being followed from now."""
+        now = time.monotonic()
+        self.pending = check_first
+        self.first_at = now + FIRST_POSITION_CHECK_SECONDS
+        self.last_position = now
+
+    def queue_changed(self, phase: Phase) -> None:
+        """ComfyUI's queue changed: a waiting prompt asks its place (at most once a second)."""
+        now = time.monotonic()
+        if phase is Phase.WAITING and now - self.last_position > POSITION_REFRESH_SECONDS:
+            self.last_position = now
+            self.pending = True
 
 
 class PromptRun:
@@ -131,36 +158,33 @@ class PromptRun:
         self.settings = settings
         self.clock = clock
         self.watch: PromptWatch | None = None
-        self.phase = Phase.WAITING
-        self.failure: ExecutionFailed | None = None
-        self.interrupted = False
-        self.unreachable_since: float | None = None
-        self._stop = threading.Event()  # shutdown or failover: end the run at once
-        self._stop_event: ShutdownAsked | FailoverAsked | None = None
-        self._cancel_asked = job.cancel_requested
-        self._withdraw_pending = False
-        self._last_withdraw = 0.0
-        self._queued_at = 0.0  # time.monotonic() when POST /prompt answered
-        self._received_at_queue: int | None = None
-        self._check_pending = False
-        self._first_check_at: float | None = None
-        self._last_position_check = 0.0
+        self.state = PromptState()
+        self.submission = Submission()
+        self.withdrawal = Withdrawal(asked=job.cancel_requested)
+        self.checks = CheckTimer()
+        self._stopped = threading.Event()  # shutdown or failover: end the run at once
+        self._stop_reason: ShutdownAsked | FailoverAsked | None = None
 
     # -- asked from other threads ----------------------------------------------------------
 
     def cancel(self) -> None:
         """Withdraw the prompt from ComfyUI (again later if unreachable) and wake the run."""
-        self._cancel_asked = True
+        self.withdrawal.asked = True
         prompt_id = self.job.prompt_id
         if prompt_id:
-            self._withdraw_pending = not withdraw(self.client, prompt_id)
+            self.withdrawal.pending = not withdraw(self.client, prompt_id)
         self._post(CancelAsked())
 
     def stop(self, event: ShutdownAsked | FailoverAsked) -> None:
         """End the run as soon as it can (the service stops, or the server was given up)."""
-        self._stop_event = event
-        self._stop.set()
+        self._stop_reason = event
+        self._stopped.set()
         self._post(event)
+
+    @property
+    def phase(self) -> Phase:
+        """Where the prompt is on its server."""
+        return self.state.phase
 
     @property
     def preview(self) -> Any:
@@ -187,12 +211,10 @@ class PromptRun:
         self._follow(check_first=resumed)
         if "executionMs" not in self.job.timings and self.job.started_at:
             self._set_timing("executionMs", self.clock() - self.job.started_at)
-        entry = self._history()
         return outcomes.judge(
-            entry,
-            failure=self.failure,
-            interrupted=self.interrupted,
-            cancel_requested=self._cancel_requested(),
+            self._history(),
+            state=self.state,
+            cancel_requested=self.withdrawal.asked,
             prompt_id=self._prompt_id,
         )
 
@@ -208,7 +230,7 @@ class PromptRun:
 
     def _submit(self) -> None:
         """Upload the photo, patch the workflow copy and queue it under a prompt_id of ours."""
-        if self._cancel_asked:
+        if self.withdrawal.asked:
             raise outcomes.Cancelled
         # The photo as ComfyUI should see it: cut to the job's crop (face or request), if any.
         photo = prepared_bytes(self.photos.path_of(self.job.image_name), self.job.crop)
@@ -228,9 +250,9 @@ class PromptRun:
         )
         self.watch = self.client.watch(prompt_id)
         # ComfyUI broadcasts a status message to every registered socket when it queues.
-        self._received_at_queue = self.client.messages_received
+        self.submission.messages_at_queue = self.client.messages_received
         node_errors = self.client.queue_prompt(graph, prompt_id=prompt_id)
-        self._queued_at = time.monotonic()
+        self.submission.queued_at = time.monotonic()
         if node_errors:
             # Accepted with only some outputs valid: not the avatar that was asked for.
             withdraw(self.client, prompt_id)
@@ -239,14 +261,12 @@ class PromptRun:
                 server=self.client.base_url,
                 node_errors=node_errors,
             )
-        if self._cancel_requested():
+        if self.withdrawal.asked:
             withdraw(self.client, prompt_id)
 
     def _follow(self, *, check_first: bool) -> None:
-        """Feed events to the state machine until the prompt has ended."""
-        self._check_pending = check_first
-        self._first_check_at = time.monotonic() + FIRST_POSITION_CHECK_SECONDS
-        self._last_position_check = time.monotonic()
+        """Feed events to the state until the prompt has ended."""
+        self.checks.start(check_first=check_first)
         while True:
             self._enforce_deadline()
             self._retry_withdraw()
@@ -260,17 +280,17 @@ class PromptRun:
         Once the prompt has ENDED, only the events already received are applied (None after).
         """
         assert self.watch is not None
-        if self._check_pending:
-            self._check_pending = False
+        if self.checks.pending:
+            self.checks.pending = False
             return Check()
-        if self.phase is Phase.ENDED:
+        if self.state.ended:
             try:
                 return self.watch.events.get_nowait()
             except queue.Empty:
                 return None
         timeout = min(self.job.deadline - self.clock(), self.settings.poll_interval)
-        if self._first_check_at is not None:
-            timeout = min(timeout, self._first_check_at - time.monotonic())
+        if self.checks.first_at is not None:
+            timeout = min(timeout, self.checks.first_at - time.monotonic())
         try:
             return self.watch.events.get(timeout=max(0.0, timeout))
         except queue.Empty:
@@ -283,67 +303,55 @@ class PromptRun:
         if isinstance(event, FailoverAsked):
             raise outcomes.FailedOver
         if isinstance(event, Check | Reconnected | ExecutionStarted):
-            self._first_check_at = None
-        if isinstance(event, ExecutionStarted):
-            self._running()
-        elif isinstance(event, NodeStarted):
-            self._running()
+            self.checks.first_at = None
+        asked_in = self.state.phase
+        self.state = self.state.after(event)
+        if isinstance(event, ExecutionStarted | NodeStarted):
+            self.job = self.ledger.running(self.job)
+        if isinstance(event, NodeStarted):
             self._progress(event.node)
-        elif isinstance(event, ExecutionEnded):
-            return True
         elif isinstance(event, Progress):
             self._progress(event.node, event.value, event.max)
-        elif isinstance(event, ExecutionFailed):
-            self.failure = event
-        elif isinstance(event, ExecutionInterrupted):
-            self.interrupted = True
         elif isinstance(event, PreviewReady):
             self.ledger.preview(self.job, self.preview)
         elif isinstance(event, QueueChanged):
-            if (
-                self.phase is Phase.WAITING
-                and time.monotonic() - self._last_position_check > POSITION_REFRESH_SECONDS
-            ):
-                self._last_position_check = time.monotonic()
-                self._check_pending = True
-        elif isinstance(event, _ASKS) and self.phase is not Phase.ENDED:
+            self.checks.queue_changed(self.state.phase)
+        elif isinstance(event, _ASKS) and asked_in is not Phase.ENDED:
             self._ask_comfyui()
-        return False
+        return isinstance(event, ExecutionEnded)
 
     def _ask_comfyui(self) -> None:
         """Where is the prompt? Apply the answer (a position, running, ended, or lost)."""
         self._check_socket_heard()
         try:
             where = self._where()
-            self.unreachable_since = None
         except ComfyUIUnavailable:
-            self.unreachable_since = self.unreachable_since or self.clock()
+            self.state = self.state.unreachable(self.clock())
             return
-        if where == "ended":
-            self.phase = Phase.ENDED
-        elif where == "absent":
-            if self._cancel_requested():
+        self.state = self.state.where(where)
+        if where == ABSENT:
+            if self.withdrawal.asked:
                 raise outcomes.Cancelled
             self._resubmit()
-        elif where == "running":
-            self._running()
+        elif where == RUNNING:
+            self.job = self.ledger.running(self.job)
         elif isinstance(where, int):
             self.job = self.ledger.queued_at(self.job, where)
 
-    def _where(self) -> str | int:
-        """ "ended", "running", a queue position, or "absent".
+    def _where(self) -> Where:
+        """ENDED, RUNNING, a queue position, or ABSENT.
 
         The queue view is shared by all runs on the server and may be up to a second old, but
         never older than this run's POST /prompt; only a prompt missing from it costs a
         /history call of its own.
         """
-        newer_than = max(time.monotonic() - QUEUE_VIEW_MAX_AGE, self._queued_at)
+        newer_than = max(time.monotonic() - QUEUE_VIEW_MAX_AGE, self.submission.queued_at)
         where, position = self.client.queue_state(self._prompt_id, newer_than=newer_than)
         if where == "running":
-            return "running"
+            return RUNNING
         if where == "pending":
             return position or 1
-        return "ended" if self.client.history(self._prompt_id) is not None else "absent"
+        return ENDED if self.client.history(self._prompt_id) is not None else ABSENT
 
     def _resubmit(self) -> None:
         if self.job.attempts > MAX_RESUBMITS:
@@ -358,23 +366,23 @@ class PromptRun:
         self.job = self.records.update(
             self.job, status="queued", queue_position=None, progress=None
         )
-        self.phase = Phase.WAITING
+        self.state = self.state.queued_again()
         self.ledger.requeued(self.job)
         self._submit()
 
     def _enforce_deadline(self) -> None:
         """At the deadline: collect a prompt that ended anyway, else withdraw it and fail."""
         self._raise_if_stopped()
-        if self.job.deadline - self.clock() > 0 or self.phase is Phase.ENDED:
+        if self.job.deadline - self.clock() > 0 or self.state.ended:
             return
         if self._ended_anyway():
-            self.phase = Phase.ENDED  # e.g. finished while the service was stopped
+            self.state = self.state.where(ENDED)  # e.g. finished while the service was stopped
             return
         withdraw(self.client, self._prompt_id)
         raise outcomes.deadline_passed(
             self.job,
             self._prompt_id,
-            unreachable=self.unreachable_since is not None,
+            unreachable=self.state.unreachable_since is not None,
             timeout=self.settings.job_timeout,
         )
 
@@ -385,13 +393,14 @@ class PromptRun:
             return False
 
     def _retry_withdraw(self) -> None:
-        if self._withdraw_pending and time.monotonic() - self._last_withdraw > 1.0:
-            self._last_withdraw = time.monotonic()
-            self._withdraw_pending = not withdraw(self.client, self._prompt_id)
+        withdrawal = self.withdrawal
+        if withdrawal.pending and time.monotonic() - withdrawal.last_try > WITHDRAW_RETRY:
+            withdrawal.last_try = time.monotonic()
+            withdrawal.pending = not withdraw(self.client, self._prompt_id)
 
     def _check_socket_heard(self) -> None:
         """Reconnect a websocket that heard nothing, not even the broadcast of our own queueing."""
-        mark, self._received_at_queue = self._received_at_queue, None
+        mark, self.submission.messages_at_queue = self.submission.messages_at_queue, None
         if mark is not None and self.client.connected and self.client.messages_received == mark:
             self.client.reconnect(
                 f"no message since prompt {self.job.prompt_id} was queued; ComfyUI no longer "
@@ -426,20 +435,16 @@ class PromptRun:
                     raise
                 self._raise_if_stopped()
                 logger.info("job %s: %s; retrying in %.1f s", self.job.id, exc.message, delay)
-                self._stop.wait(delay)
+                self._stopped.wait(delay)
                 delay = min(delay * 2, self.settings.poll_interval)
 
     def _raise_if_stopped(self) -> None:
-        if self._stop.is_set():
-            if isinstance(self._stop_event, FailoverAsked):
+        if self._stopped.is_set():
+            if isinstance(self._stop_reason, FailoverAsked):
                 raise outcomes.FailedOver
             raise outcomes.Shutdown
 
     # -- state changes ---------------------------------------------------------------------
-
-    def _running(self) -> None:
-        self.phase = Phase.RUNNING if self.phase is Phase.WAITING else self.phase
-        self.job = self.ledger.running(self.job)
 
     def _progress(self, node: str, value: Any = None, maximum: Any = None) -> None:
         node_type = (self.workflow.graph.get(node) or {}).get("class_type")
@@ -450,11 +455,6 @@ class PromptRun:
     def _set_timing(self, name: str, seconds: float) -> None:
         """Note a timing on the job; it is written with the job's next change."""
         self.job = replace(self.job, timings={**self.job.timings, name: ms(seconds)})
-
-    def _cancel_requested(self) -> bool:
-        """Whether the job was cancelled (its owner calls cancel() once the run is registered;
-        an earlier cancel is read from the record when the run starts)."""
-        return self._cancel_asked
 
     def _post(self, event: Any) -> None:
         if self.watch is not None:

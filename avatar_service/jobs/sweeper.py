@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..comfyui.client import PromptRejected
 from . import outcomes
 from .estimates import Busy, schedule
-from .prompt import Phase
+from .prompt_state import Phase
 from .records import Waiting
 
 if TYPE_CHECKING:

@@ -1,0 +1,112 @@
+"""The state of one prompt on its server: where it is, and how it is ending.
+
+A prompt goes through three phases::
+
+    WAITING (in ComfyUI's queue) --started--> RUNNING --ended--> ENDED
+
+``PromptState`` is an immutable value; ``after(event)`` is the one table of transitions, applied
+to every event the run receives, and ``where(answer)`` applies what asking ComfyUI said. Nothing
+here does I/O: ``prompt.PromptRun`` acts on the states (it writes the job's record, asks
+ComfyUI, ends the run), and ``outcomes.judge`` turns an ENDED state and the prompt's history
+entry into the job's result.
+
+The events besides ComfyUI's messages (``comfyui.client``'s typed events) come from the run's
+owner: ``Check`` (time to ask ComfyUI itself), ``CancelAsked``, ``ShutdownAsked`` and
+``FailoverAsked``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..comfyui.client import (
+    ExecutionEnded,
+    ExecutionFailed,
+    ExecutionInterrupted,
+    ExecutionStarted,
+    NodeStarted,
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """Time to ask ComfyUI where the prompt is."""
+
+
+@dataclass(frozen=True)
+class CancelAsked:
+    """The job's owner cancelled it (the prompt has been withdrawn, or will be)."""
+
+
+@dataclass(frozen=True)
+class ShutdownAsked:
+    """The service is stopping."""
+
+
+@dataclass(frozen=True)
+class FailoverAsked:
+    """The server was given up: stop following the prompt here."""
+
+
+class Phase(enum.Enum):
+    """Where the prompt is on its server."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+# What asking ComfyUI can answer about a prompt: its place in the queue (1 = next), or one of
+# these. "absent": neither queued, running nor in the history (the server forgot it).
+Where = int | str
+RUNNING, ENDED, ABSENT = "running", "ended", "absent"
+
+
+@dataclass(frozen=True)
+class PromptState:
+    """Where a prompt is, what ComfyUI said of its ending, and since when it is unreachable."""
+
+    phase: Phase = Phase.WAITING
+    # The ``execution_error`` ComfyUI sent for the prompt, if any.
+    failure: ExecutionFailed | None = None
+    # Whether ComfyUI sent ``execution_interrupted`` for it.
+    interrupted: bool = False
+    # Wall-clock time since which asking ComfyUI fails (None: it answers).
+    unreachable_since: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the prompt has ended on its server (its history entry is written)."""
+        return self.phase is Phase.ENDED
+
+    def after(self, event: Any) -> PromptState:
+        """The state after one of ComfyUI's messages (other events leave it as it is)."""
+        if isinstance(event, ExecutionStarted | NodeStarted) and self.phase is Phase.WAITING:
+            return replace(self, phase=Phase.RUNNING)
+        if isinstance(event, ExecutionEnded):
+            return replace(self, phase=Phase.ENDED)
+        if isinstance(event, ExecutionFailed):
+            return replace(self, failure=event)
+        if isinstance(event, ExecutionInterrupted):
+            return replace(self, interrupted=True)
+        return self
+
+    def where(self, answer: Where) -> PromptState:
+        """The state after ComfyUI answered where the prompt is (ABSENT leaves it: the run
+        decides whether to queue it again)."""
+        reachable = replace(self, unreachable_since=None)
+        if answer == ENDED:
+            return replace(reachable, phase=Phase.ENDED)
+        if answer == RUNNING and self.phase is Phase.WAITING:
+            return replace(reachable, phase=Phase.RUNNING)
+        return reachable
+
+    def unreachable(self, now: float) -> PromptState:
+        """Asking ComfyUI failed at ``now``."""
+        return replace(self, unreachable_since=self.unreachable_since or now)
+
+    def queued_again(self) -> PromptState:
+        """The prompt was queued once more after the server forgot it."""
+        return replace(self, phase=Phase.WAITING)
