@@ -32,12 +32,12 @@ from .jobs.events import JobEvents
 from .jobs.fleet import Fleet
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
-from .jobs.records import iso
 from .persistence.database import Database, open_database
 from .photos.faces import FaceDetector
 from .photos.framing import Framing
 from .photos.store import PhotoStore
 from .storage.avatars import AvatarStore, write_atomic
+from .times import iso
 
 logger = logging.getLogger(__name__)
 # Threads kept for short requests (health, uploads, cancels) however large THREADS is.

@@ -26,7 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import httpx
 
 from ..persistence.database import Database, DatabaseUnavailable, as_database
 from ..persistence.migrations import migrate
+from ..times import iso
 from .retry import backoff_delay, describe_transport_error, redact_url
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,6 @@ logger = logging.getLogger(__name__)
 CLAIM_LEASE = 300.0
 # The longest the scheduler sleeps without looking at the table again.
 IDLE_WAIT = 30.0
-
-
-def iso_z(moment: float) -> str:
-    """A unix time as ISO 8601 UTC with milliseconds and a Z."""
-    stamp = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -233,12 +227,12 @@ class Outbox:
                     "eventType": label,
                     "state": state,
                     "attempts": [],
-                    "nextAttemptAt": None if next_at is None else iso_z(next_at),
+                    "nextAttemptAt": None if next_at is None else iso(next_at),
                 },
             )
             if at is not None:
                 attempt = {
-                    "at": iso_z(at),
+                    "at": iso(at),
                     "status": status,
                     "error": error,
                     "durationMs": duration,

@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -38,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ..persistence.database import Database
+from ..times import iso
 from .outbox import Due, Outbox, Sent
 from .retry import parse_retry_after
 
@@ -194,11 +194,6 @@ def is_allowed_callback(url: str, allowed: Sequence[str]) -> bool:
 # --- message body --------------------------------------------------------------------------------
 
 
-def _iso(moment: float) -> str:
-    stamp = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
-
-
 def new_message_id() -> str:
     """A fresh, unique ``webhook-id``."""
     return f"msg_{uuid.uuid4().hex}"
@@ -210,7 +205,7 @@ def build_body(event_type: str, data: Mapping[str, Any], *, at: float | None = N
         raise InvalidWebhook(f"unknown event type {event_type!r}")
     message = {
         "type": event_type,
-        "timestamp": _iso(time.time() if at is None else at),
+        "timestamp": iso(time.time() if at is None else at),
         "data": dict(data),
     }
     try:

@@ -42,6 +42,7 @@ from ..errors import (
 from ..jobs import Job
 from ..services import Services
 from ..storage.avatars import AVATAR_NAME_PATTERN
+from ..times import iso
 from .access import Caller
 from .api_services import ApiServices
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -174,7 +175,7 @@ def get_avatar(file_name: str):
             "this avatar was deleted: avatars are kept for RETENTION_HOURS "
             f"({front().settings.retention_hours:g} h)",
             code="avatar_expired",
-            details={"fileName": file_name, "deletedAt": _iso(deleted_at)},
+            details={"fileName": file_name, "deletedAt": iso(deleted_at)},
         )
     response = send_file(services().avatars.path_of(file_name), max_age=86400)
     if front().access.enabled:
@@ -478,7 +479,7 @@ def with_access(body: dict[str, Any]) -> dict[str, Any]:
         if token:
             avatar["url"] = _with_token(avatar["url"], token)
         if avatar.get("fileName") in deleted:
-            avatar["deletedAt"] = _iso(deleted[avatar["fileName"]])
+            avatar["deletedAt"] = iso(deleted[avatar["fileName"]])
         avatars.append(avatar)
     body["avatars"] = avatars
     if token:
@@ -489,10 +490,6 @@ def with_access(body: dict[str, Any]) -> dict[str, Any]:
 
 def _with_token(url: str, token: str) -> str:
     return f"{url}{'&' if urlsplit(url).query else '?'}token={token}"
-
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def job_response(job: Job, svc: Services):

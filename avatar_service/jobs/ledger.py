@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ServiceError
+from ..times import iso
 from .coordination import Solo
 from .events import JobEvents
-from .records import Job, JobRecords, iso
+from .records import Job, JobRecords
 
 logger = logging.getLogger(__name__)
 

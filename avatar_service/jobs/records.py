@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..persistence.database import Connection, Database, as_database
 from ..persistence.migrations import migrate
+from ..times import iso
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings", "crop"})
@@ -115,12 +115,6 @@ class Job:
                 "preview": f"{self.base_url}/jobs/{self.id}/preview",
             },
         }
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)

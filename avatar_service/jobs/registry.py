@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..persistence.database import Database
-from .records import iso
+from ..times import iso
 
 
 @dataclass(frozen=True)
