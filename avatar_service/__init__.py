@@ -15,12 +15,13 @@ from flask_limiter import Limiter
 
 from .config import Settings
 from .errors import register_error_handlers
-from .http.api_services import ApiServices
-from .services import Services
+from .services import build_services
 
 __version__ = "0.1.0"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _SETTING_KEYS = frozenset(field.name.upper() for field in fields(Settings))
+# A test may give the factory its own ComfyUI client class (same constructor as ComfyUIClient).
+_FACTORY = "COMFYUI_CLIENT_FACTORY"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -38,11 +39,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # TRUSTED_HOSTS, a forged Host is a 400 (untrusted_host) before any view runs.
     app.config["TRUSTED_HOSTS"] = list(settings.trusted_hosts) or None
     app.json.sort_keys = False
-    services = Services.build(settings, root=PROJECT_ROOT, instance_path=Path(app.instance_path))
-    app.extensions["avatar_service"] = services
-    app.extensions["avatar_api"] = ApiServices.build(
-        settings, services, instance_path=Path(app.instance_path)
+    services = build_services(
+        settings,
+        root=PROJECT_ROOT,
+        instance_path=Path(app.instance_path),
+        **({"client_factory": config[_FACTORY]} if _FACTORY in config else {}),
     )
+    app.extensions["avatar_service"] = services
     register_error_handlers(app)
 
     from . import commands as cli

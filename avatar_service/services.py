@@ -1,4 +1,11 @@
-"""The services of one app, built once by create_app and kept in ``app.extensions``."""
+"""The one registry of the service: every part built once, from the settings, by create_app.
+
+``build_services`` makes the parts in dependency order (workflows, photos, the database, the
+ComfyUI clients, the deliveries, the job engine under its coordination strategy, what the HTTP
+face adds) and ``Services`` holds them, starts their background work once, and closes them.
+The routes reach the parts through ``Services.avatars`` (``http.avatars``), one method per
+request.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +13,23 @@ import fcntl
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
-from .comfyui.client import ComfyUIClient, ComfyUIError, runs_standin
-from .comfyui.workflow import (
-    Workflow,
-    WorkflowError,
-    check_against_object_info,
-    describe,
-    load_workflows,
-)
+from .comfyui.client import ComfyUIClient
+from .comfyui.workflow import Workflow, WorkflowError, describe, load_workflows
 from .config import ConfigError, Settings
 from .delivery.forwarding import AvatarForwarder, content_type_of
-from .delivery.webhooks import WebhookDispatcher, WebhookError
-from .errors import ServiceUnavailable
+from .delivery.webhooks import WebhookDispatcher, WebhookError, is_allowed_callback
+from .http.access import Access, read_keys_file, token_secret
+from .http.avatars import Avatars
+from .http.idempotency import IdempotencyKeys
+from .http.metrics import Metrics
+from .http.schemas import GenerateSchema
 from .jobs import Job, JobEngine, JobRecords
 from .jobs.coordination import Solo
 from .jobs.dispatcher import Dispatcher
@@ -32,214 +37,83 @@ from .jobs.events import JobEvents
 from .jobs.fleet import Fleet
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
-from .persistence.database import Database, open_database
+from .persistence.database import Database, ensure_schema, open_database
 from .photos.faces import FaceDetector
 from .photos.framing import Framing
 from .photos.store import PhotoStore
+from .readiness import Readiness
 from .storage.avatars import AvatarStore, write_atomic
-from .times import iso
+from .storage.retention import Retention
 
 logger = logging.getLogger(__name__)
 # Threads kept for short requests (health, uploads, cancels) however large THREADS is.
 RESERVED_THREADS_MAX = 16
 # The longest pause between two attempts to forward an avatar to UPLOAD_URL.
 UPLOAD_BACKOFF_MAX = 10.0
+# Builds a ComfyUI client for a server URL (tests may give one of their own).
+ClientFactory = Callable[..., ComfyUIClient]
 
 
 @dataclass
 class Services:
-    """Everything the routes call; built from Settings, closed at shutdown."""
+    """Every part of the service; built by ``build_services``, closed at shutdown."""
 
     settings: Settings
     workflows: dict[str, Workflow]
     photos: PhotoStore
     framing: Framing
-    avatars: AvatarStore
+    avatar_files: AvatarStore
     database: Database
     records: JobRecords
     events: JobEvents
     clients: list[ComfyUIClient]
-    runner: JobEngine
+    engine: JobEngine
+    readiness: Readiness
+    access: Access
+    idempotency: IdempotencyKeys
+    retention: Retention
+    metrics: Metrics
+    generate_schema: GenerateSchema
     forwarder: AvatarForwarder | None = None
     webhooks: WebhookDispatcher | None = None
-    # Solo (one process) or Fleet (processes sharing PostgreSQL), chosen once here.
-    coordination: Solo | None = None
-    # server URL -> style -> problems found in that server's /object_info (absent: not checked)
-    workflow_problems: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
-    # server URL -> whether its last /system_stats answer came from the stand-in: a server that
-    # is down says nothing, and the stand-in it was stays the stand-in until it answers again.
-    standin_seen: dict[str, bool] = field(default_factory=dict)
     # Requests that hold a server thread for long (sync waits, event streams) may use only some
     # of THREADS, so /healthz, /readyz, cancel and uploads always find a free thread.
     long_requests: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(1), repr=False
     )
-    # Called once when the service starts and when it closes (parts built beside it).
-    on_start: list[Callable[[], None]] = field(default_factory=list, repr=False)
-    on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _started: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)
     _start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _lock_file: TextIO | None = field(default=None, repr=False)
 
-    @classmethod
-    def build(cls, settings: Settings, *, root: Path, instance_path: Path) -> Services:
-        """Create the folders, load the workflows, open the database and the ComfyUI clients."""
-        workflows_dir = _resolve(root, settings.workflows_dir)
-        try:
-            workflows = load_workflows(workflows_dir)
-        except WorkflowError as exc:
-            raise ConfigError(f"workflows in {workflows_dir}: {exc}") from exc
-        if settings.default_style not in workflows:
-            raise ConfigError(
-                f"DEFAULT_STYLE={settings.default_style!r} is not a workflow in {workflows_dir} "
-                f"(found: {sorted(workflows)})"
-            )
-        upload_dir = _resolve(root, settings.upload_dir)
-        output_dir = _resolve(root, settings.output_dir)
-        for directory in (upload_dir, output_dir, instance_path):
-            directory.mkdir(parents=True, exist_ok=True)
-        photos = PhotoStore(
-            upload_dir,
-            max_bytes=settings.max_upload_bytes,
-            max_pixels=settings.max_image_pixels,
-            min_side=settings.min_image_side,
-            max_concurrent_decodes=settings.max_concurrent_decodes,
-            decode_wait=settings.decode_wait,
-        )
-        framing = Framing(
-            photos,
-            FaceDetector() if settings.face_policy != "off" else None,
-            policy=settings.face_policy,
-            multiple=settings.face_multiple,
-            margin=settings.face_margin,
-        )
-        avatars = AvatarStore(output_dir, strip_metadata=settings.strip_avatar_metadata)
-        try:
-            database = open_database(
-                settings.database_url,
-                sqlite_path=instance_path / "avatar_service.sqlite3",
-                pool_size=settings.database_pool_size,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"DATABASE_URL: {exc}") from exc
-        records = JobRecords(database)
-        events = JobEvents()
-        comfyui_timeout = httpx.Timeout(
-            settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout
-        )
-        client_id = _stable_client_id(instance_path)
-        clients = [
-            ComfyUIClient(
-                url,
-                timeout=comfyui_timeout,
-                reconnect_max=settings.comfyui_reconnect_max,
-                client_id=client_id,
-            )
-            for url in (settings.comfyui_url if settings.local_workers else ())
-        ]
-        forwarder = None
-        if settings.upload_url:
-            forwarder = AvatarForwarder(
-                database=database,
-                url=settings.upload_url,
-                field_name=settings.upload_field_name,
-                timeout=httpx.Timeout(
-                    settings.upload_timeout, connect=settings.comfyui_connect_timeout
-                ),
-                max_attempts=settings.upload_max_attempts,
-                backoff=settings.upload_backoff,
-                backoff_max=UPLOAD_BACKOFF_MAX,
-                max_age=settings.delivery_deadline,
-            )
-        webhooks = None
-        if settings.webhook_url or settings.webhook_allowed_urls:
-            try:
-                webhooks = WebhookDispatcher(
-                    database=database,
-                    secret=settings.webhook_secret or None,
-                    timeout=httpx.Timeout(
-                        settings.webhook_timeout, connect=settings.comfyui_connect_timeout
-                    ),
-                    max_attempts=settings.webhook_max_attempts,
-                    backoff=settings.webhook_backoff,
-                    max_age=settings.delivery_deadline,
-                )
-            except WebhookError as exc:
-                raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
-        coordination: Solo = (
-            Fleet(records, database=database, events=events, lease=settings.worker_lease)
-            if database.dialect.shared
-            else Solo(records)
-        )
-        ledger = JobLedger(records=records, events=events, coordination=coordination)
-        if forwarder is not None:
-            ledger.on_end.append(_forwarding_hook(forwarder, avatars))
-        if webhooks is not None:
-            ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
-        dispatcher = Dispatcher(
-            records=records,
-            ledger=ledger,
-            clients=clients,
-            workflows=workflows,
-            photos=photos,
-            avatars=avatars,
-            settings=RunSettings(
-                job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
-            ),
-            coordination=coordination,
-            slots=settings.comfyui_slots,
-            down_grace=settings.comfyui_down_grace,
-            lease=settings.worker_lease,
-        )
-        runner = JobEngine(
-            records=records,
-            events=events,
-            ledger=ledger,
-            dispatcher=dispatcher,
-            photos_exist=photos.path_of,
-            job_timeout=settings.job_timeout,
-            public_base_url=settings.public_base_url,
-            max_active_jobs=settings.max_active_jobs,
-            max_queued_jobs=settings.max_queued_jobs,
-        )
-        reserved = max(2, min(settings.threads // 4, RESERVED_THREADS_MAX))
-        return cls(
-            long_requests=threading.BoundedSemaphore(settings.threads - reserved),
-            settings=settings,
-            workflows=workflows,
-            photos=photos,
-            framing=framing,
-            avatars=avatars,
-            database=database,
-            records=records,
-            events=events,
-            clients=clients,
-            runner=runner,
-            forwarder=forwarder,
-            webhooks=webhooks,
-            coordination=coordination,
-        )
+    @property
+    def avatars(self) -> Avatars:
+        """The use cases the routes call."""
+        return Avatars(self)
 
     def start(self) -> None:
-        """Connect to ComfyUI, start webhook delivery, and take up jobs left in flight (once)."""
+        """Connect to ComfyUI, start deliveries and retention, take up jobs in flight (once)."""
         with self._start_lock:
             if self._started or self._closed:
                 return
             self._hold_instance_lock()
             self._started = True
         for client in self.clients:
-            client.on_connect = self.check_workflows
+            client.on_connect = self._connected
             client.start()
         if self.webhooks is not None:
             self.webhooks.start()
         if self.forwarder is not None:
             self.forwarder.start()
-        for start in self.on_start:
-            start()
-        resumed = self.runner.start()
+        self.retention.start()
+        resumed = self.engine.start()
         if resumed:
             logger.info("resumed %d job(s) left in flight by the previous run", resumed)
+
+    def _connected(self, client: ComfyUIClient) -> None:
+        """A ComfyUI server answers: waiting submits look again; check the styles against it."""
+        self.engine.dispatcher.notify()
+        self.readiness.check_workflows(client)
 
     def _hold_instance_lock(self) -> None:
         """One running service per SQLite file: a second one would drive the same jobs.
@@ -260,26 +134,6 @@ class Services:
             ) from None
         self._lock_file = handle
 
-    def wait_for_job(self, job_id: str) -> Job:
-        """Wait up to SYNC_WAIT for a job, if a long-request slot is free; else answer now."""
-        if not self.long_requests.acquire(blocking=False):
-            return self.runner.get(job_id)
-        try:
-            return self.runner.wait(job_id, self.settings.sync_wait)
-        finally:
-            self.long_requests.release()
-
-    def open_stream(self, stream: Iterator[str]) -> Iterable[str]:
-        """An event stream holding a long-request slot until it is closed; 503 if none is free."""
-        if not self.long_requests.acquire(blocking=False):
-            raise ServiceUnavailable(
-                "too many open event streams and waiting requests; poll GET /jobs/<jobId> "
-                "or try again shortly",
-                code="service_busy",
-                retry_after=5,
-            )
-        return _Releasing(stream, self.long_requests.release)
-
     def begin_shutdown(self) -> None:
         """First step of stopping: waiting requests answer now (202 + Location), streams end,
         new jobs are refused; jobs in flight go on until close()."""
@@ -290,9 +144,8 @@ class Services:
         if self._closed:
             return
         self._closed = True
-        for close in self.on_close:
-            close()
-        self.runner.stop(timeout=5)
+        self.retention.stop()
+        self.engine.stop(timeout=5)
         for client in self.clients:
             client.close()
         if self.webhooks is not None:
@@ -303,121 +156,257 @@ class Services:
         if self._lock_file is not None:
             self._lock_file.close()  # releases the instance lock
 
-    def check_workflows(self, client: ComfyUIClient) -> None:
-        """Check every style against a server's /object_info (run each time it connects)."""
-        try:
-            object_info = client.object_info()
-        except ComfyUIError as exc:
-            logger.warning("could not read /object_info of %s: %s", client.base_url, exc)
-            return
-        except RuntimeError:  # the client was closed while the check ran (shutdown)
-            return
-        report = {}
-        for name, workflow in sorted(self.workflows.items()):
-            problems = check_against_object_info(workflow.graph, object_info)
-            report[name] = [problem.to_dict() for problem in problems]
-            for problem in problems:
-                logger.warning(
-                    "style %r cannot run on %s: node %s (%s): %s; fix: %s",
-                    name,
-                    client.base_url,
-                    problem.node_id,
-                    problem.class_type,
-                    problem.message,
-                    problem.fix,
-                )
-        self.workflow_problems[client.base_url] = report
-        state = self.runner.dispatcher.states.get(client.base_url)
-        if state is not None:
-            state.catalogue_read(object_info)
-
     def describe_styles(self) -> list[dict[str, Any]]:
-        """GET /styles: each workflow with its parameters (with a shared database, also the
-        live servers of the fleet that can run it now: ``liveServers``)."""
+        """GET /styles: each workflow with its parameters (in a fleet, also the live servers
+        that can run it now: ``liveServers``)."""
         styles = [describe(workflow) for _, workflow in sorted(self.workflows.items())]
-        self.runner.dispatcher.coordination.describe_styles(styles)
+        self.engine.dispatcher.coordination.describe_styles(styles)
         return styles
 
-    def readiness(self) -> dict[str, Any]:
-        """Per ComfyUI server: websocket up, HTTP answering, stand-in or not; ready when one is.
 
-        In a fleet: the database answers, and some live worker (in any process) can take jobs.
-        """
-        local = self._local_readiness()
-        return self.runner.dispatcher.coordination.readiness(local)
+def build_services(
+    settings: Settings,
+    *,
+    root: Path,
+    instance_path: Path,
+    client_factory: ClientFactory = ComfyUIClient,
+) -> Services:
+    """Create the folders, load the workflows, open the database, build every part once."""
+    workflows = _load_workflows(settings, root)
+    upload_dir = _resolve(root, settings.upload_dir)
+    output_dir = _resolve(root, settings.output_dir)
+    for directory in (upload_dir, output_dir, instance_path):
+        directory.mkdir(parents=True, exist_ok=True)
+    photos, framing = _photo_parts(settings, upload_dir)
+    avatar_files = AvatarStore(output_dir, strip_metadata=settings.strip_avatar_metadata)
+    try:
+        database = open_database(
+            settings.database_url,
+            sqlite_path=instance_path / "avatar_service.sqlite3",
+            pool_size=settings.database_pool_size,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL: {exc}") from exc
+    records = JobRecords(database)
+    events = JobEvents()
+    clients = _clients(settings, instance_path, client_factory)
+    forwarder, webhooks = _deliveries(settings, database)
+    coordination: Solo = (
+        Fleet(records, database=database, events=events, lease=settings.worker_lease)
+        if database.dialect.shared
+        else Solo(records)
+    )
+    ledger = JobLedger(records=records, events=events, coordination=coordination)
+    if forwarder is not None:
+        ledger.on_end.append(_forwarding_hook(forwarder, avatar_files))
+    if webhooks is not None:
+        ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
+    dispatcher = Dispatcher(
+        records=records,
+        ledger=ledger,
+        clients=clients,
+        workflows=workflows,
+        photos=photos,
+        avatars=avatar_files,
+        settings=RunSettings(
+            job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
+        ),
+        coordination=coordination,
+        slots=settings.comfyui_slots,
+        down_grace=settings.comfyui_down_grace,
+        lease=settings.worker_lease,
+    )
+    engine = JobEngine(
+        records=records,
+        events=events,
+        ledger=ledger,
+        dispatcher=dispatcher,
+        photos_exist=photos.path_of,
+        job_timeout=settings.job_timeout,
+        public_base_url=settings.public_base_url,
+        max_active_jobs=settings.max_active_jobs,
+        max_queued_jobs=settings.max_queued_jobs,
+    )
+    reserved = max(2, min(settings.threads // 4, RESERVED_THREADS_MAX))
+    return Services(
+        long_requests=threading.BoundedSemaphore(settings.threads - reserved),
+        settings=settings,
+        workflows=workflows,
+        photos=photos,
+        framing=framing,
+        avatar_files=avatar_files,
+        database=database,
+        records=records,
+        events=events,
+        clients=clients,
+        engine=engine,
+        readiness=Readiness(
+            settings=settings, workflows=workflows, clients=clients, dispatcher=dispatcher
+        ),
+        forwarder=forwarder,
+        webhooks=webhooks,
+        **_http_parts(
+            settings,
+            database=database,
+            instance_path=instance_path,
+            engine=engine,
+            framing=framing,
+            avatar_files=avatar_files,
+            clients=clients,
+            deliveries=(forwarder, webhooks),
+        ),
+    )
 
-    def _local_readiness(self) -> dict[str, Any]:
-        """This process's own ComfyUI servers."""
-        servers = {}
-        dispatch = self.runner.dispatcher.snapshot()
-        for client in self.clients:
-            state: dict[str, Any] = {"websocket": client.connected}
-            held = dispatch.get(client.base_url, {})
-            state["down"] = held.get("down", False)
-            if held.get("downSince") is not None:
-                state["downSince"] = iso(held["downSince"])
-            state["jobs"], state["slots"] = held.get("jobs", 0), held.get("slots", 0)
-            if held.get("withheldStyles"):
-                state["withheldStyles"] = held["withheldStyles"]
-            try:
-                stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
-                state["http"] = True
-                state["version"] = (stats.get("system") or {}).get("comfyui_version")
-                state["standin"] = self.standin_seen[client.base_url] = runs_standin(stats)
-            except ComfyUIError as exc:
-                state["http"] = False
-                state["error"] = exc.message
-                if client.base_url in self.standin_seen:
-                    state["standin"] = self.standin_seen[client.base_url]
-            if not client.connected and client.last_error:
-                state.setdefault("error", client.last_error)
-            checked = self.workflow_problems.get(client.base_url)
-            if checked is not None:
-                state["workflows"] = {
-                    name: {"ok": not problems, "problems": problems}
-                    for name, problems in checked.items()
-                }
-            default_ok = not (checked or {}).get(self.settings.default_style)
-            state["ready"] = bool(
-                state["websocket"] and state["http"] and default_ok and not state["down"]
-            )
-            servers[client.base_url] = state
-        ready = any(state["ready"] for state in servers.values())
-        # True when every server known (answering now, or last time it answered) is the stand-in:
-        # its images are not real avatars. A server never heard from tells nothing.
-        known = [state["standin"] for state in servers.values() if "standin" in state]
-        standin = bool(known) and all(known)
-        report: dict[str, Any] = {"ready": ready, "standin": standin, "servers": servers}
-        if not ready:
-            reachable = any(state["websocket"] and state["http"] for state in servers.values())
-            report["reason"] = (
-                f"no reachable ComfyUI server can run the default style "
-                f"{self.settings.default_style!r}"
-                if reachable
-                else "no ComfyUI server is reachable"
-            )
-        return report
+
+def _load_workflows(settings: Settings, root: Path) -> dict[str, Workflow]:
+    workflows_dir = _resolve(root, settings.workflows_dir)
+    try:
+        workflows = load_workflows(workflows_dir)
+    except WorkflowError as exc:
+        raise ConfigError(f"workflows in {workflows_dir}: {exc}") from exc
+    if settings.default_style not in workflows:
+        raise ConfigError(
+            f"DEFAULT_STYLE={settings.default_style!r} is not a workflow in {workflows_dir} "
+            f"(found: {sorted(workflows)})"
+        )
+    return workflows
 
 
-class _Releasing:
-    """A WSGI body that calls ``release`` once when the server closes it (even unstarted)."""
+def _photo_parts(settings: Settings, upload_dir: Path) -> tuple[PhotoStore, Framing]:
+    photos = PhotoStore(
+        upload_dir,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
+        max_concurrent_decodes=settings.max_concurrent_decodes,
+        decode_wait=settings.decode_wait,
+    )
+    framing = Framing(
+        photos,
+        FaceDetector() if settings.face_policy != "off" else None,
+        policy=settings.face_policy,
+        multiple=settings.face_multiple,
+        margin=settings.face_margin,
+    )
+    return photos, framing
 
-    def __init__(self, stream: Iterator[str], release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
 
-    def __iter__(self) -> Iterator[str]:
-        return self._stream
+def _clients(
+    settings: Settings, instance_path: Path, factory: ClientFactory
+) -> list[ComfyUIClient]:
+    """One client per ComfyUI server this process drives (none for an API-only replica)."""
+    timeout = httpx.Timeout(settings.comfyui_read_timeout, connect=settings.comfyui_connect_timeout)
+    client_id = _stable_client_id(instance_path)
+    return [
+        factory(
+            url,
+            timeout=timeout,
+            reconnect_max=settings.comfyui_reconnect_max,
+            client_id=client_id,
+        )
+        for url in (settings.comfyui_url if settings.local_workers else ())
+    ]
 
-    def close(self) -> None:
+
+def _deliveries(
+    settings: Settings, database: Database
+) -> tuple[AvatarForwarder | None, WebhookDispatcher | None]:
+    """The outboxes: forwarding to UPLOAD_URL and webhooks, when configured."""
+    connect = settings.comfyui_connect_timeout
+    forwarder = None
+    if settings.upload_url:
+        forwarder = AvatarForwarder(
+            database=database,
+            url=settings.upload_url,
+            field_name=settings.upload_field_name,
+            timeout=httpx.Timeout(settings.upload_timeout, connect=connect),
+            max_attempts=settings.upload_max_attempts,
+            backoff=settings.upload_backoff,
+            backoff_max=UPLOAD_BACKOFF_MAX,
+            max_age=settings.delivery_deadline,
+        )
+    webhooks = None
+    if settings.webhook_url or settings.webhook_allowed_urls:
         try:
-            close = getattr(self._stream, "close", None)
-            if close is not None:
-                close()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            webhooks = WebhookDispatcher(
+                database=database,
+                secret=settings.webhook_secret or None,
+                timeout=httpx.Timeout(settings.webhook_timeout, connect=connect),
+                max_attempts=settings.webhook_max_attempts,
+                backoff=settings.webhook_backoff,
+                max_age=settings.delivery_deadline,
+            )
+        except WebhookError as exc:
+            raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
+    return forwarder, webhooks
+
+
+def _http_parts(
+    settings: Settings,
+    *,
+    database: Database,
+    instance_path: Path,
+    engine: JobEngine,
+    framing: Framing,
+    avatar_files: AvatarStore,
+    clients: list[ComfyUIClient],
+    deliveries: tuple[AvatarForwarder | None, WebhookDispatcher | None],
+) -> dict[str, Any]:
+    """What the HTTP face adds: keys and tokens, idempotency, retention, metrics, the schema."""
+    from .http.access import SCHEMA as ACCESS_SCHEMA
+    from .http.idempotency import SCHEMA as IDEMPOTENCY_SCHEMA
+    from .storage.retention import SCHEMA as RETENTION_SCHEMA
+
+    ensure_schema(database, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA)
+    keys, admins = list(settings.api_keys), list(settings.admin_api_keys)
+    if settings.api_keys_file:
+        from_file, admins_from_file = read_keys_file(Path(settings.api_keys_file))
+        keys += from_file
+        admins += admins_from_file
+    records = engine.records
+    forwarder, webhooks = deliveries
+    webhook_db = database if webhooks is not None else None
+    metrics = Metrics(
+        clients=clients,
+        unfinished=records.unfinished,
+        webhook_db=lambda: webhook_db,
+    )
+    engine.events.add_listener(metrics.observe_event)
+    if forwarder is not None:
+        forwarder.on_settled.append(metrics.observe_forwarding)
+    return {
+        "access": Access(
+            keys=keys,
+            admin_keys=admins,
+            secret=token_secret(settings.token_secret, instance_path),
+            token_ttl=settings.token_ttl,
+            database=database,
+        ),
+        "idempotency": IdempotencyKeys(database, ttl=settings.idempotency_ttl),
+        "retention": Retention(
+            database=database,
+            photo_dir=framing.photos.directory,
+            avatar_dir=avatar_files.directory,
+            max_age_hours=settings.retention_hours,
+            interval=settings.retention_interval,
+            in_use=lambda: [
+                name for job in records.unfinished() for name in (job.id, job.image_name)
+            ],
+        ),
+        "metrics": metrics,
+        "generate_schema": GenerateSchema(
+            workflows=engine.dispatcher.workflows,
+            default_style=settings.default_style,
+            callback_allowed=lambda url: is_allowed_callback(url, settings.webhook_allowed_urls),
+            callback_prefixes=settings.webhook_allowed_urls,
+            photo_size=framing.photo_size,
+            callback_message=(
+                "must start with one of the URLs allowed by WEBHOOK_ALLOWED_URLS"
+                if settings.webhook_allowed_urls
+                else "not accepted: WEBHOOK_ALLOWED_URLS allows no callback URL"
+            ),
+        ),
+    }
 
 
 def _forwarding_hook(

@@ -79,7 +79,7 @@ def test_nothing_is_deleted_by_default(service, tmp_path, photo):
     job = service.http.post("/generate-avatar-by-image", json={"imageName": name}).json()
     avatar = tmp_path / "generated_avatar" / job["avatars"][0]["fileName"]
     age(avatar, 10 * 365 * 86400)
-    retention = service.app.extensions["avatar_api"].retention
+    retention = service.app.extensions["avatar_service"].retention
     assert not retention.enabled
     assert retention.sweep() == (0, 0)
     assert service.http.get(f"/avatars/{avatar.name}").status_code == 200

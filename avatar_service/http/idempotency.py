@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,20 @@ class IdempotencyKeys:
         self._db = database
         self.ttl = ttl
         self._clock = clock
+        # Counts binds and releases made here, so a request waiting on a key of this process
+        # wakes as soon as it is settled (one in another process is read again).
+        self.version = 0
+        self._changed = threading.Condition()
+
+    def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Wait until a key is bound or released here after ``version`` was ``seen``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version != seen, timeout)
+
+    def _settled(self) -> None:
+        with self._changed:
+            self.version += 1
+            self._changed.notify_all()
 
     def reserve(self, scope: str, key: str, fingerprint: str) -> Reservation:
         """Reserve ``key`` for a new job, or say which job (if any yet) it already names."""
@@ -76,6 +91,7 @@ class IdempotencyKeys:
                 "UPDATE idempotency_keys SET job_id = ? WHERE scope = ? AND key = ?",
                 (job_id, scope, key),
             )
+        self._settled()
 
     def release(self, scope: str, key: str) -> None:
         """Forget a reservation whose job could not be made, so a retry may try again."""
@@ -84,3 +100,4 @@ class IdempotencyKeys:
                 "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND job_id IS NULL",
                 (scope, key),
             )
+        self._settled()

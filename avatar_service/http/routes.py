@@ -13,9 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -32,21 +30,16 @@ from flask import (
 from .. import __version__
 from ..errors import (
     BadRequest,
-    Conflict,
     Forbidden,
-    Gone,
     NotFound,
     Unauthorized,
-    error_from_record,
 )
-from ..jobs import Job
 from ..services import Services
 from ..storage.avatars import AVATAR_NAME_PATTERN
-from ..times import iso
 from .access import Caller
-from .api_services import ApiServices
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document
+from .presentation import job_body, job_response, parse_last_event_id, sse_stream
 from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
 
 logger = logging.getLogger(__name__)
@@ -54,7 +47,6 @@ request_logger = logging.getLogger("avatar_service.requests")
 
 bp = Blueprint("api", __name__)
 
-SSE_KEEPALIVE_SECONDS = 15.0
 # Routes anyone may call, keys or not.
 PUBLIC_ENDPOINTS = frozenset(
     {
@@ -74,13 +66,8 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def services() -> Services:
-    """The services built by create_app."""
+    """The one registry, built by create_app."""
     return current_app.extensions["avatar_service"]
-
-
-def front() -> ApiServices:
-    """The HTTP-facing services (keys, idempotency, retention, metrics, schemas)."""
-    return current_app.extensions["avatar_api"]
 
 
 @bp.post("/upload-image")
@@ -94,35 +81,34 @@ def upload_image():
             code="missing_file",
             details={"receivedFields": sorted(request.files) + sorted(request.form)},
         )
-    return services().framing.save_photo(upload.stream), 201
+    return services().avatars.upload(upload.stream), 201
 
 
 @bp.get("/photos/<image_name>/framing")
 def photo_framing(image_name: str):
     """A stored photo's faces and the crop generate would use for ?width=&height= (or style's)."""
-    width, height = front().generate_schema.parse_framing(request.args)
-    return services().framing.describe(image_name, width=width, height=height)
+    svc = services()
+    width, height = svc.generate_schema.parse_framing(request.args)
+    return svc.avatars.framing(image_name, width=width, height=height)
 
 
 @bp.post("/generate-avatar-by-image")
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
-    svc, api = services(), front()
+    svc = services()
     body = _json_body()
-    generate, respond_async = api.generate_schema.parse(body)
+    generate, respond_async = svc.generate_schema.parse(body)
     respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
-    job, new = api.submit(
-        svc,
+    submitted = svc.avatars.generate(
         generate,
+        wait=not respond_async,
         base_url=_base_url(svc),
         caller=g.get("caller"),
         idempotency_key=_idempotency_key(),
         body=body,
     )
-    if not respond_async:
-        job = svc.wait_for_job(job.id)
-    response = make_response(job_response(job, svc))
-    if not new:
+    response = make_response(job_response(submitted.job, svc))
+    if not submitted.new:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -131,7 +117,7 @@ def generate_avatar():
 def get_job(job_id: str):
     """The job record: status, queue position, progress, error, avatars, timings."""
     svc = services()
-    return job_body(svc.runner.get(job_id), svc)
+    return job_body(svc.avatars.job(job_id), svc)
 
 
 @bp.delete("/jobs/<job_id>")
@@ -139,7 +125,7 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     """Cancel a queued or running job: 200 cancelled, 202 still ending, 409 already ended."""
     svc = services()
-    job = svc.runner.cancel(job_id, wait=svc.settings.comfyui_read_timeout)
+    job = svc.avatars.cancel(job_id)
     return job_body(job, svc), 200 if job.ended else 202
 
 
@@ -147,9 +133,10 @@ def cancel_job(job_id: str):
 def job_events(job_id: str):
     """Server-Sent Events of the job's state changes, ending when the job ends."""
     svc = services()
-    svc.runner.get(job_id)
     after = parse_last_event_id(request.headers.get("Last-Event-ID", ""), svc.events.epoch)
-    stream = svc.open_stream(stream_with_context(sse_stream(svc, job_id, after)))
+    stream = svc.avatars.open_stream(
+        job_id, lambda: stream_with_context(sse_stream(svc, job_id, after))
+    )
     return Response(
         stream,
         mimetype="text/event-stream",
@@ -160,7 +147,7 @@ def job_events(job_id: str):
 @bp.get("/jobs/<job_id>/preview")
 def job_preview(job_id: str):
     """The latest live preview frame of a running job (404 when there is none)."""
-    preview = services().runner.preview(job_id)
+    preview = services().avatars.preview(job_id)
     return Response(
         preview.data, mimetype=preview.content_type, headers={"Cache-Control": "no-store"}
     )
@@ -169,16 +156,9 @@ def job_preview(job_id: str):
 @bp.get("/avatars/<file_name>")
 def get_avatar(file_name: str):
     """A generated avatar image; 410 once retention has deleted it."""
-    deleted_at = front().retention.deleted_at(file_name)
-    if deleted_at is not None and not (services().avatars.directory / file_name).is_file():
-        raise Gone(
-            "this avatar was deleted: avatars are kept for RETENTION_HOURS "
-            f"({front().settings.retention_hours:g} h)",
-            code="avatar_expired",
-            details={"fileName": file_name, "deletedAt": iso(deleted_at)},
-        )
-    response = send_file(services().avatars.path_of(file_name), max_age=86400)
-    if front().access.enabled:
+    svc = services()
+    response = send_file(svc.avatars.avatar_file(file_name), max_age=86400)
+    if svc.access.enabled:
         # Behind a key, a shared cache must not hand the avatar to whoever asks for the path.
         response.cache_control.public = False
         response.cache_control.private = True
@@ -188,7 +168,7 @@ def get_avatar(file_name: str):
 @bp.get("/styles")
 def list_styles():
     """Every workflow style with its parameters."""
-    return {"styles": services().describe_styles(), "default": services().settings.default_style}
+    return services().avatars.styles()
 
 
 @bp.get("/healthz")
@@ -200,14 +180,15 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Whether a ComfyUI server is reachable and can run the workflows; 503 with the reasons."""
-    report = services().readiness()
+    report = services().readiness.report()
     return report, 200 if report["ready"] else 503
 
 
 @bp.get("/service-info")
 def service_info():
     """What a client needs to know first: whether a key is needed, limits, where things are."""
-    settings, api = services().settings, front()
+    svc = services()
+    settings, api = svc.settings, svc
     return {
         "authRequired": api.access.enabled,
         "version": __version__,
@@ -233,9 +214,9 @@ def service_info():
 @bp.get("/openapi.json")
 def openapi_document():
     """The OpenAPI 3.1 document of this service, built from the schemas that validate requests."""
-    api = front()
+    svc = services()
     return build_document(
-        api.generate_schema, version=__version__, auth=api.access.enabled, settings=api.settings
+        svc.generate_schema, version=__version__, auth=svc.access.enabled, settings=svc.settings
     )
 
 
@@ -258,10 +239,10 @@ def docs_asset(asset: str):
 @bp.get("/metrics")
 def metrics():
     """Prometheus metrics (Authorization: Bearer METRICS_KEY when that is set)."""
-    api = front()
-    if api.settings.metrics_key and not _bearer_matches(api.settings.metrics_key):
+    svc = services()
+    if svc.settings.metrics_key and not _bearer_matches(svc.settings.metrics_key):
         raise Unauthorized("send METRICS_KEY as Authorization: Bearer <key>")
-    return Response(api.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
+    return Response(svc.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
 
 
 # -- hooks: keys and ownership, request ids, the request log, metrics ---------------------------
@@ -270,7 +251,7 @@ def metrics():
 @bp.before_request
 def authorize() -> None:
     """With keys on: a known key (or, on token routes, the job's token); a job its key's own."""
-    access = front().access
+    access = services().access
     public = request.endpoint in PUBLIC_ENDPOINTS or request.path == "/"  # "/": the web page
     if not access.enabled or request.method == "OPTIONS" or public:
         return
@@ -315,7 +296,7 @@ def finish_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     elapsed = time.monotonic() - g.get("started", time.monotonic())
     route = request.url_rule.rule if request.url_rule else "unmatched"
-    api = current_app.extensions.get("avatar_api")
+    api = current_app.extensions.get("avatar_service")
     if api is not None:
         method = request.method if request.method in _KNOWN_METHODS else "other"
         api.metrics.requests.labels(route, method, str(response.status_code)).inc()
@@ -407,21 +388,6 @@ def _job_id_of(response: Response) -> str | None:
     return None
 
 
-def parse_last_event_id(value: str, epoch: str) -> int | None:
-    """The event number of a ``Last-Event-ID`` of this run (``<epoch>.<n>``, ASCII digits only).
-
-    Anything else (another run's id, garbage, Unicode digits such as "²") is None: the client
-    gets the current state first, as a new one would.
-    """
-    match = _EVENT_ID.fullmatch(value.strip())
-    if match is None or match["epoch"] != epoch:
-        return None
-    return int(match["number"])
-
-
-_EVENT_ID = re.compile(r"(?P<epoch>[0-9a-f]{1,16})\.(?P<number>[0-9]{1,9})", re.ASCII)
-
-
 def _base_url(svc: Services) -> str:
     """Where this job's URLs point: PUBLIC_BASE_URL, else the URL the request was sent to."""
     if not svc.settings.public_base_url and not request.host:
@@ -450,93 +416,3 @@ def _json_body() -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def job_body(job: Job, svc: Services) -> dict[str, Any]:
-    """The JSON record of a job, with its webhook deliveries when webhooks are on."""
-    body = with_access(job.to_dict())
-    if svc.forwarder is not None and job.avatars:
-        uploads = svc.forwarder.outcomes(job.id)
-        for avatar in body["avatars"]:
-            avatar["upload"] = uploads.get(avatar["fileName"])
-    if svc.webhooks is not None:
-        body["webhooks"] = svc.webhooks.deliveries(job.id)
-    return body
-
-
-def with_access(body: dict[str, Any]) -> dict[str, Any]:
-    """A job record with its browser links signed (keys on) and deleted avatars marked."""
-    api = front()
-    job_id = body.get("jobId")
-    if not isinstance(job_id, str) or "links" not in body:
-        return body
-    body = {**body, "links": dict(body["links"])}
-    deleted = api.retention.deleted_of_job(job_id) if api.retention.enabled else {}
-    token = api.access.token(job_id) if api.access.enabled else None
-    avatars = []
-    for avatar in body.get("avatars") or []:
-        avatar = dict(avatar)
-        if token:
-            avatar["url"] = _with_token(avatar["url"], token)
-        if avatar.get("fileName") in deleted:
-            avatar["deletedAt"] = iso(deleted[avatar["fileName"]])
-        avatars.append(avatar)
-    body["avatars"] = avatars
-    if token:
-        for name in ("events", "preview"):
-            body["links"][name] = _with_token(body["links"][name], token)
-    return body
-
-
-def _with_token(url: str, token: str) -> str:
-    return f"{url}{'&' if urlsplit(url).query else '?'}token={token}"
-
-
-def job_response(job: Job, svc: Services):
-    """200 with the record when it succeeded, the job's error when it failed, else 202."""
-    if job.status == "succeeded":
-        return job_body(job, svc), 200
-    if job.status == "failed" and job.error:
-        raise error_from_record(job.error)
-    if job.status == "cancelled":
-        raise Conflict("the job was cancelled", code="job_cancelled", details={"jobId": job.id})
-    body = job_body(job, svc)
-    headers = {"Location": body["links"]["self"], "Retry-After": "2"}
-    return body, 202, headers
-
-
-def sse_stream(svc: Services, job_id: str, after: int | None) -> Iterator[str]:
-    """Yield SSE frames: the current state first (unless resuming), then each event to the end."""
-    known = svc.events.known(job_id)
-    if after is None or not known or after > svc.events.last_id(job_id):
-        # A new client, an id from another run of the service, or events no longer held.
-        # Read the position before the record, so no event between the two is missed.
-        after = svc.events.last_id(job_id)
-        job = svc.runner.get(job_id)
-        yield _sse_frame(svc.events.epoch, after, "state", job_body(job, svc))
-        if job.ended:
-            return
-    while True:
-        fresh, ended = svc.events.read(job_id, after, SSE_KEEPALIVE_SECONDS)
-        for event in fresh:
-            after = event.id
-            data = with_access(event.data)
-            if event.event == "preview" and front().access.enabled:
-                data = {**data, "url": _with_token(data["url"], front().access.token(job_id))}
-            yield _sse_frame(svc.events.epoch, event.id, event.event, data)
-        if ended:
-            return
-        if not fresh:
-            job = svc.runner.get(job_id)
-            if job.ended:  # the record is the source of truth (an event may have been missed)
-                if svc.events.known(job_id):
-                    yield _sse_frame(svc.events.epoch, after, job.status, job_body(job, svc))
-                return
-            yield ": keep-alive\n\n"
-
-
-def _sse_frame(epoch: str, number: int, event: str, data: Mapping[str, Any]) -> str:
-    # Ids are "<run>.<n>": a Last-Event-ID from an earlier run of the service is recognised.
-    return (
-        f"id: {epoch}.{number}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-    )

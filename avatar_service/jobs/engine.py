@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Seeds chosen by the service stay below 2**53 so JavaScript clients read them exactly.
 RANDOM_SEED_LIMIT = 2**53
+# While no server is usable, a new job looks at the fleet's registry again this often.
+SERVER_RECHECK = 0.25
 # Retry-After bounds for a full queue.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX, RETRY_AFTER_UNKNOWN = 1, 600, 10
 
@@ -154,16 +156,24 @@ class JobEngine:
         )
 
     def _wait_for_a_server(self) -> bool:
-        """Whether some server can take jobs, waiting up to ``connect_wait`` for one."""
+        """Whether some server can take jobs, waiting up to ``connect_wait`` for one.
+
+        A server connecting wakes the wait (the dispatcher is notified); servers of other
+        processes (a fleet) are read from the registry again every ``SERVER_RECHECK`` seconds.
+        """
+        dispatcher = self.dispatcher
         deadline = time.monotonic() + self.connect_wait
-        while not self.dispatcher.any_usable():
-            if time.monotonic() >= deadline:
+        while True:
+            with dispatcher.changed:
+                seen = dispatcher.version
+            if dispatcher.any_usable():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            if self.dispatcher.workers:
-                self.dispatcher.workers[0].client.wait_connected(0.05)
-            else:  # a replica without workers of its own: the fleet is in the registry
-                time.sleep(0.05)
-        return True
+            with dispatcher.changed:
+                if dispatcher.version == seen:
+                    dispatcher.changed.wait(min(remaining, SERVER_RECHECK))
 
     def get(self, job_id: str) -> Job:
         """The job record; NotFound if unknown."""

@@ -1,0 +1,213 @@
+"""What the routes ask of the service: one method per request, over the one registry.
+
+``Avatars`` holds no state of its own. It combines the parts a request needs in the order the
+request needs them (a generate: idempotency, framing, the engine, ownership, the wait), so that
+a route parses, calls one method here, and serialises what it gets back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..comfyui.client import Preview
+from ..errors import Conflict, Gone, ServiceUnavailable, UnprocessableContent
+from ..jobs import GenerateRequest, Job
+from ..times import iso
+from .access import Caller
+from .idempotency import body_hash
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+# How long a request with an Idempotency-Key waits for a concurrent one with the same key.
+IDEMPOTENCY_WAIT_SECONDS = 5.0
+# A request waiting for a concurrent one reads the key again at least this often (the other
+# may run in another process, which cannot notify this one).
+IDEMPOTENCY_RECHECK_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A generate request's job, and whether this request made it (False: a replay)."""
+
+    job: Job
+    new: bool
+
+
+class Avatars:
+    """The service's use cases, as the HTTP routes (and the page) call them."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    # -- photos ------------------------------------------------------------------------------
+
+    def upload(self, stream: BinaryIO) -> dict[str, Any]:
+        """Store a photo: validated, normalised, its faces found; its name and size."""
+        return self.services.framing.save_photo(stream)
+
+    def framing(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
+        """A stored photo's faces and the crop generate would use for this size."""
+        return self.services.framing.describe(image_name, width=width, height=height)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerateRequest,
+        *,
+        wait: bool,
+        base_url: str,
+        caller: Caller | None,
+        idempotency_key: str | None,
+        body: Any,
+    ) -> Submitted:
+        """Start a job (or find the one its Idempotency-Key started); with ``wait``, wait up to
+        SYNC_WAIT for it to end."""
+        submitted = self.submit(
+            request,
+            base_url=base_url,
+            caller=caller,
+            idempotency_key=idempotency_key,
+            body=body,
+        )
+        if not wait:
+            return submitted
+        return Submitted(self.wait_for_job(submitted.job.id), submitted.new)
+
+    def submit(
+        self,
+        request: GenerateRequest,
+        *,
+        base_url: str,
+        caller: Caller | None,
+        idempotency_key: str | None,
+        body: Any,
+    ) -> Submitted:
+        """Start a job, or find the one an Idempotency-Key already started."""
+        if idempotency_key is None:
+            return Submitted(self._start(request, base_url, caller), new=True)
+        keys = self.services.idempotency
+        scope = caller.key_id if caller else "anonymous"
+        fingerprint = body_hash(body)
+        deadline = time.monotonic() + IDEMPOTENCY_WAIT_SECONDS
+        while True:
+            seen = keys.version
+            found = keys.reserve(scope, idempotency_key, fingerprint)
+            if not found.same_body:
+                raise UnprocessableContent(
+                    "this Idempotency-Key was already used with a different body; "
+                    "use a new key for a new request",
+                    code="idempotency_key_reused",
+                    details={"idempotencyKey": idempotency_key, "jobId": found.job_id},
+                )
+            if found.new:
+                break
+            if found.job_id is not None:
+                return Submitted(self.services.engine.get(found.job_id), new=False)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Conflict(
+                    "a request with this Idempotency-Key is still being made; retry shortly",
+                    code="idempotency_key_in_use",
+                    details={"idempotencyKey": idempotency_key},
+                )
+            keys.wait_for_change(seen, min(remaining, IDEMPOTENCY_RECHECK_SECONDS))
+        try:
+            job = self._start(request, base_url, caller)
+        except BaseException:
+            keys.release(scope, idempotency_key)
+            raise
+        keys.bind(scope, idempotency_key, job.id)
+        return Submitted(job, new=True)
+
+    def _start(self, request: GenerateRequest, base_url: str, caller: Caller | None) -> Job:
+        services = self.services
+        job = services.engine.submit(services.framing.frame(request), base_url=base_url)
+        if caller is not None:
+            services.access.claim(job.id, caller)
+        return job
+
+    def job(self, job_id: str) -> Job:
+        """The job's record (404 job_not_found)."""
+        return self.services.engine.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job, waiting a moment for it to end (409 when it had ended otherwise)."""
+        services = self.services
+        return services.engine.cancel(job_id, wait=services.settings.comfyui_read_timeout)
+
+    def wait_for_job(self, job_id: str) -> Job:
+        """Wait up to SYNC_WAIT for a job, if a long-request slot is free; else answer now."""
+        services = self.services
+        if not services.long_requests.acquire(blocking=False):
+            return services.engine.get(job_id)
+        try:
+            return services.engine.wait(job_id, services.settings.sync_wait)
+        finally:
+            services.long_requests.release()
+
+    def open_stream(self, job_id: str, stream: Callable[[], Iterator[str]]) -> Iterable[str]:
+        """A job's event stream, holding a long-request slot until it is closed (503 when none
+        is free)."""
+        services = self.services
+        services.engine.get(job_id)
+        if not services.long_requests.acquire(blocking=False):
+            raise ServiceUnavailable(
+                "too many open event streams and waiting requests; poll GET /jobs/<jobId> "
+                "or try again shortly",
+                code="service_busy",
+                retry_after=5,
+            )
+        return _Releasing(stream(), services.long_requests.release)
+
+    def preview(self, job_id: str) -> Preview:
+        """The latest live preview of a running job (404 preview_not_found)."""
+        return self.services.engine.preview(job_id)
+
+    # -- avatars and styles ------------------------------------------------------------------
+
+    def avatar_file(self, file_name: str) -> Path:
+        """The file of a generated avatar (404 unknown; 410 once retention deleted it)."""
+        services = self.services
+        deleted_at = services.retention.deleted_at(file_name)
+        if deleted_at is not None and not (services.avatar_files.directory / file_name).is_file():
+            raise Gone(
+                "this avatar was deleted: avatars are kept for RETENTION_HOURS "
+                f"({services.settings.retention_hours:g} h)",
+                code="avatar_expired",
+                details={"fileName": file_name, "deletedAt": iso(deleted_at)},
+            )
+        return services.avatar_files.path_of(file_name)
+
+    def styles(self) -> dict[str, Any]:
+        """Every style with its parameters, and the default one."""
+        return {
+            "styles": self.services.describe_styles(),
+            "default": self.services.settings.default_style,
+        }
+
+
+class _Releasing:
+    """A WSGI body that calls ``release`` once when the server closes it (even unstarted)."""
+
+    def __init__(self, stream: Iterator[str], release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[str]:
+        return self._stream
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
