@@ -14,8 +14,8 @@ from flask_cors import CORS
 from flask_limiter import Limiter
 
 from .config import Settings
-from .errors import register_error_handlers
 from .http.api_services import ApiServices
+from .http.errors import register_error_handlers
 from .services import Services
 
 __version__ = "0.1.0"
