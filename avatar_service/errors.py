@@ -225,7 +225,7 @@ _RAISED: tuple[tuple[type[ServiceError], str, str], ...] = (
     (BadRequest, "invalid_fields", "a field or parameter is invalid (details.fields says which)"),
     (BadRequest, "invalid_idempotency_key", "the Idempotency-Key header is malformed"),
     (BadRequest, "untrusted_host", "the Host header is missing or not in TRUSTED_HOSTS"),
-    (BadRequest, "missing_file", "no photo in the multipart field `image` (or `file`)"),
+    (BadRequest, "missing_file", "no photo in the multipart field 'image' (or 'file')"),
     (BadRequest, "empty_file", "the uploaded photo is empty"),
     (BadRequest, "invalid_image", "the photo could not be decoded"),
     (BadRequest, "image_too_small", "a side of the photo is under MIN_IMAGE_SIDE"),
@@ -266,7 +266,7 @@ _RAISED: tuple[tuple[type[ServiceError], str, str], ...] = (
     (BadGateway, "comfyui_server_removed", "the job's ComfyUI server is no longer configured"),
     (BadGateway, "avatar_fetch_failed", "the generated image could not be fetched from ComfyUI"),
     (ServiceUnavailable, "comfyui_unavailable", "ComfyUI is unreachable"),
-    (ServiceUnavailable, "service_busy", "too many jobs, streams or decodes, or stopping"),
+    (ServiceUnavailable, "service_busy", "at a limit (jobs, streams, decodes) or stopping"),
     (GatewayTimeout, "job_timeout", "the job's deadline passed"),
 )
 # (status, code, description): answered by the HTTP layer (Werkzeug, waitress) for requests
