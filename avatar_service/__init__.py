@@ -14,7 +14,7 @@ from flask_cors import CORS
 from flask_limiter import Limiter
 
 from .config import Settings
-from .errors import register_error_handlers
+from .http.errors import register_error_handlers
 from .services import build_services
 
 __version__ = "0.1.0"

@@ -19,20 +19,20 @@ Every error a client can see is a ServiceError, answered as
     ├── ServiceUnavailable (503)      ComfyUI unreachable (sends Retry-After)
     └── GatewayTimeout (504)          the job deadline passed
 
+``ERROR_CODES`` is the one table of every code a client can receive: its status, what it
+means, and the class that carries it (the OpenAPI document is built from it). A raise site
+names its code as a string (``NotFound(..., code="job_not_found")``); a test keeps every code
+written in the service in the table.
+
 Job failures are stored as the same ``{"code", "message", "details"}`` dict, and
 ``error_from_record`` turns a stored one back into the matching ServiceError.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException, SecurityError
-
-logger = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -206,53 +206,99 @@ def error_from_record(record: Mapping[str, Any]) -> ServiceError:
     return cls(record["message"], code=record["code"], details=record.get("details"))
 
 
-def error_response(error: ServiceError):
-    """The Flask response for an error: JSON body, honest status, extra headers."""
-    response = jsonify({"error": error.to_dict()})
-    response.status_code = error.status
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    return response
+@dataclass(frozen=True)
+class ErrorCode:
+    """One code a client can receive: its HTTP status, what it means, the class carrying it."""
+
+    code: str
+    status: int
+    description: str
+    cls: type[ServiceError]
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Answer every error, ours or Werkzeug's, with the one JSON shape."""
+# (class, code, one-line description): the status is the class's. Grouped by status.
+_RAISED: tuple[tuple[type[ServiceError], str, str], ...] = (
+    (ServiceError, "internal_error", "an unexpected failure in the service (see its log)"),
+    (ServiceError, "avatar_save_failed", "the avatar could not be written to OUTPUT_DIR"),
+    (BadRequest, "invalid_request", "the request breaks a rule"),
+    (BadRequest, "invalid_json", "the body is not a JSON object"),
+    (BadRequest, "invalid_fields", "a field or parameter is invalid (details.fields says which)"),
+    (BadRequest, "invalid_idempotency_key", "the Idempotency-Key header is malformed"),
+    (BadRequest, "untrusted_host", "the Host header is missing or not in TRUSTED_HOSTS"),
+    (BadRequest, "missing_file", "no photo in the multipart field 'image' (or 'file')"),
+    (BadRequest, "empty_file", "the uploaded photo is empty"),
+    (BadRequest, "invalid_image", "the photo could not be decoded"),
+    (BadRequest, "image_too_small", "a side of the photo is under MIN_IMAGE_SIDE"),
+    (BadRequest, "image_too_many_pixels", "the photo has more than MAX_IMAGE_PIXELS pixels"),
+    (BadRequest, "image_aspect_ratio", "the photo is too narrow or too wide"),
+    (Unauthorized, "unauthorized", "missing or unknown API key or token"),
+    (Forbidden, "forbidden", "the job was created with another API key"),
+    (NotFound, "not_found", "no such route or file"),
+    (NotFound, "image_not_found", "the photo is unknown (upload it first)"),
+    (NotFound, "job_not_found", "the job is unknown"),
+    (NotFound, "preview_not_found", "no preview frame (none sent yet, or the job is not running)"),
+    (NotFound, "avatar_not_found", "no such avatar"),
+    (NotFound, "style_not_found", "the job's style is no longer configured"),
+    (Conflict, "conflict", "the request conflicts with the state of the resource"),
+    (Conflict, "job_cancelled", "the job was cancelled"),
+    (Conflict, "job_already_ended", "the job has already ended"),
+    (Conflict, "idempotency_key_in_use", "a request with this Idempotency-Key is still running"),
+    (Gone, "gone", "the resource was deleted on purpose"),
+    (Gone, "avatar_expired", "the avatar was deleted by retention (RETENTION_HOURS)"),
+    (PayloadTooLarge, "payload_too_large", "the request body is too large"),
+    (PayloadTooLarge, "photo_too_large", "the photo is over MAX_UPLOAD_MB"),
+    (UnsupportedMediaType, "unsupported_media_type", "the upload is not a supported type"),
+    (UnsupportedMediaType, "unsupported_image_type", "the photo is not a JPEG, PNG or WebP"),
+    (UnprocessableContent, "unprocessable_content", "the request cannot be processed as sent"),
+    (UnprocessableContent, "idempotency_key_reused", "the Idempotency-Key came with another body"),
+    (UnprocessablePhoto, "unprocessable_photo", "the photo cannot make an avatar"),
+    (UnprocessablePhoto, "no_face_found", "no face in the photo (FACE_POLICY=require)"),
+    (UnprocessablePhoto, "several_faces", "several faces in the photo (FACE_MULTIPLE=refuse)"),
+    (TooManyRequests, "rate_limited", "a rate limit was reached"),
+    (BadGateway, "comfyui_error", "ComfyUI failed the job"),
+    (BadGateway, "comfyui_rejected_prompt", "ComfyUI rejected the workflow"),
+    (BadGateway, "comfyui_execution_error", "a node failed while ComfyUI ran the workflow"),
+    (BadGateway, "comfyui_interrupted", "the prompt was interrupted on ComfyUI (not by us)"),
+    (BadGateway, "comfyui_lost_prompt", "ComfyUI lost the prompt twice (server restarts)"),
+    (BadGateway, "comfyui_no_output", "ComfyUI finished without an image"),
+    (BadGateway, "comfyui_no_history", "ComfyUI ended the prompt without a success entry"),
+    (BadGateway, "comfyui_bad_response", "ComfyUI answered unexpectedly"),
+    (BadGateway, "comfyui_server_removed", "the job's ComfyUI server is no longer configured"),
+    (BadGateway, "avatar_fetch_failed", "the generated image could not be fetched from ComfyUI"),
+    (ServiceUnavailable, "comfyui_unavailable", "ComfyUI is unreachable"),
+    (ServiceUnavailable, "service_busy", "at a limit (jobs, streams, decodes) or stopping"),
+    (GatewayTimeout, "job_timeout", "the job's deadline passed"),
+)
+# (status, code, description): answered by the HTTP layer (Werkzeug, waitress) for requests
+# no view handles, as a plain ServiceError with that status.
+_PROTOCOL: tuple[tuple[int, str, str], ...] = (
+    (400, "bad_request", "a malformed HTTP request"),
+    (405, "method_not_allowed", "the route does not take this method (see Allow)"),
+    (431, "request_headers_too_large", "the request's headers are too large"),
+    (501, "not_implemented", "a transfer coding the server does not know"),
+)
 
-    @app.errorhandler(ServiceError)
-    def _service_error(error: ServiceError):
-        return error_response(error)
+ERROR_CODES: Mapping[str, ErrorCode] = {
+    **{code: ErrorCode(code, cls.status, text, cls) for cls, code, text in _RAISED},
+    **{code: ErrorCode(code, status, text, ServiceError) for status, code, text in _PROTOCOL},
+}
 
-    @app.errorhandler(HTTPException)
-    def _http_error(error: HTTPException):
-        if isinstance(error, SecurityError):
-            mapped: ServiceError = BadRequest(
-                "the request's Host header is not a host this service answers to (TRUSTED_HOSTS)",
-                code="untrusted_host",
-            )
-        elif error.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            mapped = PayloadTooLarge(
-                "the request body is larger than the service accepts",
-                details={"maxBytes": limit} if limit else None,
-            )
-        elif error.code == 429:
-            limit = getattr(error, "limit", None)
-            mapped = TooManyRequests(
-                f"too many requests (limit: {limit.limit})" if limit else "too many requests",
-                details={"limit": str(limit.limit)} if limit else None,
-            )
-        else:
-            mapped = ServiceError(
-                error.description or error.name,
-                code=error.name.lower().replace(" ", "_"),
-            )
-            mapped.status = error.code or 500
-        response = error_response(mapped)
-        if error.code == 405 and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
-
-    @app.errorhandler(Exception)
-    def _unexpected(error: Exception):
-        logger.exception("unhandled error")
-        return error_response(ServiceError("internal error; see the service log"))
+# The codes a job's record can end with (see jobs/outcomes.py): a route that waits for a job
+# answers them.
+JOB_FAILURES: tuple[str, ...] = (
+    "internal_error",
+    "avatar_save_failed",
+    "style_not_found",
+    "comfyui_rejected_prompt",
+    "comfyui_execution_error",
+    "comfyui_interrupted",
+    "comfyui_lost_prompt",
+    "comfyui_no_output",
+    "comfyui_no_history",
+    "comfyui_bad_response",
+    "comfyui_server_removed",
+    "comfyui_error",
+    "avatar_fetch_failed",
+    "comfyui_unavailable",
+    "job_timeout",
+)

@@ -29,6 +29,7 @@ from flask import (
 
 from .. import __version__
 from ..errors import (
+    JOB_FAILURES,
     BadRequest,
     Forbidden,
     NotFound,
@@ -38,7 +39,7 @@ from ..services import Services
 from ..storage.avatars import AVATAR_NAME_PATTERN
 from .access import Caller
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document
+from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document, error_codes
 from .presentation import job_body, job_response, parse_last_event_id, sse_stream
 from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
 
@@ -63,6 +64,10 @@ PUBLIC_ENDPOINTS = frozenset(
 TOKEN_ENDPOINTS = frozenset({"api.job_events", "api.job_preview", "api.get_avatar"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Error codes several routes answer (each route declares its own with @error_codes): a job's
+# routes (no key, another key's job, no such job); a photo FACE_POLICY / FACE_MULTIPLE refuses.
+JOB = ("unauthorized", "forbidden", "job_not_found")
+REFUSED = ("no_face_found", "several_faces")
 
 
 def services() -> Services:
@@ -72,6 +77,9 @@ def services() -> Services:
 
 @bp.post("/upload-image")
 @bp.post("/upload_image")
+@error_codes("unauthorized", "missing_file", "empty_file", "invalid_image", "image_too_small")
+@error_codes("image_too_many_pixels", "image_aspect_ratio", "unsupported_image_type", *REFUSED)
+@error_codes("photo_too_large", "payload_too_large", "rate_limited", "service_busy")
 def upload_image():
     """Store a photo (multipart field ``image``, or ``file``); 201 with its server-made name."""
     upload = request.files.get("image") or request.files.get("file")
@@ -85,6 +93,7 @@ def upload_image():
 
 
 @bp.get("/photos/<image_name>/framing")
+@error_codes("unauthorized", "invalid_fields", "image_not_found", *REFUSED)
 def photo_framing(image_name: str):
     """A stored photo's faces and the crop generate would use for ?width=&height= (or style's)."""
     svc = services()
@@ -93,6 +102,10 @@ def photo_framing(image_name: str):
 
 
 @bp.post("/generate-avatar-by-image")
+@error_codes("unauthorized", "invalid_json", "invalid_fields", "invalid_idempotency_key")
+@error_codes("image_not_found", *REFUSED, "job_cancelled", "idempotency_key_in_use")
+@error_codes("idempotency_key_reused", "payload_too_large", "rate_limited", "service_busy")
+@error_codes(*JOB_FAILURES)
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
     svc = services()
@@ -114,6 +127,7 @@ def generate_avatar():
 
 
 @bp.get("/jobs/<job_id>")
+@error_codes(*JOB)
 def get_job(job_id: str):
     """The job record: status, queue position, progress, error, avatars, timings."""
     svc = services()
@@ -122,6 +136,7 @@ def get_job(job_id: str):
 
 @bp.delete("/jobs/<job_id>")
 @bp.post("/jobs/<job_id>/cancel")
+@error_codes(*JOB, "job_already_ended")
 def cancel_job(job_id: str):
     """Cancel a queued or running job: 200 cancelled, 202 still ending, 409 already ended."""
     svc = services()
@@ -130,6 +145,7 @@ def cancel_job(job_id: str):
 
 
 @bp.get("/jobs/<job_id>/events")
+@error_codes(*JOB, "service_busy")
 def job_events(job_id: str):
     """Server-Sent Events of the job's state changes, ending when the job ends."""
     svc = services()
@@ -145,6 +161,7 @@ def job_events(job_id: str):
 
 
 @bp.get("/jobs/<job_id>/preview")
+@error_codes(*JOB, "preview_not_found")
 def job_preview(job_id: str):
     """The latest live preview frame of a running job (404 when there is none)."""
     preview = services().avatars.preview(job_id)
@@ -154,6 +171,7 @@ def job_preview(job_id: str):
 
 
 @bp.get("/avatars/<file_name>")
+@error_codes("unauthorized", "forbidden", "avatar_not_found", "avatar_expired")
 def get_avatar(file_name: str):
     """A generated avatar image; 410 once retention has deleted it."""
     svc = services()
@@ -166,6 +184,7 @@ def get_avatar(file_name: str):
 
 
 @bp.get("/styles")
+@error_codes("unauthorized")
 def list_styles():
     """Every workflow style with its parameters."""
     return services().avatars.styles()
@@ -216,7 +235,11 @@ def openapi_document():
     """The OpenAPI 3.1 document of this service, built from the schemas that validate requests."""
     svc = services()
     return build_document(
-        svc.generate_schema, version=__version__, auth=svc.access.enabled, settings=svc.settings
+        current_app,
+        svc.generate_schema,
+        version=__version__,
+        auth=svc.access.enabled,
+        settings=svc.settings,
     )
 
 
@@ -227,6 +250,7 @@ def docs():
 
 
 @bp.get("/docs/<asset>")
+@error_codes("not_found")
 def docs_asset(asset: str):
     """The files of the interactive documentation."""
     from swagger_ui_bundle import swagger_ui_path
@@ -237,6 +261,7 @@ def docs_asset(asset: str):
 
 
 @bp.get("/metrics")
+@error_codes("unauthorized")
 def metrics():
     """Prometheus metrics (Authorization: Bearer METRICS_KEY when that is set)."""
     svc = services()
