@@ -113,6 +113,10 @@ class Database:
         """A role held by one process at a time (always this one on SQLite)."""
         return Leadership()
 
+    def open_connections(self) -> int:
+        """Connections open now (pooled, idle or lent)."""
+        raise NotImplementedError
+
     def ping(self) -> None:
         """Run one trivial statement; DatabaseUnavailable when the database does not answer."""
         try:
@@ -303,6 +307,10 @@ class PostgresDatabase(Database):
         import psycopg
 
         return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **options)
+
+    def open_connections(self) -> int:
+        """Connections the pool holds now (idle or lent), at most its size."""
+        return int(self._pool.get_stats().get("pool_size", 0))
 
     def close(self) -> None:
         """Close the pool."""
