@@ -25,10 +25,16 @@ _FACTORY = "COMFYUI_CLIENT_FACTORY"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings from env (overridden by ``config``), services, routes, errors."""
+    """Build the app: settings, services, routes, errors.
+
+    Without ``config`` the settings come from the environment (``python app.py``, the worker
+    command); with it, from the mapping alone (its setting names, upper case, and Flask's own
+    keys): a test's app never reads the environment it runs in.
+    """
+    from_env = config is None
     config = dict(config or {})
     overrides = {key: config.pop(key) for key in list(config) if key.upper() in _SETTING_KEYS}
-    settings = Settings.from_env(overrides=overrides)
+    settings = Settings.from_env(environ=None if from_env else {}, overrides=overrides)
     instance_path = settings.instance_path
     if not instance_path.is_absolute():
         instance_path = PROJECT_ROOT / instance_path

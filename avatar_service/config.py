@@ -100,6 +100,13 @@ class Settings:
     retention_interval: float = 600.0
 
     @classmethod
+    def env_values(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment variables that name a setting, as they are (unparsed)."""
+        environ = os.environ if environ is None else environ
+        names = (field.name.upper() for field in fields(cls))
+        return {name: environ[name] for name in names if name in environ}
+
+    @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
     ) -> Settings:

@@ -30,11 +30,16 @@ def run_worker(
     """Run a worker for one ComfyUI server until SIGTERM/SIGINT; the process's exit status."""
     from . import create_app
 
-    overrides: dict[str, Any] = {**(config or {}), "COMFYUI_URL": comfyui, "LOCAL_WORKERS": True}
+    overrides: dict[str, Any] = {
+        **Settings.env_values(),
+        **(config or {}),
+        "COMFYUI_URL": comfyui,
+        "LOCAL_WORKERS": True,
+    }
     if slots is not None:
         overrides["COMFYUI_SLOTS"] = slots
     try:
-        settings = Settings.from_env(overrides=overrides)
+        settings = Settings.from_env(environ={}, overrides=overrides)
         if not settings.database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError(
                 "a worker process needs a shared DATABASE_URL (postgresql://...); with the "

@@ -9,18 +9,37 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import httpx
 import pytest
 from waitress import wasyncore
 
+from avatar_service.config import Settings
 from comfyui_standin import StandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Transcripts recorded from a real ComfyUI 0.3.64 (see tests/recordings/README.md); they live in
 # the repository so the suite needs nothing beside it.
 RECORDINGS_DIR = Path(os.environ.get("COMFYUI_RECORDINGS", REPO_ROOT / "tests" / "recordings"))
+
+
+# What a developer's shell may export that would change how the service or the CLI behaves.
+ISOLATED_VARIABLES = (
+    *(field.name.upper() for field in fields(Settings)),
+    "AVATAR_SERVER",
+    "AVATAR_KEY",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read the developer's environment: every setting of the service and the
+    CLI's variables are cleared, and no process a test starts loads a ``.env`` file."""
+    for name in ISOLATED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTHON_DOTENV_DISABLED", "1")
 
 
 @pytest.fixture(scope="session")

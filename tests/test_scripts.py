@@ -36,8 +36,10 @@ def write_env(root: Path, **settings: object) -> None:
 
 
 def clean_env() -> dict[str, str]:
-    """This process's environment without any setting the scripts read (so .env decides)."""
+    """This process's environment without any setting the scripts read (so .env decides), and
+    with .env loading on (these tests are about it)."""
     drop = {"COMFYUI_URL", "STANDIN_PORT", "PORT", "INSTANCE_PATH", "UPLOAD_DIR", "OUTPUT_DIR"}
+    drop.add("PYTHON_DOTENV_DISABLED")
     return {key: value for key, value in os.environ.items() if key not in drop}
 
 
