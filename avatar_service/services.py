@@ -13,8 +13,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from .comfyui.client import ComfyUIClient, ComfyUIError, runs_standin
-from .comfyui.workflow import (
+from .comfyui import ComfyUIClient, ComfyUIError, SystemStats
+from .comfyui.workflows import (
     Workflow,
     WorkflowError,
     check_against_object_info,
@@ -401,10 +401,12 @@ class Services:
             if held.get("withheldStyles"):
                 state["withheldStyles"] = held["withheldStyles"]
             try:
-                stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
+                stats = SystemStats.from_answer(
+                    client.system_stats(timeout=self.settings.comfyui_connect_timeout)
+                )
                 state["http"] = True
-                state["version"] = (stats.get("system") or {}).get("comfyui_version")
-                state["standin"] = self.standin_seen[client.base_url] = runs_standin(stats)
+                state["version"] = stats.comfyui_version
+                state["standin"] = self.standin_seen[client.base_url] = stats.standin
             except ComfyUIError as exc:
                 state["http"] = False
                 state["error"] = exc.message

@@ -32,8 +32,8 @@ from typing import Any
 
 import httpx
 
-from ..comfyui.client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
-from ..comfyui.workflow import Workflow
+from ..comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from ..comfyui.workflows import Workflow
 from ..persistence.database import DatabaseUnavailable, Leadership
 from ..photos.store import PhotoStore
 from ..storage.avatars import AvatarStore
