@@ -27,6 +27,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy avatar_service/comfyui comfyui_client.py
 
 format: setup
 	$(BIN)/ruff format .

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -15,23 +14,27 @@ import httpx
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .comfyui.client import ComfyUIClient, ComfyUIError
-from .comfyui.workflow import (
+from .comfyui import ComfyUIClient, ComfyUIError, catalogue_size
+from .comfyui.workflows import (
     Problem,
     Roles,
     WorkflowError,
+    bindings_path,
     check_against_object_info,
     find_roles,
+    fit_presets,
+    is_style_name,
     load_workflow,
+    node_class,
     prepare_import,
-    sampler_steps,
+    presets_path,
+    style_path,
 )
 from .config import Settings
 from .storage.avatars import write_atomic
 
 workflows_cli = AppGroup("workflows", help="Check, import and list ComfyUI workflows (styles).")
 
-STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXIT_PROBLEMS = 1
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
@@ -57,13 +60,13 @@ def _read_json(path: Path) -> Any:
 
 
 def _bindings_next_to(path: Path) -> dict[str, Any] | None:
-    side = path.with_name(f"{path.stem}.bindings.json")
+    side = bindings_path(path)
     return _read_json(side) if side.is_file() else None
 
 
 def _print_roles(graph: dict[str, Any], roles: Roles) -> None:
     def label(node_id: str) -> str:
-        return f"{node_id} ({graph[node_id]['class_type']})"
+        return f"{node_id} ({node_class(graph, node_id)})"
 
     click.echo("roles:")
     click.echo(f"  photo input    : node {label(roles.image)}")
@@ -88,7 +91,7 @@ def _server_problems(graph: dict[str, Any], server: str | None) -> list[Problem]
         return None
     finally:
         client.close()
-    click.echo(f"checked against ComfyUI at {url} ({len(object_info)} node classes)")
+    click.echo(f"checked against ComfyUI at {url} ({catalogue_size(object_info)} node classes)")
     return check_against_object_info(graph, object_info)
 
 
@@ -173,13 +176,13 @@ def import_command(
     force: bool,
 ) -> None:
     """Check FILE and store it as a style under workflows/ with its presets and bindings."""
-    if not STYLE_NAME.fullmatch(name):
+    if not is_style_name(name):
         raise click.BadParameter("letters, digits, '-' and '_' only (max 64)", param_hint="--name")
     services = _services()
     directory = services.settings.workflows_dir
     if not directory.is_absolute():
         directory = Path(current_app.root_path).parent / directory
-    target = directory / f"{name}.json"
+    target = style_path(directory, name)
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists; use --force to replace it")
     graph, roles = _load_and_find_roles(
@@ -193,9 +196,9 @@ def import_command(
             click.echo(f"{len(problems)} problem(s); not imported (use --force to store anyway)")
             sys.exit(EXIT_PROBLEMS)
     files = {
-        f"{name}.json": graph,
-        f"{name}.bindings.json": roles.to_dict(),
-        f"{name}.presets.json": _presets_for(directory, name, presets_from, graph, roles),
+        target.name: graph,
+        bindings_path(target).name: roles.to_dict(),
+        presets_path(target).name: _presets_for(directory, name, presets_from, graph, roles),
     }
     # Load the style from a staging folder first: what is stored is known to load at start-up.
     with tempfile.TemporaryDirectory(dir=directory) as staging:
@@ -203,7 +206,7 @@ def import_command(
             text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
             (Path(staging) / file_name).write_text(text, encoding="utf-8")
         try:
-            load_workflow(Path(staging) / f"{name}.json", name=name)
+            load_workflow(style_path(Path(staging), name), name=name)
         except WorkflowError as exc:
             raise click.ClickException(f"the style would not load: {exc}") from None
         for file_name in files:
@@ -216,20 +219,14 @@ def _presets_for(
     directory: Path, name: str, presets_from: str | None, graph: dict[str, Any], roles: Roles
 ) -> dict[str, Any]:
     """The style's existing presets, or a copy of another style's with this graph's steps."""
-    existing = directory / f"{name}.presets.json"
+    existing = presets_path(style_path(directory, name))
     if existing.is_file():
         return _read_json(existing)
     source_style = presets_from or _services().settings.default_style
-    source = directory / f"{source_style}.presets.json"
+    source = presets_path(style_path(directory, source_style))
     if not source.is_file():
         raise click.ClickException(f"no presets to copy: {source} does not exist")
-    presets = _read_json(source)
-    defaults = presets.setdefault("defaults", {})
-    steps = sampler_steps(graph, roles)
-    if steps:
-        defaults["steps"] = steps[0]
-    else:
-        defaults.pop("steps", None)
+    presets = fit_presets(_read_json(source), graph, roles)
     click.echo(f"presets copied from style {source_style!r}: edit their prompt texts")
     return presets
 

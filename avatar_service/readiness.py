@@ -14,8 +14,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .comfyui.client import ComfyUIClient, ComfyUIError, runs_standin
-from .comfyui.workflow import Workflow, check_against_object_info
+from .comfyui import ComfyUIClient, ComfyUIError, SystemStats
+from .comfyui.workflows import Workflow, check_against_object_info
 from .config import Settings
 from .jobs.dispatcher import Dispatcher
 from .times import iso
@@ -109,10 +109,12 @@ class Readiness:
         if held.get("withheldStyles"):
             state["withheldStyles"] = held["withheldStyles"]
         try:
-            stats = client.system_stats(timeout=self.settings.comfyui_connect_timeout)
+            stats = SystemStats.from_answer(
+                client.system_stats(timeout=self.settings.comfyui_connect_timeout)
+            )
             state["http"] = True
-            state["version"] = (stats.get("system") or {}).get("comfyui_version")
-            state["standin"] = self.standin_seen[client.base_url] = runs_standin(stats)
+            state["version"] = stats.comfyui_version
+            state["standin"] = self.standin_seen[client.base_url] = stats.standin
         except ComfyUIError as exc:
             state["http"] = False
             state["error"] = exc.message

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from .comfyui.client import ComfyUIClient
-from .comfyui.workflow import Workflow, WorkflowError, describe, load_workflows
+from .comfyui import ComfyUIClient
+from .comfyui.workflows import Workflow, WorkflowError, describe, load_workflows
 from .config import ConfigError, Settings
 from .delivery.forwarding import AvatarForwarder, content_type_of
 from .delivery.webhooks import WebhookDispatcher, WebhookError, is_allowed_callback

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from avatar_service.comfyui.client import ComfyUIClient, ExecutionEnded
+from avatar_service.comfyui import ComfyUIClient, ExecutionEnded
 
 ODD_FRAMES: list[str | bytes] = [
     "not json",

@@ -16,7 +16,7 @@ from flask import Blueprint
 
 import avatar_service
 from avatar_service import create_app
-from avatar_service.comfyui.workflow import WorkflowError
+from avatar_service.comfyui.workflows import WorkflowError
 from avatar_service.errors import (
     ERROR_CODES,
     JOB_FAILURES,

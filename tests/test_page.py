@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from avatar_service import create_app
-from avatar_service.comfyui.client import runs_standin
+from avatar_service.comfyui import runs_standin
 from avatar_service.http.page import content_security_policy
 from tests.conftest import settings_for
 from tests.replay_server import Answer, ReplayServer, step

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from avatar_service.comfyui.workflow import (
+from avatar_service.comfyui.workflows import (
     AmbiguousRoleError,
     InvalidBindingError,
     InvalidParameterError,
@@ -22,15 +22,21 @@ from avatar_service.comfyui.workflow import (
     UIFormatError,
     Workflow,
     WorkflowError,
+    bindings_path,
     check_against_object_info,
     describe,
     find_roles,
+    fit_presets,
+    is_style_name,
     load_workflow,
     load_workflows,
+    node_class,
     parse_captured,
     patch_workflow,
     prepare_import,
+    presets_path,
     render_positive_text,
+    style_path,
     thaw,
 )
 
@@ -1361,3 +1367,69 @@ def test_prepare_import_rejects_ui_format() -> None:
     """prepare_import raises the same UIFormatError for a UI-format file."""
     with pytest.raises(UIFormatError):
         prepare_import(UI_WORKFLOW, insert_image_scale=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Style files and names
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("avatar", True),
+        ("Avatar_2-b", True),
+        ("a" * 64, True),
+        ("a" * 65, False),
+        ("", False),
+        ("-avatar", False),
+        ("avatar.json", False),
+        ("../avatar", False),
+        ("avatar\n", False),
+    ],
+)
+def test_style_names(name: str, valid: bool) -> None:
+    """A style name is 1-64 letters, digits, '_' or '-', starting with a letter or digit."""
+    assert is_style_name(name) is valid
+
+
+def test_style_files_sit_side_by_side(tmp_path: Path) -> None:
+    """A style's graph, presets and bindings files are named after it in one directory."""
+    graph_file = style_path(tmp_path, "cartoon")
+    assert graph_file == tmp_path / "cartoon.json"
+    assert presets_path(graph_file) == tmp_path / "cartoon.presets.json"
+    assert bindings_path(graph_file) == tmp_path / "cartoon.bindings.json"
+
+
+def test_shipped_style_files_are_where_the_helpers_say(styles: dict[str, Workflow]) -> None:
+    """Every shipped style was loaded from style_path, with its presets file next to it."""
+    for name, workflow in styles.items():
+        assert workflow.path == style_path(WORKFLOWS_DIR, name)
+        assert presets_path(workflow.path).is_file()
+
+
+@pytest.mark.parametrize("steps", [20, None])
+def test_fit_presets_takes_the_graph_steps(steps: int | None) -> None:
+    """Copied presets say the steps the graph's sampler runs, or none when it states none."""
+    source = read_json(WORKFLOWS_DIR / "avatar.presets.json")
+    graph = avatar_graph()
+    if steps is None:
+        graph["4"]["inputs"]["steps"] = ["1", 0]  # a link: no literal to copy
+    else:
+        graph["4"]["inputs"]["steps"] = steps
+    fitted = fit_presets(source, graph, AVATAR_ROLES)
+    assert fitted["defaults"].get("steps") == steps
+    assert {k: v for k, v in fitted["defaults"].items() if k != "steps"} == {
+        k: v for k, v in source["defaults"].items() if k != "steps"
+    }
+    assert fitted["gender_text"] == source["gender_text"]
+    assert source == read_json(WORKFLOWS_DIR / "avatar.presets.json")  # the source is untouched
+
+
+def test_node_class_names_the_class_type() -> None:
+    """node_class answers a node's class_type."""
+    graph = avatar_graph()
+    assert [node_class(graph, n) for n in ("4", "25", "7")] == [
+        "KSampler",
+        "LoadImage",
+        "PreviewImage",
+    ]

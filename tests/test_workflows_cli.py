@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from avatar_service import create_app
-from avatar_service.comfyui.workflow import load_workflows
+from avatar_service.comfyui.workflows import load_workflows
 from avatar_service.config import ConfigError
 from comfyui_standin import StandIn
 from tests.conftest import REPO_ROOT

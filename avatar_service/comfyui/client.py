@@ -1,20 +1,12 @@
 """ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
 
 The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
-thread turns each message into a typed event (``ExecutionStarted``, ``NodeStarted``, ``Progress``,
-``ExecutionEnded``, ``ExecutionFailed``...) and routes it to the watch registered for its
-``prompt_id`` (the service chooses the prompt_id itself, so no event can reach the wrong job). When
-the socket drops it reconnects with backoff and tells every watch (``Disconnected``,
-``Reconnected``), so the job can reconcile through ``/history`` and ``/queue``. This module alone
-knows ComfyUI's message, history, queue and output formats: ``history`` answers a
-``HistoryEntry``, ``queue_state`` a place in the queue.
-
-Exceptions::
-
-    ComfyUIError
-    ├── ComfyUIUnavailable     connection refused, reset or timed out
-    ├── ComfyUIProtocolError   an answer that is not what ComfyUI 0.3.x sends
-    └── PromptRejected         POST /prompt answered 400: ``error`` and ``node_errors`` kept
+thread turns each message into a typed event (see ``events``) and routes it to the watch
+registered for its ``prompt_id`` (the service chooses the prompt_id itself, so no event can reach
+the wrong job). When the socket drops it reconnects with backoff and tells every watch
+(``Disconnected``, ``Reconnected``), so the job can reconcile through ``/history`` and
+``/queue``: ``history`` answers a ``HistoryEntry``, ``queue_state`` a place in the queue. Errors
+are the ``ComfyUIError`` tree of ``errors``.
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import struct
 import threading
 import time
 import uuid
@@ -34,253 +25,22 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import websocket
 
-logger = logging.getLogger(__name__)
-
-# Binary websocket frames: a big-endian uint32 event type first.
-PREVIEW_IMAGE = 1
-PREVIEW_IMAGE_WITH_METADATA = 4
-_PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
-
-
-# What the stand-in ComfyUI (comfyui_standin) reports as its pytorch_version in /system_stats; a
-# real ComfyUI reports the torch it runs (e.g. "2.14.1+cu130").
-STANDIN_MARKER = "comfyui_standin"
-
-
-def runs_standin(system_stats: Mapping[str, Any]) -> bool:
-    """Whether a /system_stats answer comes from the stand-in ComfyUI rather than a real one."""
-    system = system_stats.get("system")
-    version = system.get("pytorch_version") if isinstance(system, Mapping) else None
-    return isinstance(version, str) and STANDIN_MARKER in version
-
-
-class ComfyUIError(Exception):
-    """Base of everything that can go wrong talking to ComfyUI."""
-
-    def __init__(self, message: str, *, server: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.server = server
-
-
-class ComfyUIUnavailable(ComfyUIError):
-    """ComfyUI could not be reached (refused, reset), or did not answer in time (timed_out)."""
-
-    def __init__(self, message: str, *, server: str = "", timed_out: bool = False) -> None:
-        super().__init__(message, server=server)
-        self.timed_out = timed_out
-
-
-class ComfyUIProtocolError(ComfyUIError):
-    """ComfyUI answered something unexpected."""
-
-    def __init__(self, message: str, *, server: str = "", status: int | None = None) -> None:
-        super().__init__(message, server=server)
-        self.status = status
-
-
-class PromptRejected(ComfyUIError):
-    """ComfyUI refused the graph at validation; ``error`` and ``node_errors`` are its own words."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        server: str = "",
-        error: Mapping[str, Any] | None = None,
-        node_errors: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message, server=server)
-        self.error = dict(error or {})
-        self.node_errors = dict(node_errors or {})
-
-    @property
-    def server_lacks_something(self) -> bool:
-        """Whether the server, not the request, is at fault: a node class it does not have, or
-        a choice (checkpoint, sampler...) missing from its lists."""
-        message = str(self.error.get("message", ""))
-        if self.error.get("type") == "invalid_prompt" and "does not exist" in message:
-            return True
-        return any(
-            isinstance(error, dict) and error.get("type") == "value_not_in_list"
-            for node in self.node_errors.values()
-            if isinstance(node, dict)
-            for error in node.get("errors") or []
-        )
-
-
-# -- typed events of one prompt ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExecutionStarted:
-    """ComfyUI started running the prompt."""
-
-
-@dataclass(frozen=True)
-class NodeStarted:
-    """A node of the prompt started."""
-
-    node: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A step of a node that reports progress (the sampler)."""
-
-    node: str
-    value: Any
-    max: Any
-
-
-@dataclass(frozen=True)
-class ExecutionEnded:
-    """``executing`` with ``node: null``: the prompt ended (its history is written just before)."""
-
-
-@dataclass(frozen=True)
-class ExecutionFailed:
-    """``execution_error``: a node raised."""
-
-    node_id: Any = None
-    node_type: Any = None
-    exception_type: Any = None
-    exception_message: str = ""
-
-    @classmethod
-    def from_message(cls, data: Mapping[str, Any]) -> ExecutionFailed:
-        """Read ComfyUI's execution_error payload."""
-        return cls(
-            node_id=data.get("node_id"),
-            node_type=data.get("node_type"),
-            exception_type=data.get("exception_type"),
-            exception_message=str(data.get("exception_message", "")).strip(),
-        )
-
-
-@dataclass(frozen=True)
-class ExecutionInterrupted:
-    """``execution_interrupted``: the prompt was interrupted."""
-
-
-@dataclass(frozen=True)
-class PreviewReady:
-    """A new live preview image of the prompt is in ``PromptWatch.preview``."""
-
-
-@dataclass(frozen=True)
-class QueueChanged:
-    """ComfyUI's queue changed (a ``status`` broadcast)."""
-
-
-@dataclass(frozen=True)
-class Disconnected:
-    """The websocket dropped: events may have been missed."""
-
-
-@dataclass(frozen=True)
-class Reconnected:
-    """The websocket is up again: events may have been missed while it was down."""
-
-
-PromptEvent = (
-    ExecutionStarted
-    | NodeStarted
-    | Progress
-    | ExecutionEnded
-    | ExecutionFailed
-    | ExecutionInterrupted
-    | PreviewReady
-    | QueueChanged
-    | Disconnected
-    | Reconnected
+from .errors import ComfyUIProtocolError, ComfyUIUnavailable, PromptRejected
+from .events import (
+    Disconnected,
+    Preview,
+    PreviewReady,
+    PromptEvent,
+    QueueChanged,
+    Reconnected,
+    read_message,
+    read_preview,
+    typed_event,
 )
+from .history import HistoryEntry, OutputImage
+from .queue import QueueSnapshot
 
-
-@dataclass(frozen=True)
-class OutputImage:
-    """One image a prompt produced, as ``/view`` wants it named."""
-
-    filename: str
-    subfolder: str = ""
-    folder_type: str = "output"
-
-    def to_dict(self) -> dict[str, str]:
-        """ComfyUI's own shape of the image reference."""
-        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.folder_type}
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """A prompt's ``/history`` entry: how it ended and what it produced."""
-
-    succeeded: bool
-    failure: ExecutionFailed | None
-    interrupted: bool
-    status: Mapping[str, Any]
-    outputs: Mapping[str, Any]
-
-    @classmethod
-    def from_answer(cls, entry: Mapping[str, Any]) -> HistoryEntry:
-        """Read one entry of GET /history/{prompt_id}."""
-        status = entry.get("status") or {}
-        messages = {
-            item[0]: item[1]
-            for item in status.get("messages") or []
-            if isinstance(item, list | tuple) and len(item) == 2
-        }
-        error = messages.get("execution_error")
-        return cls(
-            succeeded=status.get("status_str") == "success",
-            failure=ExecutionFailed.from_message(error) if isinstance(error, dict) else None,
-            interrupted="execution_interrupted" in messages,
-            status=status,
-            outputs=entry.get("outputs") or {},
-        )
-
-    def images(self, output_nodes: Sequence[str]) -> list[OutputImage]:
-        """The images of the given output nodes, in node order."""
-        return [
-            OutputImage(
-                filename=str(image["filename"]),
-                subfolder=str(image.get("subfolder", "")),
-                folder_type=str(image.get("type", "output")),
-            )
-            for node_id in output_nodes
-            for image in (self.outputs.get(node_id) or {}).get("images") or []
-            if isinstance(image, dict) and image.get("filename")
-        ]
-
-
-@dataclass
-class Preview:
-    """The latest live preview image of a running prompt."""
-
-    content_type: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class _QueueSnapshot:
-    """One GET /queue answer: the running prompt ids and each pending prompt's position."""
-
-    asked_at: float
-    running: frozenset[str]
-    positions: Mapping[str, int]
-
-    @classmethod
-    def from_answer(cls, answer: Mapping[str, Any], asked_at: float) -> _QueueSnapshot:
-        running = frozenset(
-            item_id for item in answer.get("queue_running") or [] if (item_id := _item_id(item))
-        )
-        # queue_pending is ComfyUI's heap array, not execution order: sort by number, then id.
-        pending = sorted(
-            (item for item in answer.get("queue_pending") or [] if _item_id(item) is not None),
-            key=lambda item: (float(item[0]), str(item[1])),
-        )
-        # 1 = the next to start (the running prompt is not counted), as the service's own queue.
-        positions = {str(item[1]): index + 1 for index, item in enumerate(pending)}
-        return cls(asked_at, running, positions)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -322,7 +82,7 @@ class ComfyUIClient:
         self._thread: threading.Thread | None = None
         self._helpers: list[threading.Thread] = []
         self._queue_lock = threading.Lock()
-        self._queue_cache: _QueueSnapshot | None = None
+        self._queue_cache: QueueSnapshot | None = None
         self._running_prompt: str | None = None
         self.last_error: str | None = None
         # time.monotonic() when the websocket was last up (or the client was made).
@@ -449,9 +209,7 @@ class ComfyUIClient:
 
     def history(self, prompt_id: str) -> HistoryEntry | None:
         """GET /history/{prompt_id}: the entry once the prompt has ended, else None."""
-        answer = self._json("GET", f"/history/{prompt_id}")
-        entry = answer.get(prompt_id)
-        return HistoryEntry.from_answer(entry) if isinstance(entry, dict) else None
+        return HistoryEntry.of_prompt(self._json("GET", f"/history/{prompt_id}"), prompt_id)
 
     def queue(self) -> dict[str, Any]:
         """GET /queue."""
@@ -464,20 +222,14 @@ class ComfyUIClient:
         ``time.monotonic()`` value): however many jobs wait, ComfyUI builds the (large) queue
         answer once per refresh, not once per job.
         """
-        snapshot = self._queue_snapshot(newer_than)
-        if prompt_id in snapshot.running:
-            return "running", 0
-        position = snapshot.positions.get(prompt_id)
-        if position is not None:
-            return "pending", position
-        return "absent", None
+        return self._queue_snapshot(newer_than).place_of(prompt_id)
 
-    def _queue_snapshot(self, newer_than: float) -> _QueueSnapshot:
+    def _queue_snapshot(self, newer_than: float) -> QueueSnapshot:
         with self._queue_lock:
             snapshot = self._queue_cache
             if snapshot is None or snapshot.asked_at < newer_than:
                 asked_at = time.monotonic()
-                snapshot = _QueueSnapshot.from_answer(self.queue(), asked_at)
+                snapshot = QueueSnapshot.from_answer(self.queue(), asked_at)
                 self._queue_cache = snapshot
             return snapshot
 
@@ -618,29 +370,26 @@ class ComfyUIClient:
                 return
 
     def _on_text(self, raw: bytes | str) -> None:
-        try:
-            message = json.loads(raw)
-            kind = message["type"]
-            data = message.get("data") or {}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            data = None
-        if not isinstance(data, dict):
+        message = read_message(raw)
+        if message is None:
             logger.warning("ComfyUI %s: unreadable websocket message %.200r", self.base_url, raw)
             return
-        prompt_id = data.get("prompt_id")
-        if prompt_id is not None:
-            prompt_id = str(prompt_id)
-        if kind == "status":
+        if message.kind == "status":
             # The queue changed: queued jobs may want to re-read their position.
             self._broadcast(QueueChanged())
             return
-        if kind == "execution_start":
+        prompt_id = message.prompt_id
+        if message.kind == "execution_start":
             self._running_prompt = prompt_id
-        elif kind == "executing" and data.get("node") is None and self._running_prompt == prompt_id:
+        elif (
+            message.kind == "executing"
+            and message.data.get("node") is None
+            and self._running_prompt == prompt_id
+        ):
             self._running_prompt = None
         if prompt_id is None:
             return
-        event = _typed_event(kind, data)
+        event = typed_event(message)
         if event is None:
             return
         with self._lock:
@@ -649,34 +398,14 @@ class ComfyUIClient:
             watch.events.put(event)
 
     def _on_binary(self, raw: bytes) -> None:
-        if len(raw) < 8:
+        found = read_preview(raw, self._running_prompt)
+        if found is None:
             return
-        (event,) = struct.unpack(">I", raw[:4])
-        if event == PREVIEW_IMAGE:
-            (fmt,) = struct.unpack(">I", raw[4:8])
-            prompt_id, content_type, image = (
-                self._running_prompt,
-                _PREVIEW_FORMATS.get(fmt),
-                raw[8:],
-            )
-        elif event == PREVIEW_IMAGE_WITH_METADATA:
-            (length,) = struct.unpack(">I", raw[4:8])
-            try:
-                meta = json.loads(raw[8 : 8 + length])
-            except ValueError:
-                return
-            if not isinstance(meta, dict):
-                return
-            prompt_id, content_type = meta.get("prompt_id"), meta.get("image_type")
-            image = raw[8 + length :]
-        else:
-            return
-        if not prompt_id or not content_type:
-            return
+        prompt_id, preview = found
         with self._lock:
             watch = self._watches.get(prompt_id)
         if watch is not None:
-            watch.preview = Preview(content_type, image)
+            watch.preview = preview
             watch.events.put(PreviewReady())
 
     def _broadcast(self, event: PromptEvent) -> None:
@@ -686,29 +415,8 @@ class ComfyUIClient:
             watch.events.put(event)
 
 
-def _typed_event(kind: str, data: Mapping[str, Any]) -> PromptEvent | None:
-    """The typed event of one websocket message about a prompt (None: not one we follow)."""
-    if kind == "execution_start":
-        return ExecutionStarted()
-    if kind == "executing":
-        node = data.get("node")
-        return ExecutionEnded() if node is None else NodeStarted(str(node))
-    if kind == "progress":
-        return Progress(str(data.get("node")), data.get("value"), data.get("max"))
-    if kind == "execution_error":
-        return ExecutionFailed.from_message(data)
-    if kind == "execution_interrupted":
-        return ExecutionInterrupted()
-    return None
-
-
-def _item_id(item: Any) -> str | None:
-    if isinstance(item, list | tuple) and len(item) >= 2:
-        return str(item[1])
-    return None
-
-
 def _json_or_empty(response: httpx.Response) -> Any:
+    """The JSON of an answer, or {} for an empty or unreadable body."""
     if not response.content:
         return {}
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..comfyui.client import Preview
+from ..comfyui import Preview
 from ..errors import Conflict, Gone, ServiceUnavailable, UnprocessableContent
 from ..jobs import GenerateRequest, Job
 from ..times import iso

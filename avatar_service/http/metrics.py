@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..comfyui.client import ComfyUIClient
+from ..comfyui import ComfyUIClient
 from ..jobs import Job
 from ..persistence.database import Database, DatabaseUnavailable
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from ..comfyui.workflow import Workflow
+from ..comfyui.workflows import Workflow
 from ..errors import BadRequest
 from ..jobs import GenerateRequest
 from ..photos.framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem

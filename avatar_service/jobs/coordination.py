@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..comfyui.client import Preview
+from ..comfyui import Preview
 from . import outcomes
 from .records import Job, JobRecords
 

@@ -20,8 +20,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..comfyui.client import ComfyUIClient
-from ..comfyui.workflow import Workflow
+from ..comfyui import ComfyUIClient
+from ..comfyui.workflows import Workflow
 from ..photos.store import PhotoStore
 from ..storage.avatars import AvatarStore
 from . import outcomes

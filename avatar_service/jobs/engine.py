@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..comfyui.client import Preview
+from ..comfyui import Preview
 from ..errors import NotFound, ServiceUnavailable
 from . import outcomes
 from .dispatcher import Dispatcher

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..comfyui.client import Preview
+from ..comfyui import Preview
 from ..persistence.database import Database, DatabaseUnavailable, Leadership
 from .broadcast import EventBroadcast
 from .coordination import Solo

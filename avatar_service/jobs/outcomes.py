@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..comfyui.client import (
+from ..comfyui import (
     ComfyUIError,
     ComfyUIProtocolError,
     ComfyUIUnavailable,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..comfyui.client import (
+from ..comfyui import (
     ComfyUIClient,
     ComfyUIError,
     ComfyUIProtocolError,
@@ -41,7 +41,7 @@ from ..comfyui.client import (
     QueueChanged,
     Reconnected,
 )
-from ..comfyui.workflow import Workflow, patch_workflow
+from ..comfyui.workflows import Workflow, patch_workflow
 from ..photos.framing import prepared_bytes
 from ..photos.store import PhotoStore
 from . import outcomes

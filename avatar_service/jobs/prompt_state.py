@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..comfyui.client import (
+from ..comfyui import (
     ExecutionEnded,
     ExecutionFailed,
     ExecutionInterrupted,

@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..comfyui.client import ComfyUIClient, ComfyUIError, HistoryEntry
-from ..comfyui.workflow import Workflow
+from ..comfyui import ComfyUIClient, ComfyUIError, HistoryEntry
+from ..comfyui.workflows import Workflow
 from ..storage.avatars import AvatarStore
 from . import outcomes
 from .records import Job

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..comfyui.client import ComfyUIClient, PromptRejected
+from ..comfyui import ComfyUIClient, PromptRejected, catalogue_signature
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +62,7 @@ class ServerState:
 
     def catalogue_read(self, object_info: Mapping[str, Any]) -> None:
         """The server's /object_info was read: a changed catalogue lifts every withholding."""
-        signature = hashlib.sha256(
-            json.dumps(object_info, sort_keys=True, default=str).encode()
-        ).hexdigest()
+        signature = catalogue_signature(object_info)
         with self._lock:
             self._catalogue = signature
             lifted = [style for style, (seen, _) in self._withheld.items() if seen != signature]

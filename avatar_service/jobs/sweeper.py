@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from ..comfyui.client import PromptRejected
+from ..comfyui import PromptRejected
 from . import outcomes
 from .estimates import Busy, schedule
 from .prompt_state import Phase

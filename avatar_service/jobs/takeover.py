@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ..comfyui.client import ComfyUIClient
+from ..comfyui import ComfyUIClient
 from .prompt import withdraw
 from .records import Job
 from .results import collect_avatars

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ..comfyui.client import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from ..comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
 from ..persistence.database import DatabaseUnavailable
 from . import outcomes
 from .ledger import ms
