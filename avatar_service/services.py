@@ -22,7 +22,8 @@ from .comfyui.workflow import (
     load_workflows,
 )
 from .config import ConfigError, Settings
-from .delivery.forwarding import AvatarForwarder, content_type_of
+from .delivery.forwarding import AvatarForwarder
+from .delivery.job_end import forwarding_hook, webhook_hook
 from .delivery.webhooks import WebhookDispatcher, WebhookError
 from .errors import ServiceUnavailable
 from .jobs import Job, JobEngine, JobRecords
@@ -33,6 +34,7 @@ from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
 from .jobs.records import iso
 from .persistence.database import Database, DatabaseUnavailable, PostgresDatabase, open_database
+from .persistence.migrations import migrate
 from .photos.faces import FaceDetector
 from .photos.framing import Framing
 from .photos.store import PhotoStore
@@ -122,6 +124,7 @@ class Services:
             )
         except ValueError as exc:
             raise ConfigError(f"DATABASE_URL: {exc}") from exc
+        migrate(database)  # every table, before any part of the service reads one
         records = JobRecords(database)
         events = JobEvents()
         comfyui_timeout = httpx.Timeout(
@@ -168,9 +171,9 @@ class Services:
                 raise ConfigError(f"WEBHOOK_SECRET: {exc}") from exc
         ledger = JobLedger(records=records, events=events)
         if forwarder is not None:
-            ledger.on_end.append(_forwarding_hook(forwarder, avatars))
+            ledger.on_end.append(forwarding_hook(forwarder, avatars))
         if webhooks is not None:
-            ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
+            ledger.on_end.append(webhook_hook(webhooks, settings.webhook_url))
         dispatcher = Dispatcher(
             records=records,
             ledger=ledger,
@@ -459,48 +462,6 @@ class _Releasing:
             release, self._release = self._release, None
             if release is not None:
                 release()
-
-
-def _forwarding_hook(
-    forwarder: AvatarForwarder, avatars: AvatarStore
-) -> Callable[[Job, dict[str, Any]], None]:
-    """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL."""
-
-    def forward(job: Job, _body: dict[str, Any]) -> None:
-        if job.status != "succeeded":
-            return
-        for avatar in job.avatars:
-            forwarder.enqueue(
-                job_id=job.id,
-                path=avatars.path_of(avatar["fileName"]),
-                filename=avatar["fileName"],
-                content_type=content_type_of(avatar["fileName"]),
-                fields={
-                    "jobId": job.id,
-                    "seed": str(job.seed),
-                    "gender": job.gender,
-                    "style": job.style,
-                    "width": str(avatar["width"]),
-                    "height": str(avatar["height"]),
-                },
-            )
-
-    return forward
-
-
-def _webhook_hook(
-    webhooks: WebhookDispatcher, webhook_url: str
-) -> Callable[[Job, dict[str, Any]], None]:
-    """Queue the webhook deliveries of an ended job: WEBHOOK_URL and its own callbackUrl."""
-
-    def notify(job: Job, body: dict[str, Any]) -> None:
-        for url in dict.fromkeys(u for u in (webhook_url, job.callback_url) if u):
-            try:
-                webhooks.enqueue(job_id=job.id, url=url, event_type=f"job.{job.status}", data=body)
-            except Exception:  # a webhook problem must never change the job's outcome
-                logger.exception("job %s: could not queue the webhook to %s", job.id, url)
-
-    return notify
 
 
 def _stable_client_id(instance_path: Path) -> str:

@@ -14,13 +14,10 @@ from ..config import Settings
 from ..delivery.webhooks import is_allowed_callback
 from ..errors import Conflict, UnprocessableContent
 from ..jobs import GenerateRequest, Job
-from ..persistence.database import Database, ensure_schema
+from ..persistence.database import Database
 from ..services import Services
-from ..storage.retention import SCHEMA as RETENTION_SCHEMA
 from ..storage.retention import Retention
-from .access import SCHEMA as ACCESS_SCHEMA
 from .access import Access, Caller, read_keys_file, token_secret
-from .idempotency import SCHEMA as IDEMPOTENCY_SCHEMA
 from .idempotency import IdempotencyKeys, body_hash
 from .metrics import Metrics
 from .schemas import GenerateSchema
@@ -43,10 +40,8 @@ class ApiServices:
 
     @classmethod
     def build(cls, settings: Settings, services: Services, *, instance_path: Path) -> ApiServices:
-        """Open the tables beside the jobs and build each part from the settings."""
-        database = ensure_schema(
-            services.database, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA
-        )
+        """Build each part from the settings, on the service's database (migrated already)."""
+        database = services.database
         keys, admins = list(settings.api_keys), list(settings.admin_api_keys)
         if settings.api_keys_file:
             from_file, admins_from_file = read_keys_file(Path(settings.api_keys_file))
