@@ -23,21 +23,23 @@ import httpx
 from .comfyui import ComfyUIClient
 from .comfyui.workflows import Workflow, WorkflowError, describe, load_workflows
 from .config import ConfigError, Settings
-from .delivery.forwarding import AvatarForwarder, content_type_of
+from .delivery.forwarding import AvatarForwarder
+from .delivery.job_end import forwarding_hook, webhook_hook
 from .delivery.webhooks import WebhookDispatcher, WebhookError, is_allowed_callback
 from .http.access import Access, read_keys_file, token_secret
 from .http.avatars import Avatars
 from .http.idempotency import IdempotencyKeys
 from .http.metrics import Metrics
 from .http.schemas import GenerateSchema
-from .jobs import Job, JobEngine, JobRecords
+from .jobs import JobEngine, JobRecords
 from .jobs.coordination import Solo
 from .jobs.dispatcher import Dispatcher
 from .jobs.events import JobEvents
 from .jobs.fleet import Fleet
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
-from .persistence.database import Database, ensure_schema, open_database
+from .persistence.database import Database, open_database
+from .persistence.migrations import migrate
 from .photos.faces import FaceDetector
 from .photos.framing import Framing
 from .photos.store import PhotoStore
@@ -187,6 +189,7 @@ def build_services(
         )
     except ValueError as exc:
         raise ConfigError(f"DATABASE_URL: {exc}") from exc
+    migrate(database)  # every table, before any part of the service reads one
     records = JobRecords(database)
     events = JobEvents()
     clients = _clients(settings, instance_path, client_factory)
@@ -198,9 +201,9 @@ def build_services(
     )
     ledger = JobLedger(records=records, events=events, coordination=coordination)
     if forwarder is not None:
-        ledger.on_end.append(_forwarding_hook(forwarder, avatar_files))
+        ledger.on_end.append(forwarding_hook(forwarder, avatar_files))
     if webhooks is not None:
-        ledger.on_end.append(_webhook_hook(webhooks, settings.webhook_url))
+        ledger.on_end.append(webhook_hook(webhooks, settings.webhook_url))
     dispatcher = Dispatcher(
         records=records,
         ledger=ledger,
@@ -353,11 +356,6 @@ def _http_parts(
     deliveries: tuple[AvatarForwarder | None, WebhookDispatcher | None],
 ) -> dict[str, Any]:
     """What the HTTP face adds: keys and tokens, idempotency, retention, metrics, the schema."""
-    from .http.access import SCHEMA as ACCESS_SCHEMA
-    from .http.idempotency import SCHEMA as IDEMPOTENCY_SCHEMA
-    from .storage.retention import SCHEMA as RETENTION_SCHEMA
-
-    ensure_schema(database, ACCESS_SCHEMA + IDEMPOTENCY_SCHEMA + RETENTION_SCHEMA)
     keys, admins = list(settings.api_keys), list(settings.admin_api_keys)
     if settings.api_keys_file:
         from_file, admins_from_file = read_keys_file(Path(settings.api_keys_file))
@@ -407,48 +405,6 @@ def _http_parts(
             ),
         ),
     }
-
-
-def _forwarding_hook(
-    forwarder: AvatarForwarder, avatars: AvatarStore
-) -> Callable[[Job, dict[str, Any]], None]:
-    """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL."""
-
-    def forward(job: Job, _body: dict[str, Any]) -> None:
-        if job.status != "succeeded":
-            return
-        for avatar in job.avatars:
-            forwarder.enqueue(
-                job_id=job.id,
-                path=avatars.path_of(avatar["fileName"]),
-                filename=avatar["fileName"],
-                content_type=content_type_of(avatar["fileName"]),
-                fields={
-                    "jobId": job.id,
-                    "seed": str(job.seed),
-                    "gender": job.gender,
-                    "style": job.style,
-                    "width": str(avatar["width"]),
-                    "height": str(avatar["height"]),
-                },
-            )
-
-    return forward
-
-
-def _webhook_hook(
-    webhooks: WebhookDispatcher, webhook_url: str
-) -> Callable[[Job, dict[str, Any]], None]:
-    """Queue the webhook deliveries of an ended job: WEBHOOK_URL and its own callbackUrl."""
-
-    def notify(job: Job, body: dict[str, Any]) -> None:
-        for url in dict.fromkeys(u for u in (webhook_url, job.callback_url) if u):
-            try:
-                webhooks.enqueue(job_id=job.id, url=url, event_type=f"job.{job.status}", data=body)
-            except Exception:  # a webhook problem must never change the job's outcome
-                logger.exception("job %s: could not queue the webhook to %s", job.id, url)
-
-    return notify
 
 
 def _stable_client_id(instance_path: Path) -> str:

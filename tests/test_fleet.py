@@ -299,3 +299,68 @@ def test_a_prompt_that_succeeded_after_its_worker_died_is_not_run_again(fleet, s
     assert len(orphaned.prompts) == 1
     logs = "".join(process.output() for process in fleet.processes if process.name != "w1")
     assert "finished from the server's history" in logs
+
+
+def test_a_worker_killed_while_its_deliveries_wait_loses_neither_the_end_nor_them(
+    fleet, standins, postgres_url
+):
+    """The job's end and its deliveries are one transaction. With ``deliveries`` locked by the
+    test, the worker's final transaction waits at its delivery insert; kill -9 of the worker
+    then undoes the end with them (before, the end was already committed and both deliveries
+    were lost). Once the lock is released another process takes the job over, ends it from the
+    server's history with one avatar, and each receiver gets exactly one delivery."""
+    import psycopg
+
+    from tests.receivers import Receiver
+
+    orphaned, other = standins("gpu1"), standins("gpu2")
+    with Receiver() as hooks, Receiver() as uploads:
+        fleet.env.update(WEBHOOK_URL=hooks.url("/hook"), UPLOAD_URL=uploads.url("/upload"))
+        a = fleet.replica("a")
+        doomed = fleet.worker("w1", orphaned.url)
+        a.wait_up()
+        a.wait_workers({orphaned.url})
+        orphaned.set_faults(hang=True)  # the prompt waits until the lock is held
+        job_id = start_job(a, upload(a, (60, 120, 180)))
+        eventually(lambda: orphaned.prompts, timeout=20)
+
+        with psycopg.connect(postgres_url, autocommit=True) as watcher:
+            lock = psycopg.connect(postgres_url)
+            try:
+                lock.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+                orphaned.set_faults(hang=False)
+
+                def insert_waits() -> bool:
+                    (waiting,) = watcher.execute(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE %s"
+                        " AND %s = ANY(pg_blocking_pids(pid))",
+                        ("INSERT INTO deliveries%", lock.info.backend_pid),
+                    ).fetchone()
+                    return waiting > 0
+
+                eventually(insert_waits, timeout=30)
+                doomed.kill()
+            finally:
+                lock.close()  # the lock goes with its transaction
+
+        fleet.worker("w2", other.url)
+        record = a.wait_job(job_id, timeout=40)
+        assert record["status"] == "succeeded" and len(record["avatars"]) == 1
+        done = a.wait_job(
+            job_id,
+            timeout=30,
+            until=lambda r: (
+                [w["state"] for w in r["webhooks"]] == ["delivered"]
+                and (r["avatars"][0]["upload"] or {}).get("state") == "delivered"
+            ),
+        )
+        [hook] = hooks.received
+        [posted] = uploads.received
+    assert hook.json()["type"] == "job.succeeded"
+    assert hook.json()["data"]["jobId"] == job_id
+    assert hook.headers["webhook-id"] == done["webhooks"][0]["id"]
+    fields, files = posted.multipart()
+    assert fields["jobId"] == job_id
+    assert files["file"][0] == done["avatars"][0]["fileName"]
+    assert other.prompts == []
+    assert len(orphaned.prompts) == 1

@@ -12,9 +12,14 @@ import pytest
 from avatar_service.delivery.webhooks import WebhookDispatcher
 from avatar_service.jobs.records import JobRecords
 from avatar_service.persistence.database import PostgresDatabase, open_database
-from avatar_service.persistence.migrations import COMPONENTS
+from avatar_service.persistence.migrations import MIGRATIONS, migrate
 from tests.receivers import Receiver, eventually
-from tests.test_records import make_job
+from tests.test_records import (
+    TABLES,
+    check_previous_release_upgraded,
+    make_job,
+    make_previous_release_database,
+)
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def test_database_url_opens_postgresql_and_migrates_to_the_newest_version(open_s
             "WHERE table_schema = current_schema() AND table_name = 'jobs' "
             "AND column_name IN ('created_at', 'deadline', 'lease_expires')"
         ).fetchall()
-    assert {row[0]: row[1] for row in rows} == {"jobs": len(COMPONENTS["jobs"])}
+    assert {row[0]: row[1] for row in rows} == {"jobs": len(MIGRATIONS)}
     assert [row[0] for row in kinds] == ["double precision"] * 3
 
 
@@ -70,6 +75,34 @@ def test_processes_starting_together_migrate_once(open_store):
     with store.database.transaction() as db:
         (count,) = db.execute("SELECT COUNT(*) FROM schema_versions").fetchone()
     assert count == 1
+
+
+def test_a_new_schema_has_every_table_of_the_service(open_store):
+    """One migration list creates every table on PostgreSQL too."""
+    store = open_store()
+    with store.database.transaction() as db:
+        rows = db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    assert {row[0] for row in rows} == TABLES
+
+
+@pytest.mark.parametrize("outbox", ["v2", "none"])
+def test_a_schema_of_the_previous_release_joins_the_one_list(postgres_url, tmp_path, outbox):
+    """Job tables at version 4, the outbox's own component and the small tables made on start:
+    migrated to the newest version with every row kept."""
+    database = open_database(postgres_url, sqlite_path=tmp_path / "unused")
+    try:
+        make_previous_release_database(database, outbox)
+        assert migrate(database) == 4
+        check_previous_release_upgraded(database, outbox)
+        with database.transaction() as db:
+            (version,) = db.execute(
+                "SELECT version FROM schema_versions WHERE component = 'jobs'"
+            ).fetchone()
+        assert version == len(MIGRATIONS)
+    finally:
+        database.close()
 
 
 def test_a_record_reads_back_exactly(open_store):

@@ -1,4 +1,5 @@
-"""Forwarding generated avatars to UPLOAD_URL: multipart content, retries, and never raising."""
+"""Forwarding generated avatars to UPLOAD_URL through the outbox: multipart content, retries,
+and failures recorded, never raised."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from receivers import Drop, Receiver, Reply, Slow, eventually, free_port
 
-from avatar_service.delivery.forwarding import Publisher, UploadOutcome
+from avatar_service.delivery.forwarding import AvatarForwarder
 from avatar_service.delivery.retry import backoff_delay, parse_retry_after, redact_url
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05}
@@ -35,38 +36,67 @@ def avatar(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_publisher() -> Iterator[Callable[..., Publisher]]:
-    """Build publishers that are closed after the test."""
-    made: list[Publisher] = []
+def make_forwarder(tmp_path: Path) -> Iterator[Callable[..., AvatarForwarder]]:
+    """Start forwarders on the test's database; each is stopped after the test."""
+    made: list[AvatarForwarder] = []
 
-    def make(url: str, **options: object) -> Publisher:
-        options = {"timeout": TIMEOUT, **FAST, **options}
-        publisher = Publisher(url=url, **options)  # type: ignore[arg-type]
-        made.append(publisher)
-        return publisher
+    def make(url: str, **options: object) -> AvatarForwarder:
+        options = {"db_path": tmp_path / "service.sqlite3", "timeout": TIMEOUT, **FAST, **options}
+        forwarder = AvatarForwarder(url=url, **options)  # type: ignore[arg-type]
+        made.append(forwarder)
+        forwarder.start()
+        return forwarder
 
     yield make
-    for publisher in made:
-        publisher.close()
+    for forwarder in made:
+        forwarder.stop()
 
 
-def test_file_and_fields_arrive_under_the_configured_names(receiver, avatar, make_publisher):
+def forward(
+    forwarder: AvatarForwarder,
+    path: Path,
+    *,
+    filename: str = "a.png",
+    job_id: str = "j1",
+    fields: dict[str, str] | None = None,
+) -> None:
+    """Enqueue the forwarding of one file."""
+    forwarder.enqueue(
+        job_id=job_id,
+        path=path,
+        filename=filename,
+        content_type="image/png",
+        fields=fields or {"jobId": job_id},
+    )
+
+
+def settled(forwarder: AvatarForwarder, filename: str = "a.png", job_id: str = "j1") -> dict:
+    """Wait (bounded) until the forwarding of ``filename`` is delivered or failed; its outcome."""
+
+    def outcome() -> dict | None:
+        found = forwarder.outcomes(job_id).get(filename)
+        return found if found and found["state"] != "pending" else None
+
+    return eventually(outcome, timeout=10)
+
+
+def test_file_and_fields_arrive_under_the_configured_names(receiver, avatar, make_forwarder):
     """The file goes under field_name with its name and type, beside every form field."""
-    publisher = make_publisher(receiver.url("/upload"), field_name="avatar")
+    forwarder = make_forwarder(receiver.url("/upload"), field_name="avatar")
     fields = {"jobId": "abc123", "seed": "42", "width": "512", "height": "768", "gender": "female"}
 
-    outcome = publisher.publish(
-        avatar, filename="abc123_0.png", content_type="image/png", fields=fields
-    )
+    forward(forwarder, avatar, filename="abc123_0.png", job_id="abc123", fields=fields)
 
-    assert outcome == UploadOutcome(
-        ok=True,
-        url=receiver.url("/upload"),
-        attempts=1,
-        status=200,
-        error=None,
-        response={"ok": True},
-    )
+    assert settled(forwarder, "abc123_0.png", "abc123") == {
+        "state": "delivered",
+        "ok": True,
+        "url": receiver.url("/upload"),
+        "attempts": 1,
+        "status": 200,
+        "error": None,
+        "response": {"ok": True},
+        "nextAttemptAt": None,
+    }
     [request] = receiver.received
     assert request.path == "/upload"
     assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
@@ -75,37 +105,36 @@ def test_file_and_fields_arrive_under_the_configured_names(receiver, avatar, mak
     assert got_files == {"avatar": ("abc123_0.png", "image/png", avatar.read_bytes())}
 
 
-def test_outcome_is_json_ready(receiver, avatar, make_publisher):
-    """to_dict gives exactly the outcome fields and survives json.dumps."""
-    outcome = make_publisher(receiver.url()).publish(avatar, filename="a.png")
+def test_outcomes_are_json_ready(receiver, avatar, make_forwarder):
+    """outcomes() gives exactly the outcome fields per file and survives json.dumps."""
+    forwarder = make_forwarder(receiver.url())
+    forward(forwarder, avatar)
+    settled(forwarder)
 
-    assert json.loads(json.dumps(outcome.to_dict())) == {
-        "ok": True,
-        "url": receiver.url(),
-        "attempts": 1,
-        "status": 200,
-        "error": None,
-        "response": {"ok": True},
+    assert json.loads(json.dumps(forwarder.outcomes("j1"))) == {
+        "a.png": {
+            "state": "delivered",
+            "ok": True,
+            "url": receiver.url(),
+            "attempts": 1,
+            "status": 200,
+            "error": None,
+            "response": {"ok": True},
+            "nextAttemptAt": None,
+        }
     }
 
 
-def test_extra_headers_are_sent(receiver, avatar, make_publisher):
-    """Configured headers (e.g. an API key) go with every upload."""
-    publisher = make_publisher(receiver.url(), headers={"Authorization": "Bearer s3cret"})
-
-    publisher.publish(avatar, filename="a.png")
-
-    assert receiver.received[0].headers["authorization"] == "Bearer s3cret"
-
-
-def test_text_answer_is_kept_truncated(receiver, avatar, make_publisher):
+def test_text_answer_is_kept_truncated(receiver, avatar, make_forwarder):
     """A non-JSON answer is recorded as text, cut to 500 characters."""
     receiver.script(Reply(200, b"x" * 2000, {"Content-Type": "text/plain"}))
+    forwarder = make_forwarder(receiver.url())
 
-    outcome = make_publisher(receiver.url()).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert outcome.ok is True
-    assert outcome.response == "x" * 500
+    outcome = settled(forwarder)
+    assert outcome["ok"] is True
+    assert outcome["response"] == "x" * 500
 
 
 @pytest.mark.parametrize(
@@ -113,123 +142,143 @@ def test_text_answer_is_kept_truncated(receiver, avatar, make_publisher):
     [Reply(500, b"boom", {}), Reply(503, b"", {}), Reply(408), Reply(429), Drop()],
     ids=["500", "503", "408", "429", "dropped-connection"],
 )
-def test_two_failures_then_success_delivers_once(receiver, avatar, make_publisher, failure):
+def test_two_failures_then_success_delivers_once(receiver, avatar, make_forwarder, failure):
     """Transient failures are retried; the third attempt succeeds and is the only success."""
     receiver.script(failure, failure, Reply(201, b'{"id": 7}'))
+    forwarder = make_forwarder(receiver.url(), max_attempts=3)
 
-    outcome = make_publisher(receiver.url(), max_attempts=3).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert (outcome.ok, outcome.attempts, outcome.status, outcome.error) == (True, 3, 201, None)
-    assert outcome.response == {"id": 7}
+    outcome = settled(forwarder)
+    assert (outcome["ok"], outcome["attempts"], outcome["status"], outcome["error"]) == (
+        True,
+        3,
+        201,
+        None,
+    )
+    assert outcome["response"] == {"id": 7}
     requests = receiver.received
     assert len(requests) == 3
     # Every attempt carried the whole file.
     assert {r.multipart()[1]["file"][2] for r in requests} == {avatar.read_bytes()}
 
 
-def test_gives_up_after_max_attempts(receiver, avatar, make_publisher, caplog):
+def test_gives_up_after_max_attempts(receiver, avatar, make_forwarder, caplog):
     """A receiver that keeps failing gets max_attempts tries; each failure is logged."""
     receiver.default = Reply(502, b"bad gateway", {"Content-Type": "text/plain"})
+    forwarder = make_forwarder(receiver.url(), max_attempts=4)
 
-    with caplog.at_level("WARNING", logger="avatar_service.delivery.forwarding"):
-        outcome = make_publisher(receiver.url(), max_attempts=4).publish(avatar, filename="a.png")
+    with caplog.at_level("WARNING", logger="avatar_service.delivery.outbox"):
+        forward(forwarder, avatar)
+        outcome = settled(forwarder)
 
-    assert outcome == UploadOutcome(
-        ok=False,
-        url=receiver.url(),
-        attempts=4,
-        status=502,
-        error="HTTP 502",
-        response="bad gateway",
-    )
+    assert outcome == {
+        "state": "failed",
+        "ok": False,
+        "url": receiver.url(),
+        "attempts": 4,
+        "status": 502,
+        "error": "HTTP 502",
+        "response": "bad gateway",
+        "nextAttemptAt": None,
+    }
     assert len(receiver.received) == 4
-    failures = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert [r.args[2] for r in failures] == [1, 2, 3, 4]
+    assert [r.levelname for r in caplog.records] == ["WARNING"] * 3 + ["ERROR"]
+    assert [r.args[3] for r in caplog.records] == [1, 2, 3, 4]
     assert avatar.exists()
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
-def test_client_errors_are_not_retried(receiver, avatar, make_publisher, status):
+def test_client_errors_are_not_retried(receiver, avatar, make_forwarder, status):
     """A 4xx other than 408/429 means the request is wrong: one attempt only."""
     receiver.script(Reply(status, b'{"error": "no"}'))
+    forwarder = make_forwarder(receiver.url(), max_attempts=5)
 
-    outcome = make_publisher(receiver.url(), max_attempts=5).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert (outcome.ok, outcome.attempts, outcome.status) == (False, 1, status)
-    assert outcome.error == f"HTTP {status}"
-    assert outcome.response == {"error": "no"}
+    outcome = settled(forwarder)
+    assert (outcome["ok"], outcome["attempts"], outcome["status"]) == (False, 1, status)
+    assert outcome["error"] == f"HTTP {status}"
+    assert outcome["response"] == {"error": "no"}
     assert len(receiver.received) == 1
 
 
-def test_unreachable_url_is_an_outcome_not_an_exception(avatar, make_publisher):
-    """Nothing listening: ok False, every attempt made, a clear connection error."""
+def test_unreachable_url_is_an_outcome_not_an_exception(avatar, make_forwarder):
+    """Nothing listening: failed, every attempt made, a clear connection error."""
     url = f"http://127.0.0.1:{free_port()}/upload"
+    forwarder = make_forwarder(url, max_attempts=2)
 
-    outcome = make_publisher(url, max_attempts=2).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert (outcome.ok, outcome.attempts, outcome.status, outcome.response) == (
+    outcome = settled(forwarder)
+    assert (outcome["ok"], outcome["attempts"], outcome["status"], outcome["response"]) == (
         False,
         2,
         None,
         None,
     )
-    assert outcome.error is not None
-    assert outcome.error.startswith("connection failed: ")
+    assert outcome["error"] is not None
+    assert outcome["error"].startswith("connection failed: ")
     assert avatar.read_bytes().startswith(b"\x89PNG")
 
 
-def test_timeout_is_retried(receiver, avatar, make_publisher):
+def test_timeout_is_retried(receiver, avatar, make_forwarder):
     """A receiver slower than the read timeout counts as a failed attempt and is retried."""
     receiver.script(Slow(5.0), Reply())
-    publisher = make_publisher(receiver.url(), timeout=httpx.Timeout(5.0, read=0.2))
+    forwarder = make_forwarder(receiver.url(), timeout=httpx.Timeout(5.0, read=0.2))
 
-    outcome = publisher.publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert (outcome.ok, outcome.attempts) == (True, 2)
+    outcome = settled(forwarder)
+    assert (outcome["ok"], outcome["attempts"]) == (True, 2)
     assert len(receiver.received) == 2
 
 
-def test_missing_file_is_an_outcome_not_an_exception(receiver, tmp_path, make_publisher):
-    """A file that cannot be read is reported without any request being made."""
-    outcome = make_publisher(receiver.url()).publish(tmp_path / "gone.png", filename="gone.png")
+def test_missing_file_is_an_outcome_not_an_exception(receiver, tmp_path, make_forwarder):
+    """A file that cannot be read fails for good without any request being made."""
+    forwarder = make_forwarder(receiver.url(), max_attempts=5)
 
-    assert (outcome.ok, outcome.attempts) == (False, 0)
-    assert outcome.error is not None
-    assert outcome.error.startswith("cannot read gone.png")
+    forward(forwarder, tmp_path / "gone.png", filename="gone.png")
+
+    outcome = settled(forwarder, "gone.png")
+    assert (outcome["ok"], outcome["attempts"], outcome["status"]) == (False, 1, None)
+    assert outcome["error"] is not None
+    assert outcome["error"].startswith("cannot read gone.png")
     assert receiver.received == []
 
 
-def test_retry_after_is_honoured(receiver, avatar, make_publisher):
+def test_retry_after_is_honoured(receiver, avatar, make_forwarder):
     """Retry-After: 1 makes the next attempt wait at least a second despite a tiny backoff."""
     receiver.script(Reply(429, b"", {"Retry-After": "1"}), Reply())
+    forwarder = make_forwarder(receiver.url(), backoff_max=5.0)
 
-    outcome = make_publisher(receiver.url(), backoff_max=5.0).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert (outcome.ok, outcome.attempts) == (True, 2)
+    outcome = settled(forwarder)
+    assert (outcome["ok"], outcome["attempts"]) == (True, 2)
     first, second = receiver.received
     assert second.at - first.at >= 1.0
 
 
-def test_retry_after_is_capped_by_backoff_max(receiver, avatar, make_publisher):
+def test_retry_after_is_capped_by_backoff_max(receiver, avatar, make_forwarder):
     """A huge Retry-After is cut to backoff_max, so the upload still completes promptly."""
     receiver.script(Reply(503, b"", {"Retry-After": "3600"}), Reply())
+    forwarder = make_forwarder(receiver.url(), backoff_max=0.05)
 
-    outcome = make_publisher(receiver.url(), backoff_max=0.05).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert (outcome.ok, outcome.attempts) == (True, 2)
+    outcome = settled(forwarder)
+    assert (outcome["ok"], outcome["attempts"]) == (True, 2)
     first, second = receiver.received
     assert second.at - first.at < 30
 
 
-def test_concurrent_publishes_all_arrive(receiver, avatar, make_publisher):
-    """One publisher used from many threads delivers every file exactly once."""
-    publisher = make_publisher(receiver.url())
-    outcomes: dict[int, UploadOutcome] = {}
+def test_concurrent_enqueues_all_arrive(receiver, avatar, make_forwarder):
+    """Forwardings enqueued from many threads at once are each delivered exactly once."""
+    forwarder = make_forwarder(receiver.url())
 
     def upload(index: int) -> None:
-        outcomes[index] = publisher.publish(
-            avatar, filename=f"{index}.png", fields={"jobId": str(index)}
-        )
+        forward(forwarder, avatar, filename=f"{index}.png", job_id=str(index))
 
     threads = [threading.Thread(target=upload, args=(i,)) for i in range(16)]
     for thread in threads:
@@ -237,38 +286,22 @@ def test_concurrent_publishes_all_arrive(receiver, avatar, make_publisher):
     for thread in threads:
         thread.join(timeout=10)
 
-    assert sorted(outcomes) == list(range(16))
-    assert all(o.ok and o.attempts == 1 for o in outcomes.values())
+    outcomes = [settled(forwarder, f"{i}.png", str(i)) for i in range(16)]
+    assert all(o["ok"] and o["attempts"] == 1 for o in outcomes)
     job_ids = sorted(int(r.multipart()[0]["jobId"]) for r in receiver.received)
     assert job_ids == list(range(16))
 
 
-def test_close_ends_a_backoff_wait(receiver, avatar, make_publisher, caplog):
-    """close() during a long Retry-After wait makes publish return promptly, not raise."""
-    receiver.script(Reply(503, b"", {"Retry-After": "60"}))
-    publisher = make_publisher(receiver.url(), backoff_max=60.0)
-    result: list[UploadOutcome] = []
-    worker = threading.Thread(target=lambda: result.append(publisher.publish(avatar, filename="a")))
-    with caplog.at_level("WARNING", logger="avatar_service.delivery.forwarding"):
-        worker.start()
-        # The failed attempt is logged just before the backoff wait begins.
-        eventually(lambda: caplog.records)
-
-    publisher.close()
-    worker.join(timeout=5)
-
-    assert not worker.is_alive()
-    assert (result[0].ok, result[0].attempts, result[0].error) == (False, 1, "publisher closed")
-
-
-def test_url_in_outcome_hides_credentials(receiver, avatar, make_publisher):
+def test_url_in_outcome_hides_credentials(receiver, avatar, make_forwarder):
     """User info and query string of UPLOAD_URL never reach the outcome."""
     url = f"http://user:pw@127.0.0.1:{receiver.port}/up?token=secret"
+    forwarder = make_forwarder(url)
 
-    outcome = make_publisher(url).publish(avatar, filename="a.png")
+    forward(forwarder, avatar)
 
-    assert outcome.ok is True
-    assert outcome.url == f"http://127.0.0.1:{receiver.port}/up"
+    outcome = settled(forwarder)
+    assert outcome["ok"] is True
+    assert outcome["url"] == f"http://127.0.0.1:{receiver.port}/up"
     assert receiver.received[0].path == "/up?token=secret"
 
 
@@ -277,10 +310,17 @@ def test_url_in_outcome_hides_credentials(receiver, avatar, make_publisher):
     [{"url": "ftp://x/"}, {"max_attempts": 0}, {"backoff": -1}, {"backoff_max": -1}],
     ids=["scheme", "max_attempts", "backoff", "backoff_max"],
 )
-def test_bad_options_are_refused(options):
+def test_bad_options_are_refused(options, tmp_path):
     """Wrong configuration fails at construction, not at the first upload."""
     with pytest.raises(ValueError):
-        Publisher(**{"url": "http://127.0.0.1:1/", "timeout": TIMEOUT, **options})
+        AvatarForwarder(
+            **{
+                "url": "http://127.0.0.1:1/",
+                "db_path": tmp_path / "service.sqlite3",
+                "timeout": TIMEOUT,
+                **options,
+            }
+        )
 
 
 @pytest.mark.parametrize(

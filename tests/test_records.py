@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from avatar_service.jobs.records import Job, JobRecords
-from avatar_service.persistence.migrations import MIGRATIONS, V1_SCHEMA
+from avatar_service.persistence.database import Database, SQLiteDatabase, postgres_ddl
+from avatar_service.persistence.migrations import (
+    DELIVERIES_V1_SCHEMA,
+    DELIVERIES_V2_SCHEMA,
+    MIGRATIONS,
+    V1_SCHEMA,
+    V2_SCHEMA,
+    V4_SCHEMA,
+    migrate,
+)
 
 
 def make_job(job_id: str, *, style: str = "avatar", created_at: float | None = None) -> Job:
@@ -143,7 +152,6 @@ def test_webhook_tables_of_an_old_database_become_the_outbox(tmp_path: Path):
     import httpx
 
     from avatar_service.delivery.webhooks import WebhookDispatcher
-    from avatar_service.persistence.migrations import DELIVERIES_V1_SCHEMA
 
     path = tmp_path / "old.sqlite3"
     connection = sqlite3.connect(path)
@@ -163,7 +171,7 @@ def test_webhook_tables_of_an_old_database_become_the_outbox(tmp_path: Path):
         "pending",
         "job.failed",
     )
-    assert version_of(path, "deliveries") == 2
+    assert version_of(path, "jobs") == len(MIGRATIONS)  # the outbox's version is in the one list
 
 
 def test_database_that_already_has_the_crop_column_is_upgraded(tmp_path: Path):
@@ -188,3 +196,186 @@ def test_database_that_already_has_the_crop_column_is_upgraded(tmp_path: Path):
         assert version_of(path, "jobs") == len(MIGRATIONS)
     finally:
         store.close()
+
+
+# Every table of the service, as a fresh database has them.
+TABLES = {
+    "schema_versions",
+    "jobs",
+    "abandoned_prompts",
+    "workers",
+    "job_previews",
+    "deliveries",
+    "delivery_attempts",
+    "job_owners",
+    "idempotency_keys",
+    "deleted_avatars",
+}
+
+# The tables the HTTP layer and retention created when a service of the release before the one
+# migration list started (``CREATE ... IF NOT EXISTS``, outside any version), as it shipped.
+PREVIOUS_SMALL_TABLES = """
+CREATE TABLE IF NOT EXISTS job_owners (
+    job_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    job_id TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS deleted_avatars (
+    file_name TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    deleted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deleted_avatars_job ON deleted_avatars(job_id);
+"""
+
+
+def make_previous_release_database(database: Database, outbox: str = "v2") -> None:
+    """Leave a database as the release before the one migration list did: the job tables at
+    version 4, the small tables, and the outbox's own component (``outbox``: "v2" recorded,
+    "v1" from before versions were recorded, "none": never used), with a row in each."""
+    scripts = [V1_SCHEMA, V2_SCHEMA, "ALTER TABLE jobs ADD COLUMN crop TEXT", V4_SCHEMA]
+    scripts += {
+        "v2": [DELIVERIES_V1_SCHEMA, DELIVERIES_V2_SCHEMA],
+        "v1": [DELIVERIES_V1_SCHEMA],
+    }.get(outbox, [])
+    scripts.append(PREVIOUS_SMALL_TABLES)
+    scripts.append(
+        "CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    job = make_job("d" * 32)
+    with database.transaction() as db:
+        for script in scripts:
+            if database.dialect.shared:
+                script = postgres_ddl(script)
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute("INSERT INTO schema_versions VALUES ('jobs', 4)")
+        db.execute(
+            "INSERT INTO jobs (id, status, style, image_name, gender, width, height, seed,"
+            " base_url, created_at, deadline, queue_order) VALUES (?, 'succeeded', 'avatar',"
+            " 'p.png', 'male', 64, 64, '7', 'http://s', ?, ?, ?)",
+            (job.id, job.created_at, job.deadline, job.queue_order),
+        )
+        if outbox != "none":
+            table = "deliveries" if outbox == "v2" else "webhook_deliveries"
+            db.execute(
+                f"INSERT INTO {table} (id, job_id, url, event_type, body, state, attempt_count,"
+                " next_attempt_at, created_at, updated_at) VALUES ('msg_1', ?, 'http://r/x',"
+                " 'job.succeeded', ?, 'pending', 0, 1.0, 1.0, 1.0)",
+                (job.id, b"{}"),
+            )
+        if outbox == "v2":
+            db.execute("INSERT INTO schema_versions VALUES ('deliveries', 2)")
+        db.execute("INSERT INTO job_owners VALUES (?, 'key_1')", (job.id,))
+        db.execute(
+            "INSERT INTO idempotency_keys VALUES ('key_1', 'k', 'hash', ?, ?)",
+            (job.id, time.time()),
+        )
+        db.execute("INSERT INTO deleted_avatars VALUES (?, ?, 5.0)", (f"{job.id}_0.png", job.id))
+
+
+def check_previous_release_upgraded(database: Database, outbox: str) -> None:
+    """Every row of ``make_previous_release_database`` reads back through the service's parts."""
+    import httpx
+
+    from avatar_service.delivery.webhooks import WebhookDispatcher
+    from avatar_service.http.access import Access
+    from avatar_service.http.idempotency import IdempotencyKeys
+    from avatar_service.storage.retention import Retention
+
+    job_id = "d" * 32
+    assert JobRecords(database).get(job_id).status == "succeeded"
+    outbox_ = WebhookDispatcher(database=database, secret=None, timeout=httpx.Timeout(1.0))
+    states = [(d["id"], d["state"], d["eventType"]) for d in outbox_.deliveries(job_id)]
+    assert states == ([] if outbox == "none" else [("msg_1", "pending", "job.succeeded")])
+    access = Access(keys=[], admin_keys=[], secret=b"s", token_ttl=60, database=database)
+    assert access.owner(job_id) == "key_1"
+    found = IdempotencyKeys(database, ttl=3600).reserve("key_1", "k", "hash")
+    assert (found.new, found.job_id) == (False, job_id)
+    retention = Retention(
+        database=database,
+        photo_dir=Path("."),
+        avatar_dir=Path("."),
+        max_age_hours=0,
+        interval=60,
+        in_use=list,
+    )
+    assert retention.deleted_at(f"{job_id}_0.png") == 5.0
+
+
+@pytest.mark.parametrize("outbox", ["v2", "v1", "none"])
+def test_database_of_the_previous_release_joins_the_one_list(tmp_path: Path, outbox: str):
+    """Job tables at version 4, the outbox at any version of its own list, and the small tables
+    made on start: one migration brings all to the newest version and keeps every row."""
+    path = tmp_path / "previous.sqlite3"
+    database = SQLiteDatabase(path)
+    make_previous_release_database(database, outbox)
+
+    assert migrate(database) == 4
+    check_previous_release_upgraded(database, outbox)
+    database.close()
+
+    assert version_of(path, "jobs") == len(MIGRATIONS)
+    connection = sqlite3.connect(path)
+    try:
+        tables = {
+            r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    finally:
+        connection.close()
+    assert tables == TABLES
+    again = SQLiteDatabase(path)
+    assert migrate(again) == len(MIGRATIONS)  # a later start finds nothing to do
+    again.close()
+
+
+def test_a_new_database_has_every_table_of_the_service(tmp_path: Path):
+    """One migration creates every table: jobs, queue, fleet, outbox and the small tables."""
+    path = tmp_path / "new.sqlite3"
+    database = SQLiteDatabase(path)
+    assert migrate(database) == 0
+    assert migrate(database) == len(MIGRATIONS)  # once per database: the second call is free
+    database.close()
+    connection = sqlite3.connect(path)
+    try:
+        tables = {
+            r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        rows = connection.execute("SELECT component, version FROM schema_versions").fetchall()
+    finally:
+        connection.close()
+    assert tables == TABLES
+    assert rows == [("jobs", len(MIGRATIONS))]
+
+
+def test_a_failing_step_leaves_the_database_as_it_was(tmp_path: Path):
+    """The steps run in one transaction: a database that cannot be upgraded is not half done."""
+    path = tmp_path / "odd.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY)"
+    )  # not the service's: no created_at
+    connection.commit()
+    connection.close()
+    database = SQLiteDatabase(path)
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(database)
+    database.close()
+    connection = sqlite3.connect(path)
+    try:
+        tables = {
+            r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        columns = [r[1] for r in connection.execute("PRAGMA table_info(jobs)")]
+    finally:
+        connection.close()
+    assert tables == {"jobs"}
+    assert columns == ["id"]

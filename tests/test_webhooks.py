@@ -19,9 +19,10 @@ from avatar_service.delivery.webhooks import (
     WebhookDispatcher,
     build_body,
     is_allowed_callback,
-    sign,
     verify,
 )
+from tests.signing import sign
+from tests.test_records import TABLES
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = {"backoff": 0.01, "backoff_max": 0.05}
@@ -32,12 +33,20 @@ JOB = {"jobId": "0f" * 16, "status": "succeeded", "avatars": ["a_0.png"], "note"
 
 
 def test_sign_matches_the_standard_webhooks_reference_vector():
-    """The signature equals the one published with the Standard Webhooks reference libraries."""
+    """The signature published with the Standard Webhooks reference libraries is made by the
+    tests' signer and accepted by verify()."""
     body = b'{"test": 2432232314}'
+    reference = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
     signature = sign(SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
 
-    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert signature == reference
+    headers = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": reference,
+    }
+    assert verify(SECRET, headers, body, now=1614265330) is True
 
 
 def _headers(secret: str, body: bytes, *, timestamp: int = 1_700_000_000) -> dict[str, str]:
@@ -500,10 +509,11 @@ def test_stop_does_not_wait_out_a_backoff(receiver, make_dispatcher):
 
 
 def test_tables_live_beside_other_tables_in_a_shared_file(db_path, receiver, make_dispatcher):
-    """The dispatcher adds its own tables to a database another component already uses."""
+    """The outbox's tables live in the service's one database file, beside tables it does not
+    know, which keep their rows."""
     with sqlite3.connect(db_path) as other:
-        other.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY)")
-        other.execute("INSERT INTO jobs VALUES ('j1')")
+        other.execute("CREATE TABLE notes (id TEXT PRIMARY KEY)")
+        other.execute("INSERT INTO notes VALUES ('j1')")
     other.close()
     dispatcher = make_dispatcher()
     dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.succeeded", data={})
@@ -514,12 +524,12 @@ def test_tables_live_beside_other_tables_in_a_shared_file(db_path, receiver, mak
         tables = {
             r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        jobs = connection.execute("SELECT id FROM jobs").fetchall()
+        notes = connection.execute("SELECT id FROM notes").fetchall()
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         connection.close()
-    assert tables == {"jobs", "deliveries", "delivery_attempts", "schema_versions"}
-    assert jobs == [("j1",)]
+    assert tables == TABLES | {"notes"}
+    assert notes == [("j1",)]
     assert mode == "wal"
 
 

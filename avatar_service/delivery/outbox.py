@@ -8,10 +8,12 @@ exponential backoff until ``max_attempts`` or the delivery's deadline; pending d
 sent after a restart. On PostgreSQL several processes share the outbox: a delivery is taken for
 an attempt with ``FOR UPDATE SKIP LOCKED`` and pushed ``CLAIM_LEASE`` seconds ahead, so one
 process makes each attempt, and a process that dies mid-attempt leaves it due again.
-Deliveries run beside the jobs, never inside them: a job is "succeeded" for its caller before
-its avatar is forwarded or its webhook sent. Kinds differ only in how one attempt is made
-(``Outbox._send``): ``webhooks.WebhookDispatcher`` signs a JSON body,
-``publish.AvatarForwarder`` posts the avatar file as multipart.
+A job's deliveries are enqueued in the transaction that ends the job (``Outbox._store`` joins
+the caller's transaction), so a job never ends without them; they are sent beside the jobs,
+never inside them: a job is "succeeded" for its caller before its avatar is forwarded or its
+webhook sent. Kinds differ only in how one attempt is made (``Outbox._send``):
+``webhooks.WebhookDispatcher`` signs a JSON body, ``forwarding.AvatarForwarder`` posts the
+avatar file as multipart.
 """
 
 from __future__ import annotations
@@ -111,8 +113,6 @@ class Outbox:
         self.on_settled: list[Callable[[str], None]] = []
         self._timeout = timeout
         self._workers = workers
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
         # Guards the scheduler state below; the scheduler waits on it between rounds.
         self._cond = threading.Condition()
         self._stopping = False
@@ -122,14 +122,14 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._client: httpx.Client | None = None
+        migrate(self.database)  # at once when the service's factory has done it already
 
     # -- lifecycle
 
     def start(self) -> None:
-        """Create the tables if needed and deliver every pending delivery in a background thread."""
+        """Deliver every pending delivery in a background thread."""
         if self._thread is not None:
             raise RuntimeError(f"{self.kind} outbox already started")
-        self._ensure_schema()
         with self._transaction() as connection:
             (pending,) = connection.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND kind = ?",
@@ -190,10 +190,13 @@ class Outbox:
     # -- public operations
 
     def _store(self, *, msg_id: str, job_id: str, url: str, label: str, body: bytes) -> str:
-        """Store a delivery (one transaction) and wake the scheduler; its id."""
+        """Store a delivery and wake the scheduler once it is committed; its id.
+
+        Called inside a transaction of this thread (the one that ends a job), the delivery is
+        part of it: committed with it, or gone with it.
+        """
         now = time.time()
         deadline = None if self.max_age is None else now + self.max_age
-        self._ensure_schema()
         with self._transaction() as connection:
             connection.execute(
                 "INSERT INTO deliveries (id, kind, job_id, url, event_type, body, state,"
@@ -201,13 +204,13 @@ class Outbox:
                 " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
                 (msg_id, self.kind, job_id, url, label, body, now, deadline, now, now),
             )
+            # Woken before the commit, the scheduler might look and not see it yet.
+            self.database.after_commit(self._notify)
         logger.debug("%s delivery %s for job %s enqueued (%s)", self.kind, msg_id, job_id, label)
-        self._notify()
         return msg_id
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """The deliveries of a job with every attempt, oldest first, JSON-ready."""
-        self._ensure_schema()
         with self._transaction() as connection:
             rows = connection.execute(
                 "SELECT d.id, d.url, d.event_type, d.state, d.next_attempt_at,"
@@ -249,13 +252,6 @@ class Outbox:
         """A connection of the service's database, committed on success."""
         with self.database.transaction() as connection:
             yield connection
-
-    def _ensure_schema(self) -> None:
-        with self._schema_lock:
-            if self._schema_ready:
-                return
-            migrate(self.database, "deliveries")
-            self._schema_ready = True
 
     def _notify(self) -> None:
         with self._cond:

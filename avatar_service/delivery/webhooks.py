@@ -83,11 +83,6 @@ def _signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value for one message: ``v1,<base64 HMAC-SHA256>``."""
-    return f"{SIGNATURE_VERSION},{_signature(secret_key(secret), msg_id, timestamp, body)}"
-
-
 def verify(
     secret: str,
     headers: Mapping[str, str],

@@ -19,13 +19,6 @@ from pathlib import Path
 from ..persistence.database import Database
 from ..storage.avatars import write_atomic
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS job_owners (
-    job_id TEXT PRIMARY KEY,
-    key_id TEXT NOT NULL
-);
-"""
-
 
 @dataclass(frozen=True)
 class Caller:

@@ -16,16 +16,6 @@ from typing import Any
 
 from ..persistence.database import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    body_hash TEXT NOT NULL,
-    job_id TEXT,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (scope, key)
-);
-"""
 MAX_KEY_LENGTH = 255
 
 

@@ -123,10 +123,13 @@ class JobLedger:
         *,
         avatars: list[dict[str, Any]] | None = None,
     ) -> Job:
-        """End a job: final record, the end hooks (deliveries), then the final event.
+        """End a job: final record and the end hooks (deliveries) in one transaction, then the
+        final event.
 
         ``job`` is the caller's latest view of the record (timings and progress it holds are
-        written here).
+        written here). The hooks' writes join the transaction, so the job never ends without
+        its deliveries (a crash before the commit leaves the job to be taken up again); a
+        failing hook's writes are undone alone (a savepoint) and the job still ends.
         """
         self._progress_written.pop(job.id, None)
         progress = self._live_progress.pop(job.id, None) or job.progress
@@ -138,31 +141,34 @@ class JobLedger:
         # In a fleet only the job's holder may end it (a process cut off past its lease has lost
         # the job to another, whose end counts): LeaseLost otherwise.
         held_by = self.coordination.end_guard(job)
-        job = self.records.update(
-            job,
-            expect_owner=held_by,
-            status=status,
-            finished_at=now,
-            error=record,
-            avatars=avatars if avatars is not None else job.avatars,
-            timings={**job.timings, "totalMs": ms(now - job.created_at)},
-            progress=progress,
-            queue_position=None,
-            estimated_start_at=None,
-            owner=None,
-            lease_expires=None,
-        )
+        database = self.records.database
+        with database.transaction():
+            job = self.records.update(
+                job,
+                expect_owner=held_by,
+                status=status,
+                finished_at=now,
+                error=record,
+                avatars=avatars if avatars is not None else job.avatars,
+                timings={**job.timings, "totalMs": ms(now - job.created_at)},
+                progress=progress,
+                queue_position=None,
+                estimated_start_at=None,
+                owner=None,
+                lease_expires=None,
+            )
+            body = job.to_dict()
+            for hook in self.on_end:
+                try:
+                    with database.transaction():
+                        hook(job, body)
+                except Exception:  # a hook's problem must never change the job's outcome
+                    logger.exception("job %s: an end-of-job hook failed", job.id)
         if self._preview_written.pop(job.id, None) is not None:
             try:
                 self.records.forget_preview(job.id)
             except Exception:  # the row is small; the next retention sweep may not even need it
                 logger.exception("job %s: could not drop its preview", job.id)
-        body = job.to_dict()
-        for hook in self.on_end:
-            try:
-                hook(job, body)
-            except Exception:  # a hook's problem must never change the job's outcome
-                logger.exception("job %s: an end-of-job hook failed", job.id)
         self.events.publish(job.id, status, body, final=True)
         return job
 

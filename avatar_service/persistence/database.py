@@ -6,22 +6,26 @@ beside them) is reached through ``Database.transaction()``, which yields a conne
 what both engines speak (``RETURNING``, ``ON CONFLICT``); the few differences live here, in
 ``Dialect``. ``open_database`` picks the engine from ``DATABASE_URL``: empty means the SQLite
 file in the instance folder, ``postgresql://...`` a PostgreSQL shared by every process.
+
+A block opened inside another on the same thread joins the outer block's transaction as a
+savepoint: an error inside it undoes only its own writes (and propagates), and the commit
+happens once, when the outermost block ends. ``after_commit`` runs code after that commit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
+
+from .leadership import AdvisoryLeadership, Leadership
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +39,14 @@ POOL_IDLE = 16
 # the pool (when the database is gone, callers learn it after this, not later).
 CONNECT_TIMEOUT = 5
 POOL_TIMEOUT = 10.0
-# A process without a role tries to take it at most this often (seconds).
-LEADERSHIP_RETRY = 1.0
 
 
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached (connection refused, lost, or the pool is exhausted)."""
+
+
+class TransactionLost(RuntimeError):
+    """The database rolled back a whole transaction under a nested block: nothing to commit."""
 
 
 class Cursor(Protocol):
@@ -79,8 +85,19 @@ SQLITE = Dialect(name="sqlite", skip_locked="")
 POSTGRESQL = Dialect(name="postgresql", skip_locked=" FOR UPDATE SKIP LOCKED")
 
 
+@dataclass
+class _Open:
+    """The transaction a thread has open: its connection, nested depth, and what runs after."""
+
+    connection: Any
+    depth: int = 0
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # The database ended the whole transaction under a nested block (see _undo_savepoint).
+    lost: bool = False
+
+
 class Database:
-    """One database of the service; ``transaction()`` commits when the block ends."""
+    """One database of the service; ``transaction()`` commits when the outermost block ends."""
 
     dialect: Dialect
     # Where it is, for messages (a file path, or a URL without its password).
@@ -88,15 +105,79 @@ class Database:
     # The SQLite file (None for PostgreSQL).
     path: Path | None = None
 
+    def __init__(self) -> None:
+        self._thread = threading.local()  # .open: the _Open of this thread, or None
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection; committed when the block ends, rolled back on error."""
+        """A connection; committed when the outermost block ends, rolled back on error.
+
+        Inside another block of this thread, the block is a savepoint of the outer transaction.
+        """
+        current: _Open | None = getattr(self._thread, "open", None)
+        if current is not None:
+            with self._savepoint(current):
+                yield current.connection
+            return
+        with self._begin() as connection:
+            current = self._thread.open = _Open(connection)
+            try:
+                yield connection
+                if current.lost:
+                    raise TransactionLost(f"{self.dialect.name} at {self.where}")
+            finally:
+                self._thread.open = None
+        for callback in current.after_commit:
+            try:
+                callback()
+            except Exception:  # the transaction is committed: its block has succeeded
+                logger.exception("a callback run after a commit failed")
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the outermost transaction of this thread commits (never if it
+        rolls back); at once when this thread has no transaction open."""
+        current: _Open | None = getattr(self._thread, "open", None)
+        if current is None:
+            callback()
+        else:
+            current.after_commit.append(callback)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """An outermost transaction: committed when the block ends, rolled back on error."""
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def run_script(self, script: str) -> None:
-        """Run DDL statements written in SQLite's words (``CREATE ... IF NOT EXISTS``)."""
-        raise NotImplementedError
+    def _start_savepoint(self, connection: Any, name: str) -> None:
+        connection.execute(f"SAVEPOINT {name}")
+
+    @contextmanager
+    def _savepoint(self, current: _Open) -> Iterator[None]:
+        """A nested block: released into the outer transaction, or rolled back alone."""
+        current.depth += 1
+        name = f"nested_{current.depth}"
+        callbacks = len(current.after_commit)
+        try:
+            self._start_savepoint(current.connection, name)
+            try:
+                yield
+                current.connection.execute(f"RELEASE SAVEPOINT {name}")
+            except BaseException:
+                del current.after_commit[callbacks:]
+                self._undo_savepoint(current, name)
+                raise
+        finally:
+            current.depth -= 1
+
+    def _undo_savepoint(self, current: _Open, name: str) -> None:
+        try:
+            current.connection.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            current.connection.execute(f"RELEASE SAVEPOINT {name}")
+        except Exception as exc:
+            # SQLite rolls a whole transaction back on some errors (and a lost connection takes
+            # it too): the outer block must then fail rather than commit what is left.
+            current.lost = True
+            logger.warning("%s: the transaction was lost in a nested block: %s", self.where, exc)
 
     def table_exists(self, connection: Connection, name: str) -> bool:
         """Whether a table of this name exists."""
@@ -134,21 +215,21 @@ class Database:
 class SQLiteDatabase(Database):
     """A small pool of connections to one SQLite file (WAL), each block a transaction.
 
-    A connection is lent for one block and returned after it, so the number open stays at
-    most the number of blocks running at once (``POOL_IDLE`` kept between them), however many
-    threads the service starts over its life. A block nested in another on the same thread
-    shares the outer block's connection and transaction.
+    A connection is lent for one outermost block and returned after it, so the number open
+    stays at most the number of blocks running at once (``POOL_IDLE`` kept between them),
+    however many threads the service starts over its life. A block nested in another on the
+    same thread is a savepoint on the outer block's connection.
     """
 
     dialect = SQLITE
 
     def __init__(self, path: Path, *, idle: int = POOL_IDLE) -> None:
+        super().__init__()
         self.path = Path(path)
         self.where = str(self.path)
         self._idle_max = idle
         self._idle: list[sqlite3.Connection] = []
         self._lent: set[sqlite3.Connection] = set()
-        self._held = threading.local()
         self._lock = threading.Lock()
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,23 +242,17 @@ class SQLiteDatabase(Database):
         return connection
 
     @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection of the pool for the block, outside any transaction (migrations)."""
-        held = getattr(self._held, "connection", None)
-        if held is not None:
-            yield held
-            return
+    def _lend(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool for the block, given back after it."""
         with self._lock:
             connection = self._idle.pop() if self._idle else None
         if connection is None:
             connection = self._open()
         with self._lock:
             self._lent.add(connection)
-        self._held.connection = connection
         try:
             yield connection
         finally:
-            self._held.connection = None
             if connection.in_transaction:  # a block that did not end its own transaction
                 connection.rollback()
             with self._lock:
@@ -189,23 +264,30 @@ class SQLiteDatabase(Database):
                 connection.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def _begin(self) -> Iterator[Connection]:
         """A pooled connection; committed when the block ends, rolled back on error."""
-        if getattr(self._held, "connection", None) is not None:
-            yield self._held.connection  # nested: part of the outer block's transaction
-            return
-        with self.connection() as connection, connection:
+        with self._lend() as connection, connection:
             yield connection
+
+    def _start_savepoint(self, connection: Any, name: str) -> None:
+        if not connection.in_transaction:
+            # Python's sqlite3 (legacy transaction control) opens no transaction before a
+            # SAVEPOINT: SQLite would make the savepoint a transaction of its own, committed
+            # by its RELEASE. IMMEDIATE takes the write lock now, so that the block's reads
+            # followed by writes never meet a writer that came in between (SQLITE_BUSY).
+            connection.execute("BEGIN IMMEDIATE")
+        connection.execute(f"SAVEPOINT {name}")
+
+    def lock_for_migration(self, connection: Connection) -> None:
+        """Open the migration's transaction now (Python's sqlite3 opens none before DDL), and
+        with the write lock, so the steps and their version bump commit together."""
+        if not connection.in_transaction:  # type: ignore[attr-defined]
+            connection.execute("BEGIN IMMEDIATE")
 
     def open_connections(self) -> int:
         """Connections open now (idle in the pool, or lent to a block)."""
         with self._lock:
             return len(self._idle) + len(self._lent)
-
-    def run_script(self, script: str) -> None:
-        """Run DDL statements in one go."""
-        with self.transaction() as db:
-            db.executescript(script)  # type: ignore[attr-defined]
 
     def table_exists(self, connection: Connection, name: str) -> bool:
         """Whether a table of this name exists."""
@@ -235,6 +317,7 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         from psycopg_pool import ConnectionPool
 
+        super().__init__()
         self.url = url
         self.where = _without_password(url)
         self._pool = ConnectionPool(
@@ -250,7 +333,7 @@ class PostgresDatabase(Database):
         self._pool.open(wait=False)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def _begin(self) -> Iterator[Connection]:
         """A pooled connection; committed when the block ends, rolled back on error."""
         import psycopg
         from psycopg_pool import PoolTimeout
@@ -262,12 +345,6 @@ class PostgresDatabase(Database):
             raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
-
-    def run_script(self, script: str) -> None:
-        """Run DDL statements written in SQLite's words, in one transaction."""
-        with self.transaction() as db:
-            self.lock_for_migration(db)
-            db.execute(postgres_ddl(script))
 
     def table_exists(self, connection: Connection, name: str) -> bool:
         """Whether a table of this name exists in the connection's search path."""
@@ -300,7 +377,7 @@ class PostgresDatabase(Database):
     def leadership(self, name: str) -> Leadership:
         """A role held by one process at a time: a session advisory lock on a connection of
         its own, so a process that dies (or loses the database) lets another take it."""
-        return _AdvisoryLeadership(self, name)
+        return AdvisoryLeadership(self, name)
 
     def connect(self, **options: Any) -> Any:
         """A connection of its own, outside the pool (LISTEN needs one held for long)."""
@@ -315,64 +392,6 @@ class PostgresDatabase(Database):
     def close(self) -> None:
         """Close the pool."""
         self._pool.close(timeout=5)
-
-
-class Leadership:
-    """A role held by one process at a time; ``held()`` tries to take it when free."""
-
-    def held(self) -> bool:
-        """Whether this process holds the role (taking it now if nobody does)."""
-        return True
-
-    def release(self) -> None:
-        """Give the role up."""
-
-
-class _AdvisoryLeadership(Leadership):
-    """A PostgreSQL session advisory lock keyed by the schema and the role's name."""
-
-    def __init__(self, database: PostgresDatabase, name: str) -> None:
-        self._database = database
-        self._name = name
-        self._connection: Any = None
-        self._lock = threading.Lock()
-        self._next_try = 0.0
-
-    def held(self) -> bool:
-        with self._lock:
-            if self._connection is None and time.monotonic() < self._next_try:
-                return False
-            self._next_try = time.monotonic() + LEADERSHIP_RETRY
-            try:
-                if self._connection is not None:
-                    self._connection.execute("SELECT 1")  # still ours while the session lives
-                    return True
-                connection = self._database.connect(autocommit=True)
-                (taken,) = connection.execute(
-                    "SELECT pg_try_advisory_lock(hashtext(current_schema() || %s))",
-                    (f":{self._name}",),
-                ).fetchone()
-                if taken:
-                    self._connection = connection
-                    logger.info("this process now holds the %s role", self._name)
-                    return True
-                connection.close()
-                return False
-            except Exception as exc:  # the database is gone: the role is lost with the session
-                logger.warning("lost the %s role: %s", self._name, exc)
-                self._drop()
-                return False
-
-    def release(self) -> None:
-        with self._lock:
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._connection is not None:
-            # closing a broken connection may fail; it is gone either way
-            with contextlib.suppress(Exception):
-                self._connection.close()
-            self._connection = None
 
 
 class _PostgresConnection:
@@ -461,9 +480,3 @@ def as_database(target: Database | Path | str) -> Database:
     if isinstance(target, Database):
         return target
     return SQLiteDatabase(Path(target))
-
-
-def ensure_schema(database: Database, schema: str) -> Database:
-    """Create the tables of a small component (``CREATE ... IF NOT EXISTS``) and return the db."""
-    database.run_script(schema)
-    return database

@@ -1,25 +1,30 @@
-"""Versioned schema migrations of the service's database (SQLite or PostgreSQL).
+"""Versioned schema migrations of the service's database (SQLite or PostgreSQL): one list of
+steps for every table of the service.
 
-Two components keep tables in it: ``jobs`` (job records, the service's queue) and
-``deliveries`` (the outbox of webhooks and avatar forwarding). Each has its own list of steps
-and its version in ``schema_versions``. A step runs once, in order, in one transaction with
-its version bump: an old database is upgraded in place, never recreated. Append new steps;
-never edit one that has shipped. Steps are written in SQLite's words; on PostgreSQL they run
-translated by ``database.postgres_ddl`` (REAL is DOUBLE PRECISION, BLOB is BYTEA), under an
-advisory lock so that processes starting together migrate one after the other.
+``MIGRATIONS`` holds the steps in order; ``schema_versions`` records how many have run, in the
+row named ``jobs`` (the list began as the job tables' own: databases of every earlier version
+read their version there). ``migrate`` runs once per opened database, from the service's
+factory before anything else reads it: the missing steps run in one transaction with their
+version bumps, so an old database is upgraded in place, never recreated, and a failed upgrade
+leaves it as it was. Append new steps; never edit one that has shipped. Steps are written in
+SQLite's words; on PostgreSQL they run translated by ``database.postgres_ddl`` (REAL is DOUBLE
+PRECISION, BLOB is BYTEA), under an advisory lock so that processes starting together migrate
+one after the other.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 
 from .database import Connection, Database, postgres_ddl
 
 logger = logging.getLogger(__name__)
 _LOCK = threading.Lock()
+# The databases this process has migrated (each is migrated once, however many parts open it).
+_MIGRATED: weakref.WeakSet[Database] = weakref.WeakSet()
 
 # Version 1 is the schema the service shipped before the service's own queue existed.
 V1_SCHEMA = """
@@ -114,8 +119,6 @@ CREATE TABLE IF NOT EXISTS job_previews (
 );
 """
 
-MIGRATIONS: tuple[Step, ...] = (V1_SCHEMA, V2_SCHEMA, add_crop_column, V4_SCHEMA)
-
 # Version 1 of the outbox: the webhook tables as first shipped.
 DELIVERIES_V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
@@ -155,61 +158,89 @@ ALTER TABLE delivery_attempts ADD COLUMN response TEXT;
 CREATE INDEX IF NOT EXISTS deliveries_kind_due ON deliveries (kind, state, next_attempt_at);
 """
 
-COMPONENTS: dict[str, tuple[Step, ...]] = {
-    "jobs": MIGRATIONS,
-    "deliveries": (DELIVERIES_V1_SCHEMA, DELIVERIES_V2_SCHEMA),
-}
-# The table whose presence, without a recorded version, means a database of version 1.
-_FIRST_TABLE = {"jobs": "jobs", "deliveries": "webhook_deliveries"}
+# The outbox's own list of steps, as it shipped before it joined this one (see add_outbox).
+OUTBOX_STEPS = (DELIVERIES_V1_SCHEMA, DELIVERIES_V2_SCHEMA)
 
 
-def migrate(database: Database, component: str = "jobs") -> int:
-    """Bring a component's tables to their newest version; return the version they had."""
-    with _LOCK:  # two stores of one process may open the database at once
-        if database.dialect.shared:
-            return _migrate_postgres(database, component)
-        with database.connection() as connection:  # type: ignore[attr-defined]
-            return _migrate_sqlite(connection, database, component)
+def add_outbox(connection: Connection, database: Database) -> None:
+    """Version 5: the outbox (webhooks and avatar forwarding). It had a list of its own (the
+    component ``deliveries``, run when an outbox was first used), so a database may hold its
+    tables at any version of that list: the steps it lacks run here. The old row is left as
+    it is; nothing reads it any more."""
+    row = connection.execute(
+        "SELECT version FROM schema_versions WHERE component = 'deliveries'"
+    ).fetchone()
+    if row is not None:
+        done = int(row[0])
+    else:  # made before versions were recorded, or never used
+        done = 1 if database.table_exists(connection, "webhook_deliveries") else 0
+    for script in OUTBOX_STEPS[done:]:
+        _run_statements(connection, database, script)
 
 
-def _migrate_sqlite(connection: sqlite3.Connection, database: Database, component: str) -> int:
-    steps = COMPONENTS[component]
-    connection.execute(_VERSIONS_TABLE)
-    connection.commit()
-    before = _version(connection, database, component)
-    for version, script in enumerate(steps[before:], start=before + 1):
-        logger.info("database: migrating %s to schema version %d", component, version)
-        bump = _BUMP.replace("?", f"'{component}'", 1).replace("?", str(version), 1)
-        # executescript commits first; the statements and the version bump then run together.
-        try:
-            if callable(script):
-                connection.execute("BEGIN")
-                script(connection, database)
-                connection.execute(bump)
-                connection.execute("COMMIT")
-            else:
-                connection.executescript(f"BEGIN;\n{script}\n{bump};\nCOMMIT;")
-        except sqlite3.Error:
-            if connection.in_transaction:
-                connection.rollback()
-            raise
+# Version 6: the small tables of the HTTP layer and of retention, which were created when the
+# service started (``CREATE ... IF NOT EXISTS``, as here: a database may have them already).
+# ``job_owners``: which API key made a job; ``idempotency_keys``: an Idempotency-Key and the
+# job it made; ``deleted_avatars``: avatars that retention deleted (GET answers 410).
+V6_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_owners (
+    job_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    job_id TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS deleted_avatars (
+    file_name TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    deleted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deleted_avatars_job ON deleted_avatars(job_id);
+"""
+
+MIGRATIONS: tuple[Step, ...] = (
+    V1_SCHEMA,
+    V2_SCHEMA,
+    add_crop_column,
+    V4_SCHEMA,
+    add_outbox,
+    V6_SCHEMA,
+)
+
+
+def migrate(database: Database) -> int:
+    """Bring every table to the newest version (once per database); return the version found."""
+    with _LOCK:  # parts of one process may open the database at once
+        if database in _MIGRATED:
+            return len(MIGRATIONS)
+        with database.transaction() as db:
+            database.lock_for_migration(db)
+            db.execute(_VERSIONS_TABLE)
+            before = _version(db, database)
+            for version, step in enumerate(MIGRATIONS[before:], start=before + 1):
+                logger.info("database: migrating to schema version %d", version)
+                if callable(step):
+                    step(db, database)
+                else:
+                    _run_statements(db, database, step)
+                db.execute(_BUMP, (version,))
+        _MIGRATED.add(database)
     return before
 
 
-def _migrate_postgres(database: Database, component: str) -> int:
-    steps = COMPONENTS[component]
-    with database.transaction() as db:
-        database.lock_for_migration(db)
-        db.execute(_VERSIONS_TABLE)
-        before = _version(db, database, component)
-        for version, script in enumerate(steps[before:], start=before + 1):
-            logger.info("database: migrating %s to schema version %d", component, version)
-            if callable(script):
-                script(db, database)
-            else:
-                db.execute(postgres_ddl(script))
-            db.execute(_BUMP, (component, version))
-    return before
+def _run_statements(connection: Connection, database: Database, script: str) -> None:
+    """Run the statements of a step written in SQLite's words, one by one (no literal holds
+    a semicolon), in the engine's words."""
+    if database.dialect.shared:
+        script = postgres_ddl(script)
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)
 
 
 _VERSIONS_TABLE = (
@@ -217,16 +248,16 @@ _VERSIONS_TABLE = (
     "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 )
 _BUMP = (
-    "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
+    "INSERT INTO schema_versions (component, version) VALUES ('jobs', ?) "
     "ON CONFLICT (component) DO UPDATE SET version = excluded.version"
 )
 
 
-def _version(connection, database: Database, component: str) -> int:
+def _version(connection: Connection, database: Database) -> int:
     row = connection.execute(
-        "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        "SELECT version FROM schema_versions WHERE component = 'jobs'"
     ).fetchone()
     if row is not None:
         return int(row[0])
     # made before versions were recorded
-    return 1 if database.table_exists(connection, _FIRST_TABLE[component]) else 0
+    return 1 if database.table_exists(connection, "jobs") else 0

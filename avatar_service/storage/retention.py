@@ -19,15 +19,6 @@ from .avatars import AVATAR_NAME_PATTERN
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deleted_avatars (
-    file_name TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    deleted_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deleted_avatars_job ON deleted_avatars(job_id);
-"""
-
 
 class Retention:
     """Sweeps old files out of the photo and avatar folders."""
