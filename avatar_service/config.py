@@ -139,6 +139,12 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse settings the service cannot run with, naming the variable."""
+        self._validate_servers()
+        self._validate_serving()
+        self._validate_access()
+
+    def _validate_servers(self) -> None:
+        """URLs, numbers, the database and the workers."""
         if not self.comfyui_url:
             raise ConfigError("COMFYUI_URL must name at least one ComfyUI server")
         for name in ("comfyui_url", "upload_url", "webhook_url", "public_base_url"):
@@ -165,6 +171,9 @@ class Settings:
                 "LOCAL_WORKERS=false needs a shared DATABASE_URL (postgresql://...): without "
                 "workers of its own a process only serves jobs that workers elsewhere run"
             )
+
+    def _validate_serving(self) -> None:
+        """Where the service listens, faces, logging."""
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
         if not self.host.strip():
@@ -191,6 +200,9 @@ class Settings:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}: one of {', '.join(_LOG_LEVELS)}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT={self.log_format!r}: text or json")
+
+    def _validate_access(self) -> None:
+        """Browsers on other origins, rate limits, API keys."""
         for origin in self.cors_origins:
             parts = urlsplit(origin)
             if origin != "*" and (parts.scheme not in {"http", "https"} or not parts.hostname):

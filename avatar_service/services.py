@@ -190,10 +190,66 @@ def build_services(
     except ValueError as exc:
         raise ConfigError(f"DATABASE_URL: {exc}") from exc
     migrate(database)  # every table, before any part of the service reads one
-    records = JobRecords(database)
     events = JobEvents()
     clients = _clients(settings, instance_path, client_factory)
     forwarder, webhooks = _deliveries(settings, database)
+    engine = _engine(
+        settings,
+        database=database,
+        events=events,
+        clients=clients,
+        workflows=workflows,
+        photos=photos,
+        avatar_files=avatar_files,
+        deliveries=(forwarder, webhooks),
+    )
+    dispatcher = engine.dispatcher
+    reserved = max(2, min(settings.threads // 4, RESERVED_THREADS_MAX))
+    return Services(
+        long_requests=threading.BoundedSemaphore(settings.threads - reserved),
+        settings=settings,
+        workflows=workflows,
+        photos=photos,
+        framing=framing,
+        avatar_files=avatar_files,
+        database=database,
+        records=engine.records,
+        events=events,
+        clients=clients,
+        engine=engine,
+        readiness=Readiness(
+            settings=settings, workflows=workflows, clients=clients, dispatcher=dispatcher
+        ),
+        forwarder=forwarder,
+        webhooks=webhooks,
+        **_http_parts(
+            settings,
+            database=database,
+            instance_path=instance_path,
+            engine=engine,
+            framing=framing,
+            avatar_files=avatar_files,
+            clients=clients,
+            deliveries=(forwarder, webhooks),
+        ),
+    )
+
+
+def _engine(
+    settings: Settings,
+    *,
+    database: Database,
+    events: JobEvents,
+    clients: list[ComfyUIClient],
+    workflows: dict[str, Workflow],
+    photos: PhotoStore,
+    avatar_files: AvatarStore,
+    deliveries: tuple[AvatarForwarder | None, WebhookDispatcher | None],
+) -> JobEngine:
+    """The job engine under its coordination strategy, chosen here once: a fleet when the
+    database is shared (PostgreSQL), else one process."""
+    records = JobRecords(database)
+    forwarder, webhooks = deliveries
     coordination: Solo = (
         Fleet(records, database=database, events=events, lease=settings.worker_lease)
         if database.dialect.shared
@@ -219,7 +275,7 @@ def build_services(
         down_grace=settings.comfyui_down_grace,
         lease=settings.worker_lease,
     )
-    engine = JobEngine(
+    return JobEngine(
         records=records,
         events=events,
         ledger=ledger,
@@ -229,35 +285,6 @@ def build_services(
         public_base_url=settings.public_base_url,
         max_active_jobs=settings.max_active_jobs,
         max_queued_jobs=settings.max_queued_jobs,
-    )
-    reserved = max(2, min(settings.threads // 4, RESERVED_THREADS_MAX))
-    return Services(
-        long_requests=threading.BoundedSemaphore(settings.threads - reserved),
-        settings=settings,
-        workflows=workflows,
-        photos=photos,
-        framing=framing,
-        avatar_files=avatar_files,
-        database=database,
-        records=records,
-        events=events,
-        clients=clients,
-        engine=engine,
-        readiness=Readiness(
-            settings=settings, workflows=workflows, clients=clients, dispatcher=dispatcher
-        ),
-        forwarder=forwarder,
-        webhooks=webhooks,
-        **_http_parts(
-            settings,
-            database=database,
-            instance_path=instance_path,
-            engine=engine,
-            framing=framing,
-            avatar_files=avatar_files,
-            clients=clients,
-            deliveries=(forwarder, webhooks),
-        ),
     )
 
 

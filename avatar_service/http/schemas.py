@@ -109,6 +109,12 @@ class GenerateSchema:
                 )
                 for name in ("width", "height")
             },
+            **self._run_fields(),
+        }
+
+    def _run_fields(self) -> dict[str, Field]:
+        """The fields that do not depend on the style: seed, async, callbackUrl, crop."""
+        return {
             "seed": Field(
                 {
                     "type": ["integer", "null"],
