@@ -268,6 +268,11 @@ _RAISED: tuple[tuple[type[ServiceError], str, str], ...] = (
     (ServiceUnavailable, "comfyui_unavailable", "ComfyUI is unreachable"),
     (ServiceUnavailable, "service_busy", "at a limit (jobs, streams, decodes) or stopping"),
     (GatewayTimeout, "job_timeout", "the job's deadline passed"),
+    (
+        ServiceUnavailable,
+        "database_unavailable",
+        "the service's database does not answer (sends Retry-After)",
+    ),
 )
 # (status, code, description): answered by the HTTP layer (Werkzeug, waitress) for requests
 # no view handles, as a plain ServiceError with that status.

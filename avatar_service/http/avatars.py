@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..comfyui import Preview
 from ..errors import Conflict, Gone, ServiceUnavailable, UnprocessableContent
 from ..jobs import GenerateRequest, Job
+from ..persistence.database import DatabaseUnavailable
 from ..times import iso
 from .access import Caller
 from .idempotency import body_hash
@@ -77,7 +78,12 @@ class Avatars:
         )
         if not wait:
             return submitted
-        return Submitted(self.wait_for_job(submitted.job.id), submitted.new)
+        try:
+            return Submitted(self.wait_for_job(submitted.job.id), submitted.new)
+        except DatabaseUnavailable:
+            # The job exists: its caller gets its id (202 + Location) to poll, never an error
+            # that would make it pay for a second avatar.
+            return submitted
 
     def submit(
         self,

@@ -7,9 +7,13 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, SecurityError
 
-from ..errors import BadRequest, PayloadTooLarge, ServiceError, TooManyRequests
+from ..errors import BadRequest, PayloadTooLarge, ServiceError, ServiceUnavailable, TooManyRequests
+from ..persistence.database import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
+# Retry-After of a 503 database_unavailable (the pool is back within a couple of seconds of
+# the database).
+DATABASE_RETRY_AFTER = 2
 
 
 def error_response(error: ServiceError) -> Response:
@@ -27,6 +31,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(error: ServiceError):
         return error_response(error)
+
+    @app.errorhandler(DatabaseUnavailable)
+    def _database_unavailable(error: DatabaseUnavailable):
+        logger.warning("answered 503: %s", error)
+        return error_response(
+            ServiceUnavailable(
+                "the service's database does not answer; try again shortly",
+                code="database_unavailable",
+                retry_after=DATABASE_RETRY_AFTER,
+            )
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from ..errors import Conflict, error_from_record
 from ..jobs import Job
+from ..persistence.database import DatabaseUnavailable
 from ..times import iso
 
 if TYPE_CHECKING:
@@ -29,12 +30,15 @@ _EVENT_ID = re.compile(r"(?P<epoch>[0-9a-f]{1,16})\.(?P<number>[0-9]{1,9})", re.
 def job_body(job: Job, svc: Services) -> dict[str, Any]:
     """The JSON record of a job, with its deliveries when forwarding or webhooks are on."""
     body = with_access(job.to_dict(), svc)
-    if svc.forwarder is not None and job.avatars:
-        uploads = svc.forwarder.outcomes(job.id)
-        for avatar in body["avatars"]:
-            avatar["upload"] = uploads.get(avatar["fileName"])
-    if svc.webhooks is not None:
-        body["webhooks"] = svc.webhooks.deliveries(job.id)
+    try:
+        if svc.forwarder is not None and job.avatars:
+            uploads = svc.forwarder.outcomes(job.id)
+            for avatar in body["avatars"]:
+                avatar["upload"] = uploads.get(avatar["fileName"])
+        if svc.webhooks is not None:
+            body["webhooks"] = svc.webhooks.deliveries(job.id)
+    except DatabaseUnavailable:
+        pass  # the record as known; its deliveries are read again once the database answers
     return body
 
 

@@ -66,7 +66,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Error codes several routes answer (each route declares its own with @error_codes): a job's
 # routes (no key, another key's job, no such job); a photo FACE_POLICY / FACE_MULTIPLE refuses.
-JOB = ("unauthorized", "forbidden", "job_not_found")
+JOB = ("unauthorized", "forbidden", "job_not_found", "database_unavailable")
 REFUSED = ("no_face_found", "several_faces")
 
 
@@ -105,6 +105,7 @@ def photo_framing(image_name: str):
 @error_codes("unauthorized", "invalid_json", "invalid_fields", "invalid_idempotency_key")
 @error_codes("image_not_found", *REFUSED, "job_cancelled", "idempotency_key_in_use")
 @error_codes("idempotency_key_reused", "payload_too_large", "rate_limited", "service_busy")
+@error_codes("database_unavailable")
 @error_codes(*JOB_FAILURES)
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
@@ -172,6 +173,7 @@ def job_preview(job_id: str):
 
 @bp.get("/avatars/<file_name>")
 @error_codes("unauthorized", "forbidden", "avatar_not_found", "avatar_expired")
+@error_codes("database_unavailable")
 def get_avatar(file_name: str):
     """A generated avatar image; 410 once retention has deleted it."""
     svc = services()

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..comfyui import Preview
 from ..errors import NotFound, ServiceUnavailable
+from ..persistence.database import DatabaseUnavailable
 from . import outcomes
 from .dispatcher import Dispatcher
 from .events import JobEvents
@@ -120,12 +121,19 @@ class JobEngine:
             self._admit()
             self.records.insert(job)
         self.ledger.created(job)
-        if not self._wait_for_a_server():
-            taken = self.records.take_waiting(job.id)
-            if taken is not None:
-                error = outcomes.no_server(self.dispatcher.reasons())
-                logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
-                return self.ledger.finish(taken, "failed", error)
+        try:
+            if not self._wait_for_a_server():
+                taken = self.records.take_waiting(job.id)
+                if taken is not None:
+                    error = outcomes.no_server(self.dispatcher.reasons())
+                    logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
+                    return self.ledger.finish(taken, "failed", error)
+        except DatabaseUnavailable as exc:
+            # The job is recorded: its caller gets its id, and the queue takes it up (or ends it
+            # at its deadline) once the database answers again.
+            logger.warning(
+                "job %s: the database stopped answering after it was queued: %s", job.id, exc
+            )
         self.dispatcher.notify()
         return job
 

@@ -18,6 +18,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ POOL_IDLE = 16
 # the pool (when the database is gone, callers learn it after this, not later).
 CONNECT_TIMEOUT = 5
 POOL_TIMEOUT = 10.0
+# A transaction asks the pool for a connection in steps of this long: a pool that could grow
+# but gives none in a step, or that lost connections meanwhile, means the database is gone, and
+# the caller learns it now (503) rather than after POOL_TIMEOUT; a pool that is only busy (all
+# its connections lent) is waited for up to POOL_TIMEOUT.
+POOL_STEP = 0.5
+# How long the pool keeps retrying a failed connection (with its backoff) before it gives up;
+# the next transaction then tries again at once: kept short, so the pool is back within a
+# couple of seconds of the database, however long the outage was.
+RECONNECT_WINDOW = 2.0
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -325,26 +335,64 @@ class PostgresDatabase(Database):
             min_size=1,
             max_size=pool_size,
             kwargs={"row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT},
-            check=ConnectionPool.check_connection,
+            check=self._check,
             timeout=POOL_TIMEOUT,
+            reconnect_timeout=RECONNECT_WINDOW,
             open=False,
             name="avatar-service",
         )
+        # When a pooled connection was last found broken, or the pool gave none (None: fine).
+        self._down_since: float | None = None
         self._pool.open(wait=False)
+
+    def _check(self, connection: Any) -> None:
+        """The pool's check of a connection before lending it; a broken one marks the
+        database as gone until a transaction succeeds again."""
+        from psycopg_pool import ConnectionPool
+
+        try:
+            ConnectionPool.check_connection(connection)
+        except Exception:
+            self._down_since = self._down_since or time.monotonic()
+            raise
+
+    def _getconn(self) -> Any:
+        """A connection from the pool, or DatabaseUnavailable: at once while the database is
+        known to be gone, after a step when the pool cannot grow, after POOL_TIMEOUT when it
+        is only busy."""
+        from psycopg_pool import PoolTimeout
+
+        deadline = time.monotonic() + POOL_TIMEOUT
+        while True:
+            lost = self._pool.get_stats().get("connections_errors", 0)
+            try:
+                return self._pool.getconn(timeout=POOL_STEP)
+            except PoolTimeout as exc:
+                stats = self._pool.get_stats()
+                could_grow = stats.get("pool_size", 0) < self._pool.max_size
+                failing = stats.get("connections_errors", 0) > lost
+                gone = self._down_since is not None or could_grow or failing
+                if gone or time.monotonic() >= deadline:
+                    self._down_since = self._down_since or time.monotonic()
+                    raise DatabaseUnavailable(
+                        f"postgresql at {self.where}: no connection ({exc})"
+                    ) from exc
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A pooled connection; committed when the block ends, rolled back on error."""
         import psycopg
-        from psycopg_pool import PoolTimeout
 
+        connection = self._getconn()
         try:
-            with self._pool.connection() as connection:
+            with connection:
                 yield _PostgresConnection(connection)
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
         except psycopg.OperationalError as exc:
+            self._down_since = self._down_since or time.monotonic()
             raise DatabaseUnavailable(f"postgresql at {self.where}: {exc}") from exc
+        finally:
+            self._pool.putconn(connection)
+        self._down_since = None
 
     def table_exists(self, connection: Connection, name: str) -> bool:
         """Whether a table of this name exists in the connection's search path."""
