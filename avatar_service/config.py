@@ -123,7 +123,7 @@ class Settings:
             if raw is None:
                 continue
             try:
-                values[field.name] = _PARSERS[field.type](raw)
+                values[field.name] = _PARSERS[_FIELD_TYPES[field.name]](raw)
             except ValueError as exc:
                 raise ConfigError(f"{field.name.upper()}={raw!r}: {exc}") from None
         for key, value in (overrides or {}).items():
