@@ -27,7 +27,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy avatar_service/comfyui comfyui_client.py
+	$(BIN)/mypy avatar_service comfyui_client.py
 
 format: setup
 	$(BIN)/ruff format .

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
 from flask_cors import CORS
 from flask_limiter import Limiter
 
@@ -44,6 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Job and avatar URLs are built from the Host header when PUBLIC_BASE_URL is unset: with
     # TRUSTED_HOSTS, a forged Host is a 400 (untrusted_host) before any view runs.
     app.config["TRUSTED_HOSTS"] = list(settings.trusted_hosts) or None
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's own: records keep their order
     app.json.sort_keys = False
     services = build_services(
         settings,
@@ -152,7 +155,8 @@ def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
         ("api.upload_image", settings.rate_limit_upload),
     ):
         if rate:
-            view = app.view_functions[endpoint]
+            # Every view of the service is synchronous (Flask's type allows async ones too).
+            view = cast(Callable[..., ResponseReturnValue], app.view_functions[endpoint])
             app.view_functions[endpoint] = limiter.limit(
                 rate, methods=["POST"], deduct_when=_not_a_replay
             )(view)

@@ -14,6 +14,11 @@ from urllib.parse import urlsplit
 
 from limits import parse_many
 
+# FACE_POLICY: detect no face, prefer a face crop, or require a face; FACE_MULTIPLE: with
+# several faces, frame the largest or refuse the photo (``photos.framing`` applies both).
+FACE_POLICIES = ("off", "prefer", "require")
+MULTIPLE_FACE_RULES = ("largest", "refuse")
+
 
 class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
@@ -118,7 +123,7 @@ class Settings:
             if raw is None:
                 continue
             try:
-                values[field.name] = _PARSERS[field.type](raw)
+                values[field.name] = _PARSERS[_FIELD_TYPES[field.name]](raw)
             except ValueError as exc:
                 raise ConfigError(f"{field.name.upper()}={raw!r}: {exc}") from None
         for key, value in (overrides or {}).items():
@@ -178,13 +183,13 @@ class Settings:
             raise ConfigError(f"PORT={self.port}: must be from 1 to 65535")
         if not self.host.strip():
             raise ConfigError("HOST must not be empty (0.0.0.0 listens on every address)")
-        if self.face_policy not in _FACE_POLICIES:
+        if self.face_policy not in FACE_POLICIES:
             raise ConfigError(
-                f"FACE_POLICY={self.face_policy!r}: one of {', '.join(_FACE_POLICIES)}"
+                f"FACE_POLICY={self.face_policy!r}: one of {', '.join(FACE_POLICIES)}"
             )
-        if self.face_multiple not in _FACE_MULTIPLE:
+        if self.face_multiple not in MULTIPLE_FACE_RULES:
             raise ConfigError(
-                f"FACE_MULTIPLE={self.face_multiple!r}: one of {', '.join(_FACE_MULTIPLE)}"
+                f"FACE_MULTIPLE={self.face_multiple!r}: one of {', '.join(MULTIPLE_FACE_RULES)}"
             )
         if not 0 <= self.face_margin <= _FACE_MARGIN_MAX:
             raise ConfigError(
@@ -243,9 +248,6 @@ class Settings:
 _DATABASE_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
 _TRUSTED_HOST = re.compile(r"\.?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# Mirrors of framing.FACE_POLICIES / MULTIPLE_FACE_RULES (config imports nothing heavy).
-_FACE_POLICIES = ("off", "prefer", "require")
-_FACE_MULTIPLE = ("largest", "refuse")
 _FACE_MARGIN_MAX = 10.0
 # Numeric settings and their smallest allowed value (those in _POSITIVE must exceed 0).
 _NUMBER_MINIMUMS: dict[str, float] = {

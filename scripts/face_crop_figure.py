@@ -12,8 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from avatar_service.photos.faces import Box, FaceDetector
+from avatar_service.photos.faces import FaceDetector
 from avatar_service.photos.framing import center_crop, crop_around_face
+from avatar_service.photos.geometry import Box
 from tests import photos
 
 ROOT = Path(__file__).resolve().parent.parent

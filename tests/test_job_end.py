@@ -25,6 +25,7 @@ import pytest
 from avatar_service.delivery.forwarding import AvatarForwarder
 from avatar_service.delivery.job_end import forwarding_hook, webhook_hook
 from avatar_service.delivery.webhooks import WebhookDispatcher
+from avatar_service.jobs import Avatar, JobStatus
 from avatar_service.jobs.coordination import Solo
 from avatar_service.jobs.events import JobEvents
 from avatar_service.jobs.ledger import JobLedger
@@ -65,9 +66,7 @@ class Parts:
     def succeed(self, job: Job) -> Job:
         """End the job as succeeded with its one avatar."""
         name = self.avatars.save(job.id, 0, b"\x89PNG\r\n\x1a\n avatar", "png")
-        return self.ledger.finish(
-            job, "succeeded", None, avatars=[{"fileName": name, "width": 64, "height": 64}]
-        )
+        return self.ledger.finish(job, JobStatus.SUCCEEDED, None, avatars=[Avatar(name, 64, 64)])
 
     def deliveries(self) -> dict[str, int]:
         """How many deliveries of each kind the job has."""

@@ -8,6 +8,7 @@ import time
 from avatar_service.jobs.records import Job
 from avatar_service.jobs.records import JobRecords as JobStore
 from avatar_service.persistence.migrations import V1_SCHEMA as OLD_SCHEMA
+from avatar_service.photos.geometry import Box, Crop
 
 
 def test_old_database_gains_the_crop_column_and_keeps_its_jobs(tmp_path):
@@ -27,7 +28,7 @@ def test_old_database_gains_the_crop_column_and_keeps_its_jobs(tmp_path):
     try:
         old = store.get("a")
         assert old is not None and old.crop is None and old.seed == 7
-        crop = {"x": 1, "y": 2, "width": 30, "height": 40, "source": "request"}
+        crop = Crop(Box(1, 2, 30, 40), "request")
         new = Job(
             id="b",
             status="queued",
@@ -43,7 +44,13 @@ def test_old_database_gains_the_crop_column_and_keeps_its_jobs(tmp_path):
         )
         store.insert(new)
         assert store.get("b").crop == crop
-        assert store.get("b").to_dict()["crop"] == crop
+        assert store.get("b").to_dict()["crop"] == {
+            "x": 1,
+            "y": 2,
+            "width": 30,
+            "height": 40,
+            "source": "request",
+        }
     finally:
         store.close()
     # Opening again finds the column and changes nothing.

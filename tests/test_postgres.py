@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from avatar_service.delivery.webhooks import WebhookDispatcher
+from avatar_service.jobs import JobProgress
 from avatar_service.jobs.records import JobRecords
 from avatar_service.persistence.database import PostgresDatabase, open_database
 from avatar_service.persistence.migrations import MIGRATIONS, migrate
@@ -110,11 +111,12 @@ def test_a_record_reads_back_exactly(open_store):
     store = open_store()
     job = make_job("a" * 32, created_at=1_790_000_000.123456)
     store.insert(job)
-    store.update(job, progress={"node": "3", "value": 2}, cancel_requested=True, seed=2**53 - 1)
+    progress = JobProgress("3", value=2)
+    store.update(job, progress=progress, cancel_requested=True, seed=2**53 - 1)
     read = open_store().get(job.id)
     assert read is not None
     assert read.created_at == 1_790_000_000.123456
-    assert read.progress == {"node": "3", "value": 2}
+    assert read.progress == progress
     assert read.cancel_requested is True
     assert read.seed == 2**53 - 1
     assert read.avatars == [] and read.timings == {}
@@ -207,7 +209,6 @@ def test_abandoned_prompts_are_remembered_once(open_store):
     assert [(p.prompt_id, p.job_id) for p in store.abandoned_prompts("http://gpu")] == [
         ("p1", "b" * 32)
     ]
-    assert store.is_abandoned("http://gpu", "p1")
     store.forget_abandoned("http://gpu", "p1")
     assert store.abandoned_prompts("http://gpu") == []
 

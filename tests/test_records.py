@@ -19,6 +19,7 @@ from avatar_service.persistence.migrations import (
     V4_SCHEMA,
     migrate,
 )
+from avatar_service.photos.geometry import Box, Crop
 
 
 def make_job(job_id: str, *, style: str = "avatar", created_at: float | None = None) -> Job:
@@ -192,7 +193,14 @@ def test_database_that_already_has_the_crop_column_is_upgraded(tmp_path: Path):
     store = JobRecords(path)
     try:
         [job] = store.waiting()
-        assert job.crop == {"x": 1, "y": 2, "width": 30, "height": 30, "source": "face"}
+        assert job.crop == Crop(Box(1, 2, 30, 30), "face")
+        assert job.to_dict()["crop"] == {
+            "x": 1,
+            "y": 2,
+            "width": 30,
+            "height": 30,
+            "source": "face",
+        }
         assert version_of(path, "jobs") == len(MIGRATIONS)
     finally:
         store.close()

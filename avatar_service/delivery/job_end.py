@@ -14,7 +14,7 @@ from .forwarding import AvatarForwarder, content_type_of
 from .webhooks import WebhookDispatcher
 
 if TYPE_CHECKING:
-    from ..jobs.records import Job
+    from ..jobs.job import Job
     from ..storage.avatars import AvatarStore
 
 logger = logging.getLogger(__name__)
@@ -26,21 +26,21 @@ def forwarding_hook(
     """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL."""
 
     def forward(job: Job, _body: dict[str, Any]) -> None:
-        if job.status != "succeeded":
+        if not job.succeeded:
             return
         for avatar in job.avatars:
             forwarder.enqueue(
                 job_id=job.id,
-                path=avatars.path_of(avatar["fileName"]),
-                filename=avatar["fileName"],
-                content_type=content_type_of(avatar["fileName"]),
+                path=avatars.path_of(avatar.file_name),
+                filename=avatar.file_name,
+                content_type=content_type_of(avatar.file_name),
                 fields={
                     "jobId": job.id,
                     "seed": str(job.seed),
                     "gender": job.gender,
                     "style": job.style,
-                    "width": str(avatar["width"]),
-                    "height": str(avatar["height"]),
+                    "width": str(avatar.width),
+                    "height": str(avatar.height),
                 },
             )
 

@@ -100,10 +100,12 @@ class Outbox:
             raise ValueError("backoff and backoff_max must be 0 or more")
         if workers < 1:
             raise ValueError(f"workers must be 1 or more, got {workers}")
-        if database is None and db_path is None:
-            raise ValueError("an outbox needs a database (or the path of a SQLite file)")
         self._owns_database = database is None  # opened here from a path: closed by stop()
-        self.database = database if database is not None else as_database(Path(db_path))
+        if database is None:
+            if db_path is None:
+                raise ValueError("an outbox needs a database (or the path of a SQLite file)")
+            database = as_database(Path(db_path))
+        self.database = database
         self.db_path = self.database.path
         self.max_attempts = max_attempts
         self.backoff = backoff

@@ -17,7 +17,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..comfyui import ComfyUIClient
-from ..jobs import Job
+from ..jobs import Job, JobStatus
+from ..jobs.job import TERMINAL
 from ..persistence.database import Database, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Job durations run from a second to the 10-minute deadline.
 _JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
-_FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class Metrics:
@@ -104,7 +104,7 @@ class Metrics:
 
     def observe_event(self, job_id: str, event: str, data: dict[str, Any]) -> None:
         """Count a job's final state and its durations (a JobEvents listener)."""
-        if event not in _FINAL:
+        if event not in TERMINAL:
             return
         style = str(data.get("style", ""))
         self.jobs.labels(event, style).inc()
@@ -115,7 +115,7 @@ class Metrics:
             self.execution_seconds.labels(style).observe(timings["executionMs"] / 1000)
         if "totalMs" in timings:
             self.total_seconds.labels(style, event).observe(timings["totalMs"] / 1000)
-        if event == "failed" and data.get("error"):
+        if event == JobStatus.FAILED and data.get("error"):
             self.job_errors.labels(data["error"].get("code", "unknown")).inc()
 
     def observe_forwarding(self, state: str) -> None:
@@ -149,11 +149,13 @@ class _StateCollector(Collector):
         in_flight = GaugeMetricFamily(
             "avatar_jobs_in_flight", "Jobs not yet ended, by status.", labels=["status"]
         )
-        for status in ("queued", "running"):
-            in_flight.add_metric([status], by_status.get(status, 0))
+        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            in_flight.add_metric([status.value], by_status.get(status, 0))
         yield in_flight
         yield GaugeMetricFamily(
-            "avatar_queue_length", "Jobs waiting (queued) to run.", value=by_status.get("queued", 0)
+            "avatar_queue_length",
+            "Jobs waiting (queued) to run.",
+            value=by_status.get(JobStatus.QUEUED, 0),
         )
         slots = GaugeMetricFamily(
             "avatar_server_slots_in_use",

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ErrorCode
+from ..jobs import JobStatus
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _ERROR = {
@@ -85,7 +86,7 @@ _JOB = {
     ],
     "properties": {
         "jobId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-        "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "status": {"enum": [status.value for status in JobStatus]},
         "style": {"type": "string"},
         "imageName": {"type": "string"},
         "gender": {"type": "string"},

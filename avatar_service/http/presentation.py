@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import Conflict, error_from_record
-from ..jobs import Job
+from ..jobs import Job, JobStatus
 from ..persistence.database import DatabaseUnavailable
 from ..times import iso
 
@@ -72,11 +72,11 @@ def with_token(url: str, token: str) -> str:
 
 def job_response(job: Job, svc: Services) -> tuple[Any, ...]:
     """200 with the record when it succeeded, the job's error when it failed, else 202."""
-    if job.status == "succeeded":
+    if job.status == JobStatus.SUCCEEDED:
         return job_body(job, svc), 200
-    if job.status == "failed" and job.error:
-        raise error_from_record(job.error)
-    if job.status == "cancelled":
+    if job.status == JobStatus.FAILED and job.error:
+        raise error_from_record(job.error.to_dict())
+    if job.status == JobStatus.CANCELLED:
         raise Conflict("the job was cancelled", code="job_cancelled", details={"jobId": job.id})
     body = job_body(job, svc)
     headers = {"Location": body["links"]["self"], "Retry-After": "2"}

@@ -16,14 +16,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from ..comfyui.workflows import Workflow
+from ..comfyui.workflows import GENDERS, MAX_SEED, Workflow
 from ..errors import BadRequest
 from ..jobs import GenerateRequest
 from ..photos.framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem
+from ..photos.geometry import Box, Crop
 
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
-MAX_SEED = 2**64 - 1
-DEFAULT_GENDERS = ("female", "male", "neutral")
 # The query parameters of GET /photos/<imageName>/framing, checked like generate's fields.
 FRAMING_FIELDS = ("style", "width", "height")
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -65,7 +64,7 @@ class GenerateSchema:
     def fields(self, workflow: Workflow | None) -> dict[str, Field]:
         """Every field, with the defaults and genders of ``workflow`` (the request's style)."""
         defaults: Mapping[str, Any] = workflow.presets.defaults if workflow else {}
-        genders = sorted(workflow.presets.gender_text) if workflow else list(DEFAULT_GENDERS)
+        genders = sorted(workflow.presets.gender_text if workflow else GENDERS)
         side = f"must be an integer from {MIN_SIDE} to {MAX_SIDE} and a multiple of {SIDE_STEP}"
         return {
             "imageName": Field(
@@ -167,7 +166,7 @@ class GenerateSchema:
         fields = self.fields(self.workflows.get(self.default_style))
         genders = sorted({g for w in self.workflows.values() for g in w.presets.gender_text})
         properties = {name: dict(field.schema) for name, field in fields.items()}
-        properties["gender"]["enum"] = genders or list(DEFAULT_GENDERS)
+        properties["gender"]["enum"] = genders or sorted(GENDERS)
         return {
             "type": "object",
             "required": [name for name, field in fields.items() if field.required],
@@ -248,7 +247,7 @@ class GenerateSchema:
         return values["width"], values["height"]
 
     def _crop(self, value: Any, image_name: Any) -> tuple[Any, str | None]:
-        """A request's crop marked ``source: request``, or the value and what is wrong with it.
+        """A request's crop (``source: request``), or the value and what is wrong with it.
 
         Beyond its schema, a crop must lie inside the stored photo (when the photo is known).
         """
@@ -259,7 +258,7 @@ class GenerateSchema:
             }
         size = self.photo_size(image_name) if isinstance(image_name, str) else None
         problem = crop_problem(value, size)
-        return (value, problem) if problem else ({**value, "source": "request"}, None)
+        return (value, problem) if problem else (Crop(Box.from_dict(value), "request"), None)
 
 
 def invalid_fields(problems: Mapping[str, str]) -> BadRequest:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.server import create_server as create_waitress_server
 from waitress.task import ErrorTask
@@ -41,8 +42,11 @@ class _JsonErrorTask(ErrorTask):
     """Waitress's answer to a request it refused, in the service's error shape."""
 
     def execute(self) -> None:
-        error = self.request.error
-        body = {
+        # Waitress gives an error task the request's parser, which holds the error (its stubs
+        # say the error itself).
+        error = cast(HTTPRequestParser, self.request).error
+        assert error is not None, "an error task is made for a refused request"
+        body: dict[str, Any] = {
             "code": _CODES.get(error.code, "bad_request"),
             "message": f"{error.reason}: {error.body}",
         }
@@ -50,7 +54,7 @@ class _JsonErrorTask(ErrorTask):
             body["details"] = {"maxBytes": self.channel.server.adj.max_request_body_size}
         data = json.dumps({"error": body}).encode()
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers = [*self.response_headers, ("Content-Type", "application/json")]
         self.set_close_on_finish()
         self.content_length = len(data)
         self.write(data)
@@ -76,7 +80,10 @@ def create_server(
         asyncore_use_poll=True,
         **options,
     )
-    server.channel_class = _JsonErrorChannel
+    # One address gives one server; several (a host name with IPv4 and IPv6 addresses) give a
+    # MultiSocketServer, which makes no channels itself.
+    if isinstance(server, BaseWSGIServer):
+        server.channel_class = _JsonErrorChannel
     return server
 
 

@@ -1,6 +1,8 @@
 """The job engine.
 
-- ``records``: the job record and its store, which is also the service's own queue
+- ``job``: the job record and its typed parts (``JobStatus``, ``Avatar``, ``JobError``,
+  ``JobProgress``; the crop is ``photos.geometry.Crop``).
+- ``records``: the store of job records, which is also the service's own queue
   (``migrations`` versions its schema).
 - ``engine``: the public face (submit, get, wait, cancel, preview).
 - ``dispatcher``: one worker per ComfyUI server pulls jobs when its server has a free slot;
@@ -14,6 +16,16 @@
 from __future__ import annotations
 
 from .engine import GenerateRequest, JobEngine
-from .records import Job, JobRecords
+from .job import Avatar, Job, JobError, JobProgress, JobStatus
+from .records import JobRecords
 
-__all__ = ["GenerateRequest", "Job", "JobEngine", "JobRecords"]
+__all__ = [
+    "Avatar",
+    "GenerateRequest",
+    "Job",
+    "JobEngine",
+    "JobError",
+    "JobProgress",
+    "JobRecords",
+    "JobStatus",
+]

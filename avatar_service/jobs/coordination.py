@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..comfyui import Preview
 from . import outcomes
-from .records import Job, JobRecords
+from .job import Job, JobStatus
+from .records import JobRecords
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -67,7 +68,7 @@ class Solo:
             logger.info("resuming job %s (status %s, prompt %s)", job.id, job.status, job.prompt_id)
             worker = dispatcher.worker_for(job.server)
             if worker is None:
-                dispatcher.ledger.finish(job, "failed", outcomes.server_removed(job.server))
+                dispatcher.ledger.finish(job, JobStatus.FAILED, outcomes.server_removed(job.server))
                 continue
             worker.take(self.records.update(job, owner=worker.owner))
         dispatcher.notify()

@@ -27,9 +27,10 @@ from ..storage.avatars import AvatarStore
 from . import outcomes
 from .coordination import Solo
 from .estimates import RunTimes
+from .job import Job, JobStatus
 from .ledger import JobLedger
 from .prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked, withdraw
-from .records import Job, JobRecords
+from .records import JobRecords
 from .servers import ServerState
 from .sweeper import QueueSweeper
 from .workers import ServerWorker
@@ -197,7 +198,7 @@ class Dispatcher:
             logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
         else:
             logger.error("job %s failed unexpectedly", job.id, exc_info=exc)
-        self.ledger.finish(job, "failed", error)
+        self.ledger.finish(job, JobStatus.FAILED, error)
 
     # -- the monitor -----------------------------------------------------------------------
 

@@ -14,16 +14,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ..comfyui import Preview
 from ..errors import NotFound, ServiceUnavailable
 from ..persistence.database import DatabaseUnavailable
+from ..photos.geometry import Crop
 from . import outcomes
 from .dispatcher import Dispatcher
 from .events import JobEvents
+from .job import Job, JobStatus
 from .ledger import JobLedger
-from .records import Job, JobRecords
+from .records import JobRecords
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class GenerateRequest:
     style: str
     seed: int | None = None
     callback_url: str | None = None
-    crop: dict[str, Any] | None = None
+    crop: Crop | None = None
 
 
 class JobEngine:
@@ -103,7 +104,7 @@ class JobEngine:
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_LIMIT)
         job = Job(
             id=uuid.uuid4().hex,
-            status="queued",
+            status=JobStatus.QUEUED,
             style=request.style,
             image_name=request.image_name,
             gender=request.gender,
@@ -127,7 +128,7 @@ class JobEngine:
                 if taken is not None:
                     error = outcomes.no_server(self.dispatcher.reasons())
                     logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
-                    return self.ledger.finish(taken, "failed", error)
+                    return self.ledger.finish(taken, JobStatus.FAILED, error)
         except DatabaseUnavailable as exc:
             # The job is recorded: its caller gets its id, and the queue takes it up (or ends it
             # at its deadline) once the database answers again.
@@ -224,10 +225,10 @@ class JobEngine:
             job = self.records.update(job, cancel_requested=True)
         taken = self.records.take_waiting(job_id)
         if taken is not None:
-            return self.ledger.finish(taken, "cancelled", None)
+            return self.ledger.finish(taken, JobStatus.CANCELLED, None)
         self.dispatcher.cancel(job_id)
         job = self.wait(job_id, wait)
-        if job.ended and job.status != "cancelled":
+        if job.ended and job.status != JobStatus.CANCELLED:
             raise outcomes.already_ended(job)
         return job
 

@@ -228,8 +228,8 @@ class JobEvents:
         now = time.monotonic()
         while self._ended:
             oldest = self._channels.get(self._ended[0])
-            expired = oldest is None or oldest.ended_at is None
-            expired = expired or now - oldest.ended_at > self.retention_seconds
+            ended_at = None if oldest is None else oldest.ended_at
+            expired = ended_at is None or now - ended_at > self.retention_seconds
             if not expired and len(self._ended) <= self.retention_jobs:
                 break
             self._channels.pop(self._ended.popleft(), None)

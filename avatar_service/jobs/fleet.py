@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..comfyui import Preview
-from ..persistence.database import Database, DatabaseUnavailable, Leadership
+from ..persistence.database import Database, DatabaseUnavailable
+from ..persistence.leadership import Leadership
 from .broadcast import EventBroadcast
 from .coordination import Solo
 from .events import JobEvents
+from .job import Job
 from .prompt import ShutdownAsked, withdraw
-from .records import Job, JobRecords
+from .records import JobRecords
 from .registry import WorkerEntry, WorkerRegistry
 from .takeover import Takeover
 

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..comfyui import Preview
 from ..errors import ServiceError
 from ..times import iso
 from .coordination import Solo
 from .events import JobEvents
-from .records import Job, JobRecords
+from .job import Avatar, Job, JobError, JobProgress, JobStatus
+from .records import JobRecords
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +41,16 @@ class JobLedger:
         self._progress_written: dict[str, float] = {}
         self._preview_written: dict[str, float] = {}
         # The latest progress of each running job, which the record may not have yet.
-        self._live_progress: dict[str, dict[str, Any]] = {}
+        self._live_progress: dict[str, JobProgress] = {}
 
     def created(self, job: Job) -> None:
         """A new job is in the service's queue."""
-        self.events.publish(job.id, "queued", job.to_dict())
+        self.events.publish(job.id, JobStatus.QUEUED, job.to_dict())
 
     def requeued(self, job: Job) -> None:
         """A job went back to the service's queue (failover, lost prompt)."""
         self._live_progress.pop(job.id, None)
-        self.events.publish(job.id, "queued", job.to_dict())
+        self.events.publish(job.id, JobStatus.QUEUED, job.to_dict())
 
     def waiting_at(self, job_id: str, position: int, estimated_start: float | None) -> None:
         """A waiting job's place changed (already stored in bulk by the dispatcher)."""
@@ -67,7 +69,7 @@ class JobLedger:
 
     def running(self, job: Job) -> Job:
         """ComfyUI started the job's prompt."""
-        if job.status == "running":
+        if job.status == JobStatus.RUNNING:
             return job
         now = self.clock()
         timings = dict(job.timings)
@@ -76,33 +78,39 @@ class JobLedger:
             timings["queuedMs"] = ms(max(0.0, now - submitted))
         job = self.records.update(
             job,
-            status="running",
+            status=JobStatus.RUNNING,
             started_at=job.started_at or now,
             queue_position=None,
             estimated_start_at=None,
             timings=timings,
         )
         self._progress_written[job.id] = time.monotonic()  # this write counts for progress
-        self.events.publish(job.id, "running", job.to_dict())
+        self.events.publish(job.id, JobStatus.RUNNING, job.to_dict())
         return job
 
     def progress(
-        self, job: Job, *, node: str, node_type: Any, value: Any = None, maximum: Any = None
+        self,
+        job: Job,
+        *,
+        node: str,
+        node_type: str | None,
+        value: float | None = None,
+        maximum: float | None = None,
     ) -> Job:
         """A node started (``value`` None) or a sampler made a step."""
-        progress = {"node": node, "nodeType": node_type, "value": value, "max": maximum}
+        progress = JobProgress(node, node_type, value, maximum)
         latest = self._live_progress.get(job.id) or job.progress
-        if value is None and latest and latest.get("node") == node:
+        if progress.value is None and latest is not None and latest.node == progress.node:
             return job
         self._live_progress[job.id] = progress
         now = time.monotonic()
         if now - self._progress_written.get(job.id, 0.0) >= PROGRESS_WRITE_INTERVAL:
             self._progress_written[job.id] = now
             job = self.records.update(job, progress=progress)
-        self.events.publish(job.id, "progress", progress)
+        self.events.publish(job.id, "progress", progress.to_dict())
         return job
 
-    def preview(self, job: Job, frame: Any = None) -> None:
+    def preview(self, job: Job, frame: Preview | None = None) -> None:
         """A new preview frame is available (kept in the database, at most twice a second,
         when other processes may be asked for it)."""
         if frame is not None and self.coordination.keeps_previews:
@@ -118,10 +126,10 @@ class JobLedger:
     def finish(
         self,
         job: Job,
-        status: str,
+        status: JobStatus,
         error: ServiceError | None,
         *,
-        avatars: list[dict[str, Any]] | None = None,
+        avatars: list[Avatar] | None = None,
     ) -> Job:
         """End a job: final record and the end hooks (deliveries) in one transaction, then the
         final event.
@@ -134,10 +142,7 @@ class JobLedger:
         self._progress_written.pop(job.id, None)
         progress = self._live_progress.pop(job.id, None) or job.progress
         now = self.clock()
-        record = None
-        if error is not None:
-            record = {"status": error.status, **error.to_dict()}
-            record.setdefault("details", {})["jobId"] = job.id
+        record = None if error is None else JobError.of(error, job_id=job.id)
         # In a fleet only the job's holder may end it (a process cut off past its lease has lost
         # the job to another, whose end counts): LeaseLost otherwise.
         held_by = self.coordination.end_guard(job)

@@ -36,8 +36,8 @@ from ..errors import (
     ServiceError,
     ServiceUnavailable,
 )
+from .job import Job
 from .prompt_state import PromptState
-from .records import Job
 
 
 class Cancelled(Exception):

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..comfyui import (
     ComfyUIClient,
@@ -34,6 +34,7 @@ from ..comfyui import (
     ExecutionStarted,
     HistoryEntry,
     NodeStarted,
+    Preview,
     PreviewReady,
     Progress,
     PromptRejected,
@@ -45,6 +46,7 @@ from ..comfyui.workflows import Workflow, patch_workflow
 from ..photos.framing import prepared_bytes
 from ..photos.store import PhotoStore
 from . import outcomes
+from .job import Job, JobStatus
 from .ledger import JobLedger, ms
 from .prompt_state import (
     ABSENT,
@@ -55,10 +57,11 @@ from .prompt_state import (
     FailoverAsked,
     Phase,
     PromptState,
+    RunEvent,
     ShutdownAsked,
     Where,
 )
-from .records import Job, JobRecords
+from .records import JobRecords
 
 __all__ = ["FailoverAsked", "Phase", "PromptRun", "RunSettings", "ShutdownAsked", "withdraw"]
 
@@ -187,7 +190,7 @@ class PromptRun:
         return self.state.phase
 
     @property
-    def preview(self) -> Any:
+    def preview(self) -> Preview | None:
         """The latest live preview of the prompt, or None."""
         return self.watch.preview if self.watch is not None else None
 
@@ -197,7 +200,7 @@ class PromptRun:
         """Queue (or take up) the prompt and follow it to its end; its success entry."""
         started = self.clock()
         resumed = self.job.prompt_id is not None
-        if resumed:
+        if self.job.prompt_id is not None:
             self.watch = self.client.watch(self.job.prompt_id)
         else:
             self._submit()
@@ -274,29 +277,31 @@ class PromptRun:
             if event is None or self._step(event):
                 return
 
-    def _next_event(self) -> Any:
+    def _next_event(self) -> RunEvent | None:
         """The next event: a pending check, a queued one, or a ``Check`` when none comes in time.
 
         Once the prompt has ENDED, only the events already received are applied (None after).
         """
         assert self.watch is not None
+        # The client's queue also carries this run's own events (``_post``).
+        events: queue.Queue[RunEvent] = self.watch.events
         if self.checks.pending:
             self.checks.pending = False
             return Check()
         if self.state.ended:
             try:
-                return self.watch.events.get_nowait()
+                return events.get_nowait()
             except queue.Empty:
                 return None
         timeout = min(self.job.deadline - self.clock(), self.settings.poll_interval)
         if self.checks.first_at is not None:
             timeout = min(timeout, self.checks.first_at - time.monotonic())
         try:
-            return self.watch.events.get(timeout=max(0.0, timeout))
+            return events.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return Check()
 
-    def _step(self, event: Any) -> bool:
+    def _step(self, event: RunEvent) -> bool:
         """Apply one event; True when the prompt has ended (``executing`` null)."""
         if isinstance(event, ShutdownAsked):
             raise outcomes.Shutdown
@@ -364,7 +369,7 @@ class PromptRun:
         )
         self.close()
         self.job = self.records.update(
-            self.job, status="queued", queue_position=None, progress=None
+            self.job, status=JobStatus.QUEUED, queue_position=None, progress=None
         )
         self.state = self.state.queued_again()
         self.ledger.requeued(self.job)
@@ -446,7 +451,9 @@ class PromptRun:
 
     # -- state changes ---------------------------------------------------------------------
 
-    def _progress(self, node: str, value: Any = None, maximum: Any = None) -> None:
+    def _progress(
+        self, node: str, value: float | None = None, maximum: float | None = None
+    ) -> None:
         node_type = (self.workflow.graph.get(node) or {}).get("class_type")
         self.job = self.ledger.progress(
             self.job, node=node, node_type=node_type, value=value, maximum=maximum
@@ -456,7 +463,7 @@ class PromptRun:
         """Note a timing on the job; it is written with the job's next change."""
         self.job = replace(self.job, timings={**self.job.timings, name: ms(seconds)})
 
-    def _post(self, event: Any) -> None:
+    def _post(self, event: RunEvent) -> None:
         if self.watch is not None:
             self.watch.events.put(event)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from typing import Any
 
 from ..comfyui import (
     ExecutionEnded,
@@ -27,6 +26,7 @@ from ..comfyui import (
     ExecutionInterrupted,
     ExecutionStarted,
     NodeStarted,
+    PromptEvent,
 )
 
 
@@ -48,6 +48,10 @@ class ShutdownAsked:
 @dataclass(frozen=True)
 class FailoverAsked:
     """The server was given up: stop following the prompt here."""
+
+
+# Every event a run receives: ComfyUI's, and its owner's.
+RunEvent = PromptEvent | Check | CancelAsked | ShutdownAsked | FailoverAsked
 
 
 class Phase(enum.Enum):
@@ -81,7 +85,7 @@ class PromptState:
         """Whether the prompt has ended on its server (its history entry is written)."""
         return self.phase is Phase.ENDED
 
-    def after(self, event: Any) -> PromptState:
+    def after(self, event: RunEvent) -> PromptState:
         """The state after one of ComfyUI's messages (other events leave it as it is)."""
         if isinstance(event, ExecutionStarted | NodeStarted) and self.phase is Phase.WAITING:
             return replace(self, phase=Phase.RUNNING)

@@ -1,4 +1,4 @@
-"""Job records: the ``Job`` dataclass and ``JobRecords``, its store in SQLite.
+"""Job records: ``JobRecords``, the store of ``Job`` records (SQLite, or PostgreSQL).
 
 ``JobRecords`` is also the service's own queue: a job waits in it (``status`` queued, no
 ``server``) until a worker claims it for a server. A claim is one atomic statement, "take the
@@ -15,16 +15,15 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ..persistence.database import Connection, Database, as_database
 from ..persistence.migrations import migrate
-from ..times import iso
+from ..photos.geometry import Crop
+from .job import Avatar, Job, JobError, JobProgress, JobStatus
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-_JSON_COLUMNS = frozenset({"progress", "error", "avatars", "timings", "crop"})
 # A job sent back to the queue by a failover goes before every new job, in its original order.
 HEAD_OF_QUEUE_OFFSET = 1e10
 # Marks a waiting job taken out of the queue by the service itself (cancel, deadline).
@@ -38,83 +37,6 @@ class LeaseLost(RuntimeError):
         super().__init__(f"job {job_id} is no longer held by {owner}")
         self.job_id = job_id
         self.owner = owner
-
-
-@dataclass(frozen=True)
-class Job:
-    """One generation request and everything known about it."""
-
-    id: str
-    status: str
-    style: str
-    image_name: str
-    gender: str
-    width: int
-    height: int
-    seed: int
-    base_url: str
-    deadline: float
-    created_at: float = field(default_factory=time.time)
-    callback_url: str | None = None
-    server: str | None = None
-    prompt_id: str | None = None
-    attempts: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
-    queue_position: int | None = None
-    progress: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    avatars: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, Any] = field(default_factory=dict)
-    cancel_requested: bool = False
-    crop: dict[str, Any] | None = None
-    queue_order: float | None = None
-    owner: str | None = None
-    lease_expires: float | None = None
-    dispatched_at: float | None = None
-    estimated_start_at: float | None = None
-
-    @property
-    def ended(self) -> bool:
-        """Whether the job is in a terminal state."""
-        return self.status in TERMINAL
-
-    @property
-    def waiting(self) -> bool:
-        """Whether the job waits in the service's own queue (not yet given to a server)."""
-        return self.status == "queued" and self.server is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The public JSON record of the job."""
-        avatars = [
-            {**avatar, "url": f"{self.base_url}/avatars/{avatar['fileName']}"}
-            for avatar in self.avatars
-        ]
-        return {
-            "jobId": self.id,
-            "status": self.status,
-            "style": self.style,
-            "imageName": self.image_name,
-            "gender": self.gender,
-            "width": self.width,
-            "height": self.height,
-            "seed": self.seed,
-            "createdAt": iso(self.created_at),
-            "startedAt": iso(self.started_at),
-            "finishedAt": iso(self.finished_at),
-            "queuePosition": self.queue_position,
-            "estimatedStartAt": iso(self.estimated_start_at) if self.status == "queued" else None,
-            "progress": self.progress,
-            "error": self.error,
-            "avatars": avatars,
-            "timings": self.timings,
-            "crop": self.crop,
-            "links": {
-                "self": f"{self.base_url}/jobs/{self.id}",
-                "events": f"{self.base_url}/jobs/{self.id}/events",
-                "preview": f"{self.base_url}/jobs/{self.id}/preview",
-            },
-        }
 
 
 @dataclass(frozen=True)
@@ -360,7 +282,7 @@ class JobRecords:
         order = job.created_at - HEAD_OF_QUEUE_OFFSET if front else time.time()
         return self.update(
             job,
-            status="queued",
+            status=JobStatus.QUEUED,
             server=None,
             prompt_id=None,
             attempts=0,
@@ -412,15 +334,6 @@ class JobRecords:
                 (server, prompt_id),
             )
 
-    def is_abandoned(self, server: str, prompt_id: str) -> bool:
-        """Whether a prompt was given up (its results must be ignored)."""
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT 1 FROM abandoned_prompts WHERE server = ? AND prompt_id = ?",
-                (server, prompt_id),
-            ).fetchone()
-        return row is not None
-
     # -- connections -----------------------------------------------------------------------
 
     @contextmanager
@@ -440,28 +353,39 @@ _COLUMN_NAMES = tuple(f.name for f in fields(Job))
 
 
 def _to_row(job: Job) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name in _COLUMN_NAMES:
-        value = getattr(job, name)
-        if name in _JSON_COLUMNS:
-            value = None if value is None else json.dumps(value)
-        elif name == "seed":
-            value = str(value)
-        elif name == "cancel_requested":
-            value = int(value)
-        row[name] = value
+    """A job as its database row: JSON columns as text, the seed as text (it may pass 2**63)."""
+    row: dict[str, Any] = {name: getattr(job, name) for name in _COLUMN_NAMES}
+    row["status"] = str(job.status)
+    row["seed"] = str(job.seed)
+    row["cancel_requested"] = int(job.cancel_requested)
+    row["progress"] = _json(None if job.progress is None else job.progress.to_dict())
+    row["error"] = _json(None if job.error is None else job.error.to_dict())
+    row["avatars"] = json.dumps([avatar.to_dict() for avatar in job.avatars])
+    row["timings"] = json.dumps(job.timings)
+    row["crop"] = _json(None if job.crop is None else job.crop.to_dict())
     return row
 
 
 def _from_row(row: Mapping[str, Any]) -> Job:
-    values: dict[str, Any] = {}
-    for name in _COLUMN_NAMES:
-        value = row[name]
-        if name in _JSON_COLUMNS and value is not None:
-            value = json.loads(value)
-        elif name == "seed":
-            value = int(value)
-        elif name == "cancel_requested":
-            value = bool(value)
-        values[name] = value
+    """The job of a database row (see ``_to_row``)."""
+    values = {name: row[name] for name in _COLUMN_NAMES}
+    progress, error, crop = (_parsed(row[name]) for name in ("progress", "error", "crop"))
+    values.update(
+        status=JobStatus(row["status"]),
+        seed=int(row["seed"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        progress=None if progress is None else JobProgress.from_dict(progress),
+        error=None if error is None else JobError.from_dict(error),
+        avatars=[Avatar.from_dict(avatar) for avatar in json.loads(row["avatars"])],
+        timings=json.loads(row["timings"]),
+        crop=None if crop is None else Crop.from_dict(crop),
+    )
     return Job(**values)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _parsed(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -12,11 +14,20 @@ from ..comfyui import ComfyUIClient, ComfyUIError, HistoryEntry
 from ..comfyui.workflows import Workflow
 from ..storage.avatars import AvatarStore
 from . import outcomes
-from .records import Job
+from .job import Avatar, Job
 
 logger = logging.getLogger(__name__)
 
 _IMAGE_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+T = TypeVar("T")
+
+
+class Patiently(Protocol):
+    """Runs a call to ComfyUI, retrying it as the caller sees fit (``PromptRun.patiently``)."""
+
+    def __call__(self, call: Callable[[], T], *, finished: bool = ...) -> T:
+        """``call()``, perhaps tried again (more patiently once the prompt has ``finished``)."""
+        ...
 
 
 def collect_avatars(
@@ -26,8 +37,8 @@ def collect_avatars(
     entry: HistoryEntry,
     avatars: AvatarStore,
     *,
-    patiently: Any,
-) -> list[dict[str, Any]]:
+    patiently: Patiently,
+) -> list[Avatar]:
     """Fetch every output image, check it decodes, save it atomically; the avatar records.
 
     ``patiently(call)`` retries a call while ComfyUI refuses connections, up to the job's deadline.
@@ -35,10 +46,10 @@ def collect_avatars(
     images = entry.images(workflow.roles.outputs)
     if not images:
         raise outcomes.no_output(workflow.roles.outputs, entry.outputs)
-    saved: list[dict[str, Any]] = []
+    saved: list[Avatar] = []
     for index, image in enumerate(images):
         try:
-            data, _ = patiently(lambda image=image: client.view(image), finished=True)
+            data, _ = patiently(partial(client.view, image), finished=True)
         except ComfyUIError as exc:
             logger.error("job %s: fetching %s failed: %s", job.id, image.filename, exc)
             raise outcomes.fetch_failed(job.prompt_id, image, exc.message) from exc
@@ -56,5 +67,5 @@ def collect_avatars(
         except OSError as exc:
             logger.error("job %s: saving avatar failed: %s", job.id, exc)
             raise outcomes.save_failed(job.id) from exc
-        saved.append({"fileName": file_name, "width": width, "height": height})
+        saved.append(Avatar(file_name, width, height))
     return saved

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..comfyui import PromptRejected
 from . import outcomes
 from .estimates import Busy, schedule
+from .job import JobStatus
 from .prompt_state import Phase
 from .records import Waiting
 
@@ -64,7 +65,7 @@ class QueueSweeper:
         if taken is None:
             return
         if taken.cancel_requested:
-            dispatcher.ledger.finish(taken, "cancelled", None)
+            dispatcher.ledger.finish(taken, JobStatus.CANCELLED, None)
         elif unrunnable is not None:
             dispatcher.fail(taken, unrunnable)
         else:
@@ -72,7 +73,7 @@ class QueueSweeper:
                 taken, timeout=dispatcher.settings.job_timeout, servers=dispatcher.reasons()
             )
             logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
-            dispatcher.ledger.finish(taken, "failed", error)
+            dispatcher.ledger.finish(taken, JobStatus.FAILED, error)
 
     def _unrunnable(self, style: str) -> PromptRejected | None:
         """The rejection of a style every server withholds (None when one may run it)."""

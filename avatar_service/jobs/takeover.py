@@ -14,13 +14,14 @@ For each expired job, one round decides, in this order:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
 from ..comfyui import ComfyUIClient
+from .job import Job, JobStatus
 from .prompt import withdraw
-from .records import Job
 from .results import collect_avatars
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .workers import ServerWorker
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Timeouts of the HTTP calls to a server this process does not drive.
 FOREIGN_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
@@ -114,7 +116,7 @@ class Takeover:
                 workflow,
                 entry,
                 self.dispatcher.avatars,
-                patiently=lambda call, **_: call(),
+                patiently=_at_once,
             )
         except Exception as exc:  # the server is gone too, or its files are: run it again
             logger.warning("job %s: could not read its prompt on %s: %s", job.id, job.server, exc)
@@ -129,8 +131,13 @@ class Takeover:
             job.prompt_id,
             job.server,
         )
-        self.dispatcher.ledger.finish(job, "succeeded", None, avatars=avatars)
+        self.dispatcher.ledger.finish(job, JobStatus.SUCCEEDED, None, avatars=avatars)
         return True
+
+
+def _at_once(call: Callable[[], T], *, finished: bool = False) -> T:
+    """``call()`` once: a server this process does not drive is not waited for."""
+    return call()
 
 
 def _withdraw_from(server: str, prompt_id: str) -> bool:

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 from ..comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
 from ..persistence.database import DatabaseUnavailable
 from . import outcomes
+from .job import Job, JobStatus
 from .ledger import ms
 from .prompt import FailoverAsked, PromptRun
-from .records import Job, LeaseLost
+from .records import LeaseLost
 from .results import collect_avatars
 from .servers import ServerState
 
@@ -127,7 +128,7 @@ class ServerWorker:
             run = self._register(job)
             self._finish(run)
         except outcomes.Cancelled:
-            dispatcher.ledger.finish(run.job if run else job, "cancelled", None)
+            dispatcher.ledger.finish(run.job if run else job, JobStatus.CANCELLED, None)
         except outcomes.Shutdown:
             self._left(job)
         except outcomes.FailedOver:
@@ -189,7 +190,7 @@ class ServerWorker:
             dispatcher.run_times.record(
                 self.state.url, job.style, dispatcher.clock() - job.started_at
             )
-        dispatcher.ledger.finish(job, "succeeded", None, avatars=avatars)
+        dispatcher.ledger.finish(job, JobStatus.SUCCEEDED, None, avatars=avatars)
 
     def _left(self, job: Job) -> None:
         note = self.dispatcher.coordination.left_unfinished

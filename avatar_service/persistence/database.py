@@ -62,7 +62,8 @@ class TransactionLost(RuntimeError):
 class Cursor(Protocol):
     """What a statement answers: rows and the count of rows changed."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -232,6 +233,7 @@ class SQLiteDatabase(Database):
     """
 
     dialect = SQLITE
+    path: Path  # always a file here
 
     def __init__(self, path: Path, *, idle: int = POOL_IDLE) -> None:
         super().__init__()

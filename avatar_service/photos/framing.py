@@ -12,16 +12,17 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
+from ..config import FACE_POLICIES, MULTIPLE_FACE_RULES
 from ..errors import ServiceError, UnprocessablePhoto
 from ..storage.avatars import write_atomic
-from .faces import Box, Face, FaceDetector
+from .faces import Face, FaceDetector
+from .geometry import Box, Crop
 from .store import PhotoStore, reduced_copy
 
 if TYPE_CHECKING:
@@ -29,27 +30,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FACE_POLICIES = ("off", "prefer", "require")
-MULTIPLE_FACE_RULES = ("largest", "refuse")
-# A face crop is never smaller than this on its short side (when the photo allows).
-MIN_CROP_SIDE = 64
 CROP_FIELDS = ("x", "y", "width", "height")
 CROP_SHAPE_MESSAGE = 'must be an object {"x", "y", "width", "height"} of integers'
-# A request's crop is at least the smallest avatar side: a few pixels blown up to an avatar
-# make nothing a user wants.
+# A crop is never smaller than this on its short side: a request's is refused, a face crop
+# grows to it (when the photo allows); a few pixels blown up to an avatar make nothing a user
+# wants.
 MIN_CROP_SIDE = 64
-
-
-@dataclass(frozen=True)
-class Crop:
-    """The part of the photo a job uses, and where that choice came from."""
-
-    box: Box
-    source: str  # "face", "request" or "center"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The job record's ``crop``: ``{"x", "y", "width", "height", "source"}``."""
-        return {**self.box.to_dict(), "source": self.source}
 
 
 def center_crop(
@@ -134,11 +120,11 @@ def crop_problem(value: Any, photo_size: tuple[int, int] | None) -> str | None:
     return None
 
 
-def prepared_bytes(path: Path, crop: Mapping[str, Any] | None) -> bytes:
+def prepared_bytes(path: Path, crop: Crop | None) -> bytes:
     """The photo to upload to ComfyUI: cut to a face or request crop, else the file as stored."""
-    if crop is None or crop.get("source") == "center":
+    if crop is None or crop.source == "center":
         return path.read_bytes()
-    box = Box.from_dict(dict(crop))
+    box = crop.box
     with Image.open(path) as image:
         cut = image.crop((box.x, box.y, box.right, box.bottom))
     buffer = io.BytesIO()
@@ -207,7 +193,7 @@ class Framing:
             return request
         photo = self.photo_size(request.image_name) or (0, 0)
         _faces, crop = self._choose(path, photo, width=request.width, height=request.height)
-        return replace(request, crop=crop.to_dict())
+        return replace(request, crop=crop)
 
     def describe(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
         """What generate would use for an avatar of this size: the photo, its faces, the crop.

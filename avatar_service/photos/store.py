@@ -376,6 +376,7 @@ def _flattener(image: Image.Image) -> Callable[[Image.Image], Image.Image]:
         # 16-bit and float greyscale: scale to 8 bits (a plain convert would clip to white),
         # by the whole photo's brightest value.
         _, high = image.getextrema()
+        assert isinstance(high, int | float), "one band: its lowest and highest value"
         factor = 255.0 / 65535.0 if high > 255 else 1.0
 
         def from_sixteen_bits(piece: Image.Image) -> Image.Image:
