@@ -11,13 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from avatar_service.persistence.database import (
-    Database,
-    PostgresDatabase,
-    SQLiteDatabase,
-    TransactionLost,
-    open_database,
-)
+from avatar_service.persistence.database import Database, TransactionLost, open_database
+from avatar_service.persistence.postgres import PostgresDatabase
+from avatar_service.persistence.sqlite import SQLiteDatabase
 
 # What each engine raises for a duplicate key.
 DUPLICATE = (sqlite3.IntegrityError, psycopg.errors.UniqueViolation)

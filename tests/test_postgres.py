@@ -12,8 +12,9 @@ import pytest
 from avatar_service.delivery.webhooks import WebhookDispatcher
 from avatar_service.jobs import JobProgress
 from avatar_service.jobs.records import JobRecords
-from avatar_service.persistence.database import PostgresDatabase, open_database
+from avatar_service.persistence.database import open_database
 from avatar_service.persistence.migrations import MIGRATIONS, migrate
+from avatar_service.persistence.postgres import PostgresDatabase
 from tests.receivers import Receiver, eventually
 from tests.test_records import (
     TABLES,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from avatar_service.jobs.records import Job, JobRecords
-from avatar_service.persistence.database import Database, SQLiteDatabase, postgres_ddl
+from avatar_service.persistence.database import Database, postgres_ddl
 from avatar_service.persistence.migrations import (
     DELIVERIES_V1_SCHEMA,
     DELIVERIES_V2_SCHEMA,
@@ -19,6 +19,7 @@ from avatar_service.persistence.migrations import (
     V4_SCHEMA,
     migrate,
 )
+from avatar_service.persistence.sqlite import SQLiteDatabase
 from avatar_service.photos.geometry import Box, Crop
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from avatar_service.http.server import serve
-from avatar_service.persistence.database import POOL_IDLE
+from avatar_service.persistence.sqlite import POOL_IDLE
 from tests.conftest import TERMINAL, LiveService
 
 JOBS = 240

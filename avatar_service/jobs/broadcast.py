@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from ..persistence.database import PostgresDatabase
+from ..persistence.postgres import PostgresDatabase
 from .events import JobEvents
 from .records import JobRecords
 

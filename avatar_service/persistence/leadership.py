@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .database import PostgresDatabase
+    from .postgres import PostgresDatabase
 
 logger = logging.getLogger(__name__)
 
