@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -150,9 +151,12 @@ class PromptRun:
         ledger: JobLedger,
         photos: PhotoStore,
         settings: RunSettings,
+        turn: Callable[[], AbstractContextManager[None]] = nullcontext,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.job = job
+        # Held while the prompt is queued (the server's first-come-first-served order); one use.
+        self._turn: Callable[[], AbstractContextManager[None]] | None = turn
         self.client = client
         self.workflow = workflow
         self.records = records
@@ -252,9 +256,11 @@ class PromptRun:
             self.job, prompt_id=prompt_id, attempts=self.job.attempts + 1
         )
         self.watch = self.client.watch(prompt_id)
-        # ComfyUI broadcasts a status message to every registered socket when it queues.
-        self.submission.messages_at_queue = self.client.messages_received
-        node_errors = self.client.queue_prompt(graph, prompt_id=prompt_id)
+        turn, self._turn = self._turn or nullcontext, None
+        with turn():
+            # ComfyUI broadcasts a status message to every registered socket when it queues.
+            self.submission.messages_at_queue = self.client.messages_received
+            node_errors = self.client.queue_prompt(graph, prompt_id=prompt_id)
         self.submission.queued_at = time.monotonic()
         if node_errors:
             # Accepted with only some outputs valid: not the avatar that was asked for.
@@ -333,6 +339,7 @@ class PromptRun:
         except ComfyUIUnavailable:
             self.state = self.state.unreachable(self.clock())
             return
+        logger.debug("job %s: prompt %s is %s", self.job.id, self.job.prompt_id, where)
         self.state = self.state.where(where)
         if where == ABSENT:
             if self.withdrawal.asked:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
@@ -25,6 +26,7 @@ from .prompt import FailoverAsked, PromptRun
 from .records import LeaseLost
 from .results import collect_avatars
 from .servers import ServerState
+from .submit_order import SubmitOrder
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -46,6 +48,8 @@ class ServerWorker:
         self.slots = slots
         self.owner = f"{dispatcher.owner}/{state.url}"
         self.runs: dict[str, PromptRun | None] = {}  # None: claimed, run not built yet
+        self.order = SubmitOrder()
+        self._tickets: dict[str, int] = {}
         self.paused_until = 0.0
         self._thread: threading.Thread | None = None
 
@@ -114,6 +118,7 @@ class ServerWorker:
         """Run a claimed (or resumed) job in a slot thread."""
         with self.dispatcher.changed:
             self.runs[job.id] = None
+            self._tickets[job.id] = self.order.ticket()
         thread = threading.Thread(target=self.drive, args=(job,), name=f"job {job.id}", daemon=True)
         self.dispatcher.threads.add(thread)
         thread.start()
@@ -148,6 +153,9 @@ class ServerWorker:
         finally:
             if run is not None:
                 run.close()
+            with dispatcher.changed:
+                ticket = self._tickets.pop(job.id)
+            self.order.done(ticket)  # never queued (resumed, failed, cancelled): next in line
             dispatcher.released(self, job.id)
 
     def _register(self, job: Job) -> PromptRun:
@@ -164,6 +172,7 @@ class ServerWorker:
             ledger=dispatcher.ledger,
             photos=dispatcher.photos,
             settings=dispatcher.settings,
+            turn=partial(self.order.turn, self._tickets[job.id]),
             clock=dispatcher.clock,
         )
         with dispatcher.changed:
