@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import ApiError, AvatarClient, ClientError
-from .jobs import Batch, client_error
+from .jobs import RETRY_FOR_SECONDS, Batch, client_error
 from .progress import BarReporter, LineReporter
 
 DEFAULT_SERVER = "http://127.0.0.1:5000"
@@ -93,6 +93,16 @@ def cli() -> None:
     show_default=True,
     help="Photos sent at once.",
 )
+@click.option(
+    "--timeout",
+    "retry_for",
+    type=click.FloatRange(0, min_open=True),
+    default=RETRY_FOR_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to keep retrying a running job's service while it cannot be reached "
+    "(a restart), before giving up on the job.",
+)
 @_common
 def generate(
     photos: tuple[Path, ...],
@@ -102,6 +112,7 @@ def generate(
     seed: int | None,
     out_dir: Path,
     parallel: int,
+    retry_for: float,
     server: str,
     key: str | None,
     as_json: bool,
@@ -125,7 +136,9 @@ def generate(
         _check_size(client, size, as_json)
     unique = list(dict.fromkeys(photos))
     reporter = BarReporter(err, unique) if err.is_terminal else LineReporter(err)
-    batch = Batch(client, reporter, request=request, out_dir=out_dir, parallel=parallel)
+    batch = Batch(
+        client, reporter, request=request, out_dir=out_dir, parallel=parallel, retry_for=retry_for
+    )
     interrupted = False
     signal.signal(signal.SIGTERM, _interrupt)
     with reporter:
