@@ -232,13 +232,34 @@ def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
             data.append(value)
 
 
+def read_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way is to set it and put it back: done once, at import, before the
+    # command's threads create files (the umask is the whole process's).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Saved avatars get the mode any new file of the user gets (mkstemp's are 0600 whatever the umask).
+FILE_MODE = 0o666 & ~read_umask()
+
+
 def write_atomic(target: Path, content: bytes) -> None:
-    """Write a file so that it is either whole or absent."""
+    """Write a file so that it is either whole or absent, with the mode the umask gives."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(content)
+            os.fchmod(out.fileno(), FILE_MODE)
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

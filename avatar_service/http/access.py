@@ -130,6 +130,5 @@ def token_secret(configured: str, instance_path: Path) -> bytes:
         secret = ""
     if not secret:
         secret = secrets.token_hex(32)
-        write_atomic(path, secret.encode())
-        path.chmod(0o600)
+        write_atomic(path, secret.encode(), mode=0o600)  # readable by the service's user alone
     return secret.encode()
