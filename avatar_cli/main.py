@@ -21,8 +21,8 @@ from rich.table import Table
 from .client import ApiError, AvatarClient, ClientError
 from .jobs import RETRY_FOR_SECONDS, Batch, client_error
 from .progress import BarReporter, LineReporter
+from .server import default_server
 
-DEFAULT_SERVER = "http://127.0.0.1:5000"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 CANCEL_GRACE_SECONDS = 10.0
 MAX_SEED = 2**64 - 1
@@ -45,8 +45,8 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--server",
         envvar="AVATAR_SERVER",
-        default=DEFAULT_SERVER,
-        show_default=True,
+        default=default_server,
+        show_default="http://127.0.0.1:$PORT, PORT from the environment or ./.env, else 5000",
         show_envvar=True,
         help="Base URL of the avatar service.",
     )(command)
