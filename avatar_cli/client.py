@@ -3,6 +3,7 @@
 Exceptions::
 
     ClientError               the service could not be reached, or answered something unreadable
+    ├── Unreachable           no answer at all: refused, reset, timed out (a restart may end it)
     └── ApiError              the service answered an error: status, code, message, details
 """
 
@@ -33,6 +34,10 @@ class ClientError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class Unreachable(ClientError):
+    """No answer came: the connection was refused, broke, or timed out."""
 
 
 class ApiError(ClientError):
@@ -145,14 +150,14 @@ class AvatarClient:
                     raise _error_of(answer)
                 yield from _parse_sse(answer.iter_lines())
         except httpx.HTTPError as exc:
-            raise ClientError(f"the event stream of {url} broke: {exc}") from exc
+            raise _failure(exc, f"the event stream of {url} broke: {exc}") from exc
 
     def download(self, url: str, target: Path) -> None:
         """Fetch a file and write it atomically to ``target``."""
         try:
             answer = self._http.get(url, headers={"Accept": "*/*"})
         except httpx.HTTPError as exc:
-            raise ClientError(f"cannot fetch {url}: {exc}") from exc
+            raise _failure(exc, f"cannot fetch {url}: {exc}") from exc
         if answer.status_code != 200:
             raise _error_of(answer)
         write_atomic(target, answer.content)
@@ -161,7 +166,8 @@ class AvatarClient:
         try:
             answer = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach the avatar service at {self.server}: {exc}") from exc
+            message = f"cannot reach the avatar service at {self.server}: {exc}"
+            raise _failure(exc, message) from exc
         if answer.status_code >= 400:
             raise _error_of(answer)
         try:
@@ -173,6 +179,11 @@ class AvatarClient:
         if not isinstance(body, dict):
             raise ClientError(f"{method} {path} answered JSON that is not an object")
         return body
+
+
+def _failure(exc: httpx.HTTPError, message: str) -> ClientError:
+    """Unreachable when no answer came (the request may be sent again), else a ClientError."""
+    return Unreachable(message) if isinstance(exc, httpx.TransportError) else ClientError(message)
 
 
 def _error_of(answer: httpx.Response) -> ApiError:
@@ -221,13 +232,34 @@ def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
             data.append(value)
 
 
+def read_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way is to set it and put it back: done once, at import, before the
+    # command's threads create files (the umask is the whole process's).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Saved avatars get the mode any new file of the user gets (mkstemp's are 0600 whatever the umask).
+FILE_MODE = 0o666 & ~read_umask()
+
+
 def write_atomic(target: Path, content: bytes) -> None:
-    """Write a file so that it is either whole or absent."""
+    """Write a file so that it is either whole or absent, with the mode the umask gives."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(content)
+            os.fchmod(out.fileno(), FILE_MODE)
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .client import TERMINAL, ApiError, AvatarClient, ClientError
+from .retry import Outage, passing
 
 POLL_SECONDS = 1.0
+# How long a job is followed through a service that cannot be reached (--timeout).
+RETRY_FOR_SECONDS = 120.0
+T = TypeVar("T")
 
 
 class Reporter(Protocol):
@@ -82,11 +88,13 @@ class Batch:
         request: dict[str, Any],
         out_dir: Path,
         parallel: int,
+        retry_for: float = RETRY_FOR_SECONDS,
     ) -> None:
         self.client = client
         self.reporter = reporter
         self.request = request
         self.out_dir = out_dir
+        self.retry_for = retry_for
         self._slots = threading.BoundedSemaphore(max(1, parallel))
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -212,12 +220,28 @@ class Batch:
                 self.reporter.update(
                     photo, note=f"event stream unavailable ({exc.message}); polling"
                 )
+        job_id = record["jobId"]
         while True:
-            record = self.client.job(record["jobId"])
+            record = self._retrying(photo, lambda: self.client.job(job_id))
             self.reporter.update(photo, record, status=record["status"])
             if record["status"] in TERMINAL:
                 return record
             time.sleep(POLL_SECONDS)
+
+    def _retrying(self, photo: Path, call: Callable[[], T]) -> T:
+        """``call()``, sent again with growing waits while the service cannot be reached (a
+        restart), until --timeout seconds have passed since the first failure."""
+        outage = Outage(self.retry_for)
+        while True:
+            try:
+                return call()
+            except ClientError as exc:
+                if not passing(exc) or self._stopping.is_set():
+                    raise
+                wait = outage.next_wait(exc)
+            self.reporter.update(photo, note=f"service unreachable, retrying in {wait:g} s...")
+            if self._stopping.wait(wait):  # Ctrl-C: stop retrying
+                raise ClientError("interrupted while the service could not be reached")
 
     def _save(self, result: JobResult, record: dict[str, Any]) -> list[Path]:
         """Download each avatar as <photo>-<style>-<seed>[-n].<ext>, never over an existing file."""
@@ -229,7 +253,7 @@ class Batch:
             if len(avatars) > 1:
                 stem += f"-{index + 1}"
             target = self._free_name(stem, suffix)
-            self.client.download(avatar["url"], target)
+            self._retrying(result.photo, partial(self.client.download, avatar["url"], target))
             saved.append(target)
         return saved
 

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import ApiError, AvatarClient, ClientError
-from .jobs import Batch, client_error
+from .jobs import RETRY_FOR_SECONDS, Batch, client_error
 from .progress import BarReporter, LineReporter
+from .server import default_server
 
-DEFAULT_SERVER = "http://127.0.0.1:5000"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 CANCEL_GRACE_SECONDS = 10.0
 MAX_SEED = 2**64 - 1
@@ -45,8 +45,8 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--server",
         envvar="AVATAR_SERVER",
-        default=DEFAULT_SERVER,
-        show_default=True,
+        default=default_server,
+        show_default="http://127.0.0.1:$PORT, PORT from the environment or ./.env, else 5000",
         show_envvar=True,
         help="Base URL of the avatar service.",
     )(command)
@@ -93,6 +93,16 @@ def cli() -> None:
     show_default=True,
     help="Photos sent at once.",
 )
+@click.option(
+    "--timeout",
+    "retry_for",
+    type=click.FloatRange(0, min_open=True),
+    default=RETRY_FOR_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to keep retrying a running job's service while it cannot be reached "
+    "(a restart), before giving up on the job.",
+)
 @_common
 def generate(
     photos: tuple[Path, ...],
@@ -102,6 +112,7 @@ def generate(
     seed: int | None,
     out_dir: Path,
     parallel: int,
+    retry_for: float,
     server: str,
     key: str | None,
     as_json: bool,
@@ -125,7 +136,9 @@ def generate(
         _check_size(client, size, as_json)
     unique = list(dict.fromkeys(photos))
     reporter = BarReporter(err, unique) if err.is_terminal else LineReporter(err)
-    batch = Batch(client, reporter, request=request, out_dir=out_dir, parallel=parallel)
+    batch = Batch(
+        client, reporter, request=request, out_dir=out_dir, parallel=parallel, retry_for=retry_for
+    )
     interrupted = False
     signal.signal(signal.SIGTERM, _interrupt)
     with reporter:

@@ -64,7 +64,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(webpage.bp)
     _add_cors(app, settings)
-    _add_rate_limits(app, settings, key_func=api.rate_limit_key)
+    _add_rate_limits(app, settings, key_func=api.rate_limit_key, generate_cost=api.generate_cost)
     cli.init_app(app)
     # Background work (websockets, resuming jobs, webhooks) starts with the server (app.py) or
     # at the first request; CLI commands that never serve do not start it.
@@ -115,12 +115,14 @@ def _add_cors(app: Flask, settings: Settings) -> None:
         return response
 
 
-def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
+def _add_rate_limits(app: Flask, settings: Settings, *, key_func, generate_cost) -> None:
     """Limit generate and upload per API key (or client address), as RATE_LIMIT_* say.
 
     The rate-limit headers are written here rather than by Flask-Limiter, which would also put
     its own Retry-After on every answer of a limited route (a 202, or a 503 whose Retry-After
-    says when ComfyUI may be back). An idempotent replay does not use up the budget.
+    says when ComfyUI may be back). An idempotent replay does not use up the budget, and is
+    answered with its job even once the budget is spent (``generate_cost`` is 0 for it: a
+    request of cost 0 passes a limit that is exactly spent).
     """
 
     # Registered before the limiter's own hook, so it runs after it (Flask runs them in
@@ -150,15 +152,15 @@ def _add_rate_limits(app: Flask, settings: Settings, *, key_func) -> None:
         in_memory_fallback_enabled=True,
     )
     app.extensions["avatar_limiter"] = limiter
-    for endpoint, rate in (
-        ("api.generate_avatar", settings.rate_limit_generate),
-        ("api.upload_image", settings.rate_limit_upload),
+    for endpoint, rate, cost in (
+        ("api.generate_avatar", settings.rate_limit_generate, generate_cost),
+        ("api.upload_image", settings.rate_limit_upload, 1),
     ):
         if rate:
             # Every view of the service is synchronous (Flask's type allows async ones too).
             view = cast(Callable[..., ResponseReturnValue], app.view_functions[endpoint])
             app.view_functions[endpoint] = limiter.limit(
-                rate, methods=["POST"], deduct_when=_not_a_replay
+                rate, methods=["POST"], deduct_when=_not_a_replay, cost=cost
             )(view)
 
 

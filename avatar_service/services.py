@@ -31,7 +31,7 @@ from .http.avatars import Avatars
 from .http.idempotency import IdempotencyKeys
 from .http.metrics import Metrics
 from .http.schemas import GenerateSchema
-from .jobs import JobEngine, JobRecords
+from .jobs import Job, JobEngine, JobRecords
 from .jobs.coordination import Solo
 from .jobs.dispatcher import Dispatcher
 from .jobs.events import JobEvents
@@ -417,6 +417,8 @@ def _http_parts(
             in_use=lambda: [
                 name for job in records.unfinished() for name in (job.id, job.image_name)
             ],
+            is_photo=framing.photos.made_name,
+            avatars_of=lambda job_id: _avatar_names(records.get(job_id)),
         ),
         "metrics": metrics,
         "generate_schema": GenerateSchema(
@@ -432,6 +434,11 @@ def _http_parts(
             ),
         ),
     }
+
+
+def _avatar_names(job: Job | None) -> frozenset[str]:
+    """The avatar file names a job's record lists (none for an unknown job)."""
+    return frozenset(avatar.file_name for avatar in job.avatars) if job else frozenset()
 
 
 def _stable_client_id(instance_path: Path) -> str:

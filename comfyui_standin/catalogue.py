@@ -480,4 +480,19 @@ OBJECT_INFO: dict[str, dict[str, Any]] = {
         "category": "image",
         "output_node": True,
     },
+    # The example custom node a real ComfyUI ships and loads by default
+    # (custom_nodes/websocket_image_save.py): no display name of its own, no description.
+    "SaveImageWebsocket": {
+        "input": {"required": {"images": ["IMAGE"]}},
+        "input_order": {"required": ["images"]},
+        "output": [],
+        "output_is_list": [],
+        "output_name": [],
+        "name": "SaveImageWebsocket",
+        "display_name": "SaveImageWebsocket",
+        "description": "",
+        "python_module": "custom_nodes.websocket_image_save",
+        "category": "image",
+        "output_node": True,
+    },
 }

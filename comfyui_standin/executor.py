@@ -397,16 +397,19 @@ class _Run:
             preview = None
             if executor.previews:
                 preview = _jpeg(make_preview())
-            meta = {
-                "node_id": node_id,
-                "prompt_id": self.prompt_id,
-                "display_node_id": node_id,
-                "parent_node_id": None,
-                "real_node_id": node_id,
-                "image_type": "image/jpeg",
-            }
+            meta = {**self._preview_meta(node_id), "image_type": "image/jpeg"}
             data = {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id}
             self.messenger.send_progress(data, preview, meta, self.client_id)
+
+        async def send_image(value: int, maximum: int, image: Image.Image) -> None:
+            # As ComfyUI's progress hook: an interrupt check, then progress and the image.
+            await executor.checkpoint(node_id, self.messenger)
+            progress.update(value=value, max=maximum)
+            self.progress_state(node_id, value, maximum, "running")
+            png = await asyncio.to_thread(_png, image)
+            meta = {**self._preview_meta(node_id), "image_type": "image/png"}
+            data = {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id}
+            self.messenger.send_progress(data, png, meta, self.client_id)
 
         ctx = NodeContext(
             node_id=node_id,
@@ -415,6 +418,7 @@ class _Run:
             dirs=executor.dirs,
             preview_prefixes=executor.preview_prefixes,
             on_step=on_step,
+            send_image=send_image,
         )
         started = time.monotonic()
         try:
@@ -453,6 +457,16 @@ class _Run:
                 executor.ui_cache[signature] = ui
         self.executed.append(node_id)
 
+    def _preview_meta(self, node_id: str) -> dict[str, Any]:
+        """The metadata of a binary image frame (format 4), but its image_type."""
+        return {
+            "node_id": node_id,
+            "prompt_id": self.prompt_id,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+        }
+
     async def _take_cost(self, started: float, pixels: int) -> None:
         """Hold the node until its cost (node_cost + pixel_cost per megapixel) has passed.
 
@@ -468,6 +482,13 @@ def declared_inputs(class_type: str) -> set[str]:
     """Names of the inputs a class declares (required + optional)."""
     spec = OBJECT_INFO[class_type]["input"]
     return set(spec.get("required", {})) | set(spec.get("optional", {}))
+
+
+def _png(image: Image.Image) -> bytes:
+    """A whole image as ComfyUI sends it on the websocket (PNG, compress level 1)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _jpeg(image: Image.Image) -> bytes:

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import string
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,9 @@ class NodeContext:
     preview_prefixes: dict[str, str]
     #: awaited once per sampler step with (value, max, a function making the preview image)
     on_step: Callable[[int, int, Callable[[], Image.Image]], Awaitable[None]] | None = None
+    #: awaited once per image to send whole: (value, max, image) -> a progress message and the
+    #: image as a PNG binary frame to the prompt's client
+    send_image: Callable[[int, int, Image.Image], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -398,6 +402,22 @@ def preview_image(ctx: NodeContext, images: list) -> dict[str, Any]:
     return _save_images(ctx, images, prefix, ctx.dirs.temp, "temp", 1)
 
 
+async def save_image_websocket(ctx: NodeContext, images: list) -> None:
+    """Send each image, full size, as a PNG binary frame to the prompt's client; write nothing.
+
+    Like ComfyUI's example node: one progress message per image (value = the image's index,
+    max = their number), no UI result (so no ``executed`` and nothing in the history's outputs).
+    """
+    for index, image in enumerate(images):
+        if ctx.send_image is not None:
+            await ctx.send_image(index, len(images), image)
+
+
+def _always_changed(dirs: Dirs, inputs: dict) -> Any:
+    """A new value every run: the node is never taken from the cache (its IS_CHANGED)."""
+    return time.time_ns()
+
+
 NODES: dict[str, NodeDef] = {
     "CheckpointLoaderSimple": NodeDef(checkpoint_loader_simple),
     "CLIPTextEncode": NodeDef(clip_text_encode),
@@ -419,6 +439,9 @@ NODES: dict[str, NodeDef] = {
     "VAEDecode": NodeDef(vae_decode),
     "SaveImage": NodeDef(save_image, output_node=True),
     "PreviewImage": NodeDef(preview_image, output_node=True),
+    "SaveImageWebsocket": NodeDef(
+        save_image_websocket, output_node=True, is_changed=_always_changed
+    ),
 }
 
 assert set(NODES) == set(OBJECT_INFO), "catalogue and implementations disagree"

@@ -64,7 +64,8 @@ MODEL_FOLDERS = [
 #: binary websocket event types
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
-JPEG = 1
+#: image formats of a type-1 frame
+JPEG, PNG = 1, 2
 
 
 def _empty(status: int) -> web.Response:
@@ -206,6 +207,7 @@ class ComfyServer:
     ) -> None:
         """Queue ``progress`` and its preview: type 4 before it, or type 1 after it."""
         text = json.dumps({"type": "progress", "data": data})
+        image_format = PNG if meta.get("image_type") == "image/png" else JPEG
 
         async def deliver() -> None:
             for client, ws in self._recipients_with_ids(sid):
@@ -216,7 +218,8 @@ class ComfyServer:
                     await self._send_ws(ws, header + meta_bytes + preview)
                 await self._send_ws(ws, text)
                 if preview is not None and not wants_meta:
-                    await self._send_ws(ws, struct.pack(">II", PREVIEW_IMAGE, JPEG) + preview)
+                    header = struct.pack(">II", PREVIEW_IMAGE, image_format)
+                    await self._send_ws(ws, header + preview)
 
         self._outbox.put_nowait(deliver)
 

@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -184,6 +185,29 @@ def is_allowed_callback(url: str, allowed: Sequence[str]) -> bool:
         elif target.path == prefix or target.path.startswith(prefix + "/"):
             return True
     return False
+
+
+def allowed_url_pattern(entry: str) -> str:
+    """A regular expression (ECMA-262 and Python alike) that every URL ``is_allowed_callback``
+    allows under ``entry`` matches: scheme and host in any case, the default port optional,
+    the path as written (paths are case-sensitive). A first filter, published in the request
+    schema; ``is_allowed_callback`` decides."""
+    rule = _parse_target(entry)
+    if rule is None:
+        return re.escape(entry)  # an entry that allows nothing
+    host = _any_case(rule.host)
+    if ":" in rule.host:  # an IPv6 address, written in brackets
+        host = rf"\[{host}\]"
+    port = rf"(?::{rule.port})?" if rule.port == _DEFAULT_PORTS[rule.scheme] else f":{rule.port}"
+    path = "(?:[/?#]|$)" if rule.path == "/" else re.escape(rule.path)
+    return f"{_any_case(rule.scheme)}://{host}{port}{path}"
+
+
+def _any_case(text: str) -> str:
+    """``text`` as a pattern that matches it in any case, without inline flags."""
+    return "".join(
+        f"[{ch.lower()}{ch.upper()}]" if ch.lower() != ch.upper() else re.escape(ch) for ch in text
+    )
 
 
 # --- message body --------------------------------------------------------------------------------

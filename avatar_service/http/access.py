@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -18,6 +19,10 @@ from pathlib import Path
 
 from ..persistence.database import Database
 from ..storage.avatars import write_atomic
+
+# A token's expiry: ASCII digits, bounded far beyond any clock plus TOKEN_TTL (int() refuses
+# strings of over 4,300 digits, and a long one costs time to convert).
+_EXPIRY = re.compile(r"[0-9]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,15 @@ class Access:
         return f"{expires}.{self._sign(job_id, expires)}"
 
     def check_token(self, token: str, job_id: str) -> bool:
-        """Whether a token was made here for this job and has not expired."""
+        """Whether a token was made here for this job and has not expired (never raises)."""
         expires, _, signature = token.partition(".")
-        if not expires.isdigit() or int(expires) < self._clock():
+        # Only the shape token() makes: str.isdigit() also takes "²" and other digits int()
+        # refuses, and int() refuses more than 4,300 digits.
+        if not _EXPIRY.fullmatch(expires) or int(expires) < self._clock():
             return False
-        return hmac.compare_digest(signature, self._sign(job_id, int(expires)))
+        # As bytes: compare_digest refuses str with non-ASCII characters.
+        presented = signature.encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(presented, self._sign(job_id, int(expires)).encode())
 
     def _sign(self, job_id: str, expires: int) -> str:
         digest = hmac.new(self._secret, f"{job_id}.{expires}".encode(), hashlib.sha256).digest()
@@ -121,6 +130,5 @@ def token_secret(configured: str, instance_path: Path) -> bytes:
         secret = ""
     if not secret:
         secret = secrets.token_hex(32)
-        write_atomic(path, secret.encode())
-        path.chmod(0o600)
+        write_atomic(path, secret.encode(), mode=0o600)  # readable by the service's user alone
     return secret.encode()

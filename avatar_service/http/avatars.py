@@ -19,7 +19,7 @@ from ..jobs import GenerateRequest, Job
 from ..persistence.database import DatabaseUnavailable
 from ..times import iso
 from .access import Caller
-from .idempotency import body_hash
+from .idempotency import request_fingerprint
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -65,16 +65,16 @@ class Avatars:
         base_url: str,
         caller: Caller | None,
         idempotency_key: str | None,
-        body: Any,
+        asked_async: bool,
     ) -> Submitted:
         """Start a job (or find the one its Idempotency-Key started); with ``wait``, wait up to
-        SYNC_WAIT for it to end."""
+        SYNC_WAIT for it to end. ``asked_async``: the body's ``async``, part of the request."""
         submitted = self.submit(
             request,
             base_url=base_url,
             caller=caller,
             idempotency_key=idempotency_key,
-            body=body,
+            asked_async=asked_async,
         )
         if not wait:
             return submitted
@@ -92,14 +92,14 @@ class Avatars:
         base_url: str,
         caller: Caller | None,
         idempotency_key: str | None,
-        body: Any,
+        asked_async: bool,
     ) -> Submitted:
         """Start a job, or find the one an Idempotency-Key already started."""
         if idempotency_key is None:
             return Submitted(self._start(request, base_url, caller), new=True)
         keys = self.services.idempotency
-        scope = caller.key_id if caller else "anonymous"
-        fingerprint = body_hash(body)
+        scope = _scope(caller)
+        fingerprint = request_fingerprint(request, asked_async)
         deadline = time.monotonic() + IDEMPOTENCY_WAIT_SECONDS
         while True:
             seen = keys.version
@@ -130,6 +130,11 @@ class Avatars:
             raise
         keys.bind(scope, idempotency_key, job.id)
         return Submitted(job, new=True)
+
+    def names_a_job(self, caller: Caller | None, idempotency_key: str) -> bool:
+        """Whether the caller's Idempotency-Key already names a job (a request with it is a
+        replay, answered with that job)."""
+        return self.services.idempotency.job_of(_scope(caller), idempotency_key) is not None
 
     def _start(self, request: GenerateRequest, base_url: str, caller: Caller | None) -> Job:
         services = self.services
@@ -196,6 +201,11 @@ class Avatars:
             "styles": self.services.describe_styles(),
             "default": self.services.settings.default_style,
         }
+
+
+def _scope(caller: Caller | None) -> str:
+    """Whose idempotency keys a request uses: its API key's, or everyone's without keys."""
+    return caller.key_id if caller else "anonymous"
 
 
 class _Releasing:

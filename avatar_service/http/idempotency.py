@@ -1,19 +1,22 @@
-"""Idempotency-Key on generate: one key and body make one job, however often it is sent.
+"""Idempotency-Key on generate: one key and request make one job, however often it is sent.
 
 A key is reserved in the database before the job is made (so two concurrent requests with one
 key cannot both start a job), bound to the job once it exists, and forgotten when making the job
 failed or IDEMPOTENCY_TTL has passed. Keys belong to the caller (its API key, or "anonymous").
+Requests are compared as parsed (``request_fingerprint``), so bodies that differ only in how
+they say the same thing (``64.0`` for ``64``, a default spelled out) are one request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from ..jobs import GenerateRequest
 from ..persistence.database import Database
 
 MAX_KEY_LENGTH = 255
@@ -28,9 +31,10 @@ class Reservation:
     same_body: bool = True
 
 
-def body_hash(body: Any) -> str:
-    """A fingerprint of a JSON body that ignores key order and spacing."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def request_fingerprint(request: GenerateRequest, respond_async: bool) -> str:
+    """A fingerprint of a validated generate request and its ``async`` flag."""
+    fields = {**dataclasses.asdict(request), "async": respond_async}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -73,6 +77,16 @@ class IdempotencyKeys:
                 (scope, key),
             ).fetchone()
         return Reservation(new=False, job_id=job_id, same_body=stored_hash == fingerprint)
+
+    def job_of(self, scope: str, key: str) -> str | None:
+        """The job a key already names (None: unknown, expired, or its job not made yet)."""
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT job_id FROM idempotency_keys "
+                "WHERE scope = ? AND key = ? AND created_at >= ?",
+                (scope, key, self._clock() - self.ttl),
+            ).fetchone()
+        return row[0] if row else None
 
     def bind(self, scope: str, key: str, job_id: str) -> None:
         """Name the job made for a reserved key."""

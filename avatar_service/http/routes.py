@@ -111,15 +111,15 @@ def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
     svc = services()
     body = _json_body()
-    generate, respond_async = svc.generate_schema.parse(body)
-    respond_async = respond_async or "respond-async" in request.headers.get("Prefer", "")
+    generate, asked_async = svc.generate_schema.parse(body)
+    respond_async = asked_async or "respond-async" in request.headers.get("Prefer", "")
     submitted = svc.avatars.generate(
         generate,
         wait=not respond_async,
         base_url=_base_url(svc),
         caller=g.get("caller"),
         idempotency_key=_idempotency_key(),
-        body=body,
+        asked_async=asked_async,
     )
     response = make_response(job_response(submitted.job, svc))
     if not submitted.new:
@@ -361,6 +361,20 @@ def rate_limit_key() -> str:
     """Whom a rate limit counts: the API key (by its id), else the client's address."""
     caller: Caller | None = g.get("caller")
     return caller.key_id if caller else f"addr:{request.remote_addr}"
+
+
+def generate_cost() -> int:
+    """What a generate costs of its rate limit: nothing for a replay (its Idempotency-Key
+    already names a job, which it is answered with), else one."""
+    if "generate_cost" not in g:
+        key = request.headers.get("Idempotency-Key")
+        replay = (
+            key is not None
+            and _IDEMPOTENCY_KEY.fullmatch(key) is not None
+            and services().avatars.names_a_job(g.get("caller"), key)
+        )
+        g.generate_cost = 0 if replay else 1
+    return g.generate_cost
 
 
 # -- helpers used by the routes ----------------------------------------------------------------

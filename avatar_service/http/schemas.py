@@ -17,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from ..comfyui.workflows import GENDERS, MAX_SEED, Workflow
+from ..delivery.webhooks import allowed_url_pattern
 from ..errors import BadRequest
 from ..jobs import GenerateRequest
 from ..photos.framing import CROP_FIELDS, CROP_SHAPE_MESSAGE, MIN_CROP_SIDE, crop_problem
@@ -156,7 +157,7 @@ class GenerateSchema:
         return {
             "type": ["string", "null"],
             "format": "uri",
-            "pattern": "^(?:" + "|".join(re.escape(p) for p in self.callback_prefixes) + ")",
+            "pattern": "^(?:" + "|".join(map(allowed_url_pattern, self.callback_prefixes)) + ")",
             "description": "a webhook URL for this job, under one of WEBHOOK_ALLOWED_URLS "
             "(same scheme, host and port; a path below the allowed one)",
         }

@@ -164,9 +164,14 @@ class PhotoStore:
         finally:
             self._decode_slots.release()
 
+    @staticmethod
+    def made_name(file_name: str) -> bool:
+        """Whether a file name has the shape of the names this store makes for photos."""
+        return IMAGE_NAME_PATTERN.fullmatch(file_name) is not None
+
     def path_of(self, image_name: object) -> Path:
         """The stored file of an imageName; NotFound for anything this service did not make."""
-        if not isinstance(image_name, str) or not IMAGE_NAME_PATTERN.fullmatch(image_name):
+        if not isinstance(image_name, str) or not self.made_name(image_name):
             raise NotFound(
                 "unknown imageName; upload the photo first with POST /upload-image",
                 code="image_not_found",

@@ -2,6 +2,8 @@
 
 Off by default (RETENTION_HOURS=0 keeps everything). A sweep runs every RETENTION_INTERVAL
 seconds in a background thread; a file that a job still in flight needs is never deleted.
+Only what the service wrote is deleted: photos under the names the photo store makes, and the
+avatars that a job's record lists; any other file in the folders is left alone.
 Deleted avatars are recorded so that ``GET /avatars/<name>`` answers 410 and the job record
 says when they were deleted.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 from ..persistence.database import Database
@@ -32,6 +34,10 @@ class Retention:
         max_age_hours: float,
         interval: float,
         in_use: Callable[[], Iterable[str]],  # photo names and job ids of jobs in flight
+        # Whether a name is one the photo store makes; a job's avatar file names, per its record.
+        # Without them no file counts as the service's own, so none is deleted.
+        is_photo: Callable[[str], bool] = lambda name: False,
+        avatars_of: Callable[[str], Collection[str]] = lambda job_id: (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = database
@@ -40,6 +46,8 @@ class Retention:
         self.max_age = max_age_hours * 3600
         self.interval = interval
         self._in_use = in_use
+        self._is_photo = is_photo
+        self._avatars_of = avatars_of
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,21 +85,22 @@ class Retention:
         cutoff = self._clock() - self.max_age
         keep = set(self._in_use())
         photos = 0
-        for path in self._delete_older(self.photo_dir, cutoff, keep, "*.png"):
+        photo_files = self._older(self.photo_dir.glob("*.png"), cutoff, keep)
+        for path in self._deleted(path for path in photo_files if self._is_photo(path.name)):
             # The record kept beside a photo (its faces, ``<imageName>.json``) goes with it.
             path.with_name(f"{path.name}.json").unlink(missing_ok=True)
             photos += 1
         avatars = 0
-        for path in self._delete_older(self.avatar_dir, cutoff, keep, "*"):
-            if AVATAR_NAME_PATTERN.fullmatch(path.name):
-                with self._db.transaction() as db:
-                    db.execute(
-                        "INSERT INTO deleted_avatars (file_name, job_id, deleted_at) "
-                        "VALUES (?, ?, ?) ON CONFLICT (file_name) DO UPDATE SET "
-                        "job_id = excluded.job_id, deleted_at = excluded.deleted_at",
-                        (path.name, path.name.split("_", 1)[0], self._clock()),
-                    )
-                avatars += 1
+        avatar_files = self._older(self.avatar_dir.glob("*"), cutoff, keep)
+        for path in self._deleted(self._listed(avatar_files)):
+            with self._db.transaction() as db:
+                db.execute(
+                    "INSERT INTO deleted_avatars (file_name, job_id, deleted_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT (file_name) DO UPDATE SET "
+                    "job_id = excluded.job_id, deleted_at = excluded.deleted_at",
+                    (path.name, path.name.split("_", 1)[0], self._clock()),
+                )
+            avatars += 1
         if photos or avatars:
             logger.info(
                 "retention: deleted %d photo(s) and %d avatar(s) older than %.4g h",
@@ -101,14 +110,36 @@ class Retention:
             )
         return photos, avatars
 
-    def _delete_older(self, directory: Path, cutoff: float, keep: set[str], pattern: str):
-        for path in directory.glob(pattern):
+    @staticmethod
+    def _older(paths: Iterable[Path], cutoff: float, keep: set[str]) -> Iterator[Path]:
+        """The files older than the cutoff that no job in flight needs."""
+        for path in paths:
             owner = path.name.split("_", 1)[0]  # an avatar's job id
             if path.name.startswith(".") or keep & {path.name, owner} or not path.is_file():
                 continue
             try:
-                if path.stat().st_mtime >= cutoff:
-                    continue
+                if path.stat().st_mtime < cutoff:
+                    yield path
+            except FileNotFoundError:
+                continue
+
+    def _listed(self, paths: Iterable[Path]) -> Iterator[Path]:
+        """The files that a job's record lists as its avatars (each job read once a sweep)."""
+        listed: dict[str, Collection[str]] = {}
+        for path in paths:
+            if not AVATAR_NAME_PATTERN.fullmatch(path.name):
+                continue
+            job_id = path.name.split("_", 1)[0]
+            if job_id not in listed:
+                listed[job_id] = self._avatars_of(job_id)
+            if path.name in listed[job_id]:
+                yield path
+
+    @staticmethod
+    def _deleted(paths: Iterable[Path]) -> Iterator[Path]:
+        """Delete each file; yield those this call deleted."""
+        for path in paths:
+            try:
                 path.unlink()
             except FileNotFoundError:
                 continue

@@ -148,6 +148,8 @@
     framingTimer: null,
     job: null,
     jobPhoto: null, // the file name of the photo the job in flight was made from
+    attempt: 0, // the number of the last generate; an answer to an older one is dropped
+    shown: null, // {imageName, photoName} of the photo the avatar shown was made from
     stream: null,
     pollTimer: null,
     previewCount: 0,
@@ -333,6 +335,8 @@
   }
 
   // A new file (taken or refused) replaces the photo and ends what was shown of the last job.
+  // A job still being made from the old photo is let go: it goes on in the service, but the
+  // page no longer follows it, so its avatar never appears beside the new photo.
   function forgetPhoto() {
     state.file = null;
     state.upload = null;
@@ -343,11 +347,11 @@
     el.dropHint.textContent = "Drop a photo here";
     el.photoName.textContent = "";
     clearFraming();
-    if (!state.busy) {
-      clearErrors("job");
-      el.resultBox.hidden = true;
-      el.emptyNote.hidden = !el.progressBox.hidden;
-    }
+    if (state.busy) letGoOfJob();
+    clearErrors("job");
+    el.resultBox.hidden = true;
+    state.shown = null;
+    el.emptyNote.hidden = !el.progressBox.hidden;
   }
 
   function takePhoto(file) {
@@ -692,12 +696,14 @@
 
   // -- generating and following a job ---------------------------------------------------------
 
-  async function generate({ newSeed = false } = {}) {
+  // Generate from the chosen photo, or (``again``) from the photo of the avatar shown.
+  async function generate({ newSeed = false, again = false } = {}) {
     if (state.busy) return;
     stopFollowing();
     state.job = null;
     clearErrors();
-    if (!state.file) {
+    const source = again ? state.shown : null;
+    if (!source && !state.file) {
       showError("photo", "Choose a photo first.");
       el.photoInput.focus();
       return;
@@ -706,11 +712,13 @@
     if (newSeed) el.seedInput.value = "";
     const seed = readSeed();
     if (!size || !seed.ok) return;
+    const attempt = ++state.attempt;
     setBusy(true);
-    showProgress("Uploading the photo…");
+    showProgress(source ? "Sending the job…" : "Uploading the photo…");
     bringProgressIntoView();
     try {
-      const upload = await ensureUpload();
+      const upload = source || (await ensureUpload());
+      if (attempt !== state.attempt) return; // the photo was replaced meanwhile
       const request = {
         imageName: upload.imageName,
         gender: selectedValue("gender") || undefined,
@@ -720,18 +728,27 @@
         async: true,
       };
       if (seed.seed !== null) request.seed = seed.seed;
-      state.jobPhoto = upload.file.name;
+      state.jobPhoto = source ? source.photoName : upload.file.name;
       showProgress("Sending the job…");
       const { data } = await api("/generate-avatar-by-image", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(request),
       });
+      if (attempt !== state.attempt) return; // let go: the photo was replaced meanwhile
       follow(data);
     } catch (error) {
-      if (error.code === "image_not_found") state.upload = null;
+      if (attempt !== state.attempt) return;
       hideProgress();
       setBusy(false);
+      if (source && error.code === "image_not_found") {
+        showError(
+          "form",
+          "The service no longer has the photo of this avatar; choose it again to make another."
+        );
+        return;
+      }
+      if (error.code === "image_not_found") state.upload = null;
       showApiError(error, "form");
     }
   }
@@ -740,7 +757,7 @@
     event.preventDefault();
     generate();
   });
-  el.again.addEventListener("click", () => generate({ newSeed: true }));
+  el.again.addEventListener("click", () => generate({ newSeed: true, again: true }));
 
   function setBusy(busy) {
     state.busy = busy;
@@ -929,6 +946,14 @@
     }
   }
 
+  // Stop following the job in flight (and drop the answer of a generate still being sent).
+  function letGoOfJob() {
+    state.attempt += 1;
+    state.job = null;
+    delete el.progressBox.dataset.jobId;
+    finish();
+  }
+
   async function resumeJob() {
     let jobId = null;
     try {
@@ -981,6 +1006,8 @@
       url: avatar.url,
       fileName: avatar.fileName,
       downloadName: downloadName(state.jobPhoto, record, avatar),
+      imageName: record.imageName, // "try again" makes another avatar of this photo
+      photoName: state.jobPhoto,
       jobId: record.jobId,
       style: record.style,
       gender: record.gender,
@@ -1016,6 +1043,11 @@
     el.download.setAttribute("download", entry.downloadName || downloadName(null, entry, entry));
     el.resultCaption.textContent =
       `${entry.style} · ${entry.gender || ""} · ${entry.width} × ${entry.height} · seed ${entry.seed}`;
+    // Avatars remembered before their photo's name was kept cannot be made again from it.
+    state.shown = entry.imageName
+      ? { imageName: entry.imageName, photoName: entry.photoName || null }
+      : null;
+    el.again.hidden = !state.shown;
     for (const button of el.recentList.querySelectorAll("button")) {
       button.setAttribute("aria-current", String(button.dataset.url === entry.url));
     }
