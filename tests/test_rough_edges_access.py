@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avatar_service.http.access import Access
-from avatar_service.persistence.database import SQLiteDatabase
+from avatar_service.persistence.sqlite import SQLiteDatabase
 
 KEY = "key-a-0123456789abcdef"
 JOB_ID = "0" * 32
