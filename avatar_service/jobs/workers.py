@@ -20,7 +20,7 @@ from ..comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
 from ..persistence.database import DatabaseUnavailable
 from . import outcomes
 from .ledger import ms
-from .prompt import FailoverAsked, PromptRun
+from .prompt import FailoverAsked, PromptRun, ShutdownAsked
 from .records import Job, LeaseLost
 from .results import collect_avatars
 from .servers import ServerState
@@ -172,6 +172,8 @@ class ServerWorker:
             run.cancel()  # cancelled before the run was registered, so it was not told
         if not self.state.usable and self.state.down_since is not None:
             run.stop(FailoverAsked())
+        if dispatcher.stopping.is_set():
+            run.stop(ShutdownAsked())  # the stop began before the run was registered
         return run
 
     def _finish(self, run: PromptRun) -> None:
