@@ -271,6 +271,12 @@ def app_client(make_app):
     return make_app().test_client()
 
 
+@pytest.fixture
+def fake_server(app_client, fake_comfyui):
+    """The FakeComfyUI behind ``app_client``."""
+    return fake_comfyui[FAKE_COMFYUI_URL]
+
+
 def make_photo(
     color: tuple[int, int, int], size: tuple[int, int] = (96, 96), fmt: str = "PNG"
 ) -> bytes:

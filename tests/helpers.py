@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -39,3 +40,21 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass at once."""
         self.now += seconds
+
+
+def upload(
+    client: Any,
+    photo: bytes,
+    *,
+    field: str = "image",
+    filename: str = "me.png",
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Upload a photo through an app's test client; its imageName."""
+    answer = client.post(
+        "/upload-image",
+        data={field: (io.BytesIO(photo), filename, "image/png")},
+        headers=dict(headers or {}),
+    )
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+    return answer.get_json()["imageName"]
