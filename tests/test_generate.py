@@ -192,18 +192,18 @@ def test_avatar_file_is_saved_in_output_dir(service, photo, tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/avatars/nope.png", "/avatars/..%2Fetc%2Fpasswd"])
-def test_unknown_avatar_is_404(service, path):
+def test_unknown_avatar_is_404(app_client, path):
     """Unknown or crafted avatar names answer a JSON 404."""
-    answer = service.http.get(path)
+    answer = app_client.get(path)
     assert answer.status_code == 404
-    assert answer.json()["error"]["code"] in {"avatar_not_found", "not_found"}
+    assert answer.get_json()["error"]["code"] in {"avatar_not_found", "not_found"}
 
 
-def test_unknown_job_is_404(service):
+def test_unknown_job_is_404(app_client):
     """An unknown job id answers 404 job_not_found."""
-    answer = service.http.get("/jobs/" + "0" * 32)
+    answer = app_client.get("/jobs/" + "0" * 32)
     assert answer.status_code == 404
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "job_not_found",
             "message": "unknown job",
