@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +22,10 @@ from waitress import wasyncore
 
 from avatar_service.config import Settings
 from comfyui_standin import StandIn
+from tests.helpers import RECORDINGS_DIR
 from tests.tiers import InProcessGuard, mark_live
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Transcripts recorded from a real ComfyUI 0.3.64 (see tests/recordings/README.md); they live in
-# the repository so the suite needs nothing beside it.
-RECORDINGS_DIR = Path(os.environ.get("COMFYUI_RECORDINGS", REPO_ROOT / "tests" / "recordings"))
 
 
 # What a developer's shell may export that would change how the service or the CLI behaves.

@@ -74,7 +74,7 @@ from avatar_service.comfyui import (
     Reconnected,
 )
 from avatar_service.comfyui.events import read_message, read_preview, typed_event
-from tests.conftest import RECORDINGS_DIR
+from tests.helpers import RECORDINGS_DIR
 
 # Node classes whose results are images ComfyUI lists in history and /view serves.
 OUTPUT_CLASSES = frozenset({"SaveImage", "PreviewImage"})

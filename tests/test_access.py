@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
+
+from tests.helpers import wait_for
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
@@ -176,12 +176,12 @@ def test_expired_or_forged_token_is_401(make_service, photo):
     events_url = job["links"]["events"]
     forged = events_url[:-2] + ("AA" if not events_url.endswith("AA") else "BB")
     assert service.http.get(forged).json() == BAD_TOKEN
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        answer = service.http.get(events_url)
-        if answer.status_code == 401:
-            break
-        time.sleep(0.2)
+    answer = wait_for(
+        lambda: (refused := service.http.get(events_url)).status_code == 401 and refused,
+        timeout=5,
+        message="the token expired",
+        interval=0.2,
+    )
     assert answer.status_code == 401
     assert answer.json() == BAD_TOKEN
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
 
 from tests.conftest import make_photo
+from tests.helpers import wait_for
 
 
 def prompt_of(png: bytes) -> dict:
@@ -215,10 +215,11 @@ def test_unknown_job_is_404(app_client):
 def test_health_and_readiness(service, standin):
     """/healthz is up; /readyz reports the stand-in reachable and able to run every style."""
     assert service.http.get("/healthz").json() == {"status": "ok"}
-    deadline = time.monotonic() + 10
-    while (ready := service.http.get("/readyz")).status_code != 200:
-        assert time.monotonic() < deadline, ready.text
-        time.sleep(0.02)
+    ready = wait_for(
+        lambda: (answer := service.http.get("/readyz")).status_code == 200 and answer,
+        timeout=10,
+        message="/readyz 200",
+    )
     body = ready.json()
     assert body["ready"] is True
     server = body["servers"][standin.url]
