@@ -1,9 +1,12 @@
 # One entry point for people and CI: `make run`, `make test`, `make bench`, `make lint`.
+# `make test` runs the whole suite; `make test-fast` only the in-process tests (no socket, no
+# process: tests/tiers.py marks the others `live` at collection, and a fast test that opens one
+# fails), in well under a minute.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run standin test lint format bench bench-memory clean
+.PHONY: setup run standin test test-fast lint format bench bench-memory clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +26,9 @@ standin: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not live" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,11 +1,15 @@
-"""Shared fixtures: the stand-in ComfyUI on a free port, and the recorded ComfyUI transcripts."""
+"""Shared fixtures: the stand-in ComfyUI on a free port, and the recorded ComfyUI transcripts.
+
+Also the two tiers: a test that starts a server or a process (or uses a fixture that does) is
+marked ``live`` at collection; every other one is fast and may not open a socket or start a
+process (``make test-fast`` runs those alone).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +22,10 @@ from waitress import wasyncore
 
 from avatar_service.config import Settings
 from comfyui_standin import StandIn
+from tests.helpers import RECORDINGS_DIR
+from tests.tiers import InProcessGuard, mark_live
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Transcripts recorded from a real ComfyUI 0.3.64 (see tests/recordings/README.md); they live in
-# the repository so the suite needs nothing beside it.
-RECORDINGS_DIR = Path(os.environ.get("COMFYUI_RECORDINGS", REPO_ROOT / "tests" / "recordings"))
 
 
 # What a developer's shell may export that would change how the service or the CLI behaves.
@@ -40,6 +43,27 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ISOLATED_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYTHON_DOTENV_DISABLED", "1")
+
+
+# -- the fast tier and the live one (tests/tiers.py) -------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `live` every test that starts a server or a process, or uses a fixture that does."""
+    mark_live(items)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_stay_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test not marked `live` fails if it (or a thread it starts) opens a socket, looks up a
+    host, connects to PostgreSQL or starts a process: the fast tier stays in-process."""
+    if request.node.get_closest_marker("live") is not None:
+        yield
+        return
+    with InProcessGuard(request.node.nodeid) as guard:
+        yield
+    if guard.attempts:
+        pytest.fail("not in-process: " + "; ".join(guard.attempts), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +223,55 @@ def make_service(service_config: dict):
 def service(make_service) -> LiveService:
     """A live service with the default test settings."""
     return make_service()
+
+
+# -- the service in-process, in front of FakeComfyUI ---------------------------------------------
+
+FAKE_COMFYUI_URL = "http://comfyui.test:8188"
+
+
+@pytest.fixture
+def fake_comfyui():
+    """The client factory of an in-process app: a FakeComfyUI per server URL (``fake_comfyui[
+    FAKE_COMFYUI_URL]``), whose prompts succeed as soon as they are queued."""
+    from tests.fake_comfyui import FakeComfyUIs
+
+    return FakeComfyUIs(autorun=True)
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, fake_comfyui) -> dict:
+    """Settings for an in-process app in front of the fake, with every folder under tmp_path."""
+    return {**settings_for(tmp_path, FAKE_COMFYUI_URL), "COMFYUI_CLIENT_FACTORY": fake_comfyui}
+
+
+@pytest.fixture
+def make_app(app_config: dict):
+    """Build in-process apps with settings overridden by keyword; closed after the test."""
+    from avatar_service import create_app
+
+    made = []
+
+    def make(**overrides):
+        app = create_app({**app_config, **{key.upper(): value for key, value in overrides.items()}})
+        made.append(app)
+        return app
+
+    yield make
+    for app in reversed(made):
+        app.extensions["avatar_service"].close()
+
+
+@pytest.fixture
+def app_client(make_app):
+    """A test client of an in-process app with the default test settings (no socket)."""
+    return make_app().test_client()
+
+
+@pytest.fixture
+def fake_server(app_client, fake_comfyui):
+    """The FakeComfyUI behind ``app_client``."""
+    return fake_comfyui[FAKE_COMFYUI_URL]
 
 
 def make_photo(

@@ -23,6 +23,7 @@ from avatar_service.photos.framing import center_crop
 from comfyui_standin import StandIn
 from tests import photos
 from tests.conftest import REPO_ROOT, make_photo
+from tests.helpers import wait_for
 from tests.replay_server import Answer, ReplayServer, step
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -683,10 +684,12 @@ def test_key_prompt_when_keys_are_on(open_page, make_service, tmp_path):
     # The avatar's signed link expires (TOKEN_TTL); the recent strip asks for a fresh one.
     old_url = page.locator("#recent-list button").get_attribute("data-url")
     assert "token=" in old_url
-    deadline = time.monotonic() + 10
-    while service.http.get(old_url).status_code != 401:
-        assert time.monotonic() < deadline, "the signed link did not expire"
-        time.sleep(0.1)
+    wait_for(
+        lambda: service.http.get(old_url).status_code == 401,
+        timeout=10,
+        message="the signed link expired",
+        interval=0.1,
+    )
     # A new browser profile with this one's storage: no cached image to fall back on.
     page = open_page(service.url, storage_state=page.context.storage_state())
     wait_until(

@@ -13,9 +13,10 @@ PAGE = "https://app.example.com"
 KEY = "page-key-0123456789abcdef"
 
 
-def preflight(service, path: str, method: str, headers: str, origin: str = PAGE):
-    """The OPTIONS request a browser sends before a non-simple cross-origin request."""
-    return service.http.options(
+def preflight(http, path: str, method: str, headers: str, origin: str = PAGE):
+    """The OPTIONS request a browser sends before a non-simple cross-origin request (``http``:
+    a live service's client, or an app's test client)."""
+    return http.options(
         path,
         headers={
             "Origin": origin,
@@ -31,10 +32,16 @@ def cors_service(make_service):
     return make_service(cors_origins=f"{PAGE},https://other.example.com", api_keys=KEY)
 
 
+@pytest.fixture
+def cors_client(make_app):
+    """A test client of an in-process app with API keys that allows the page's origin."""
+    return make_app(cors_origins=f"{PAGE},https://other.example.com", api_keys=KEY).test_client()
+
+
 def test_page_on_another_origin_runs_the_whole_flow(cors_service, photo):
     """Preflights pass without a key, and every answer names the page's origin."""
     service = cors_service
-    check = preflight(service, "/upload-image", "POST", "authorization")
+    check = preflight(service.http, "/upload-image", "POST", "authorization")
     assert check.status_code == 200
     assert check.headers["access-control-allow-origin"] == PAGE
     assert "POST" in check.headers["access-control-allow-methods"]
@@ -47,7 +54,7 @@ def test_page_on_another_origin_runs_the_whole_flow(cors_service, photo):
     assert upload.headers["access-control-allow-origin"] == PAGE
 
     check = preflight(
-        service,
+        service.http,
         "/generate-avatar-by-image",
         "POST",
         "authorization,content-type,idempotency-key",
@@ -85,35 +92,35 @@ def test_page_on_another_origin_runs_the_whole_flow(cors_service, photo):
     assert image.headers["access-control-allow-origin"] == PAGE
 
 
-def test_errors_are_readable_cross_origin(cors_service):
+def test_errors_are_readable_cross_origin(cors_client):
     """A 401 carries the CORS headers too, so the page can read why it failed."""
-    answer = cors_service.http.get("/styles", headers={"Origin": PAGE})
+    answer = cors_client.get("/styles", headers={"Origin": PAGE})
     assert answer.status_code == 401
     assert answer.headers["access-control-allow-origin"] == PAGE
     assert "www-authenticate" in answer.headers["access-control-expose-headers"].lower()
 
 
-def test_other_origins_get_no_cors_headers(cors_service):
+def test_other_origins_get_no_cors_headers(cors_client):
     """An origin not in CORS_ORIGINS gets no Access-Control-Allow-Origin: the browser blocks it."""
-    check = preflight(cors_service, "/upload-image", "POST", "authorization", "https://evil.test")
+    check = preflight(cors_client, "/upload-image", "POST", "authorization", "https://evil.test")
     assert "access-control-allow-origin" not in check.headers
-    answer = cors_service.http.get("/healthz", headers={"Origin": "https://evil.test"})
+    answer = cors_client.get("/healthz", headers={"Origin": "https://evil.test"})
     assert "access-control-allow-origin" not in answer.headers
 
 
-def test_no_cors_by_default(service):
+def test_no_cors_by_default(app_client):
     """Without CORS_ORIGINS no route answers a cross-origin browser (today's behaviour)."""
-    check = preflight(service, "/upload-image", "POST", "content-type")
+    check = preflight(app_client, "/upload-image", "POST", "content-type")
     assert "access-control-allow-origin" not in check.headers
 
 
 @pytest.mark.parametrize("origin", [PAGE, None])
-def test_answers_vary_on_origin_even_with_one_allowed_origin(make_service, origin):
+def test_answers_vary_on_origin_even_with_one_allowed_origin(make_app, origin):
     """With one allowed origin, answers still say Vary: Origin, so caches do not mix them up."""
-    service = make_service(cors_origins=PAGE)
+    client = make_app(cors_origins=PAGE).test_client()
     headers = {"Origin": origin} if origin else {}
-    answer = service.http.get("/healthz", headers=headers)
+    answer = client.get("/healthz", headers=headers)
     assert "origin" in answer.headers["vary"].lower()
-    check = preflight(service, "/upload-image", "POST", "content-type")
+    check = preflight(client, "/upload-image", "POST", "content-type")
     assert check.headers["access-control-allow-origin"] == PAGE
     assert "origin" in check.headers["vary"].lower()

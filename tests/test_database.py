@@ -23,7 +23,7 @@ class Boom(Exception):
     """An error raised on purpose inside a block."""
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.live)])
 def open_db(request, tmp_path: Path) -> Iterator[Callable[..., Database]]:
     """Open databases on one store (a SQLite file, or the test's PostgreSQL schema), each as a
     process of its own would; a ``notes`` table is there to write to. All closed afterwards."""

@@ -114,14 +114,15 @@ def test_error_from_record_rebuilds_the_answer():
 
 
 @pytest.fixture
-def app(tmp_path):
-    """An app with keys on and no server; its services are closed after the test."""
+def app(tmp_path, fake_comfyui):
+    """An app with keys on, in front of a FakeComfyUI; its services are closed after the test."""
     app = create_app(
         {
             "INSTANCE_PATH": tmp_path / "instance",
             "UPLOAD_DIR": tmp_path / "uploads",
             "OUTPUT_DIR": tmp_path / "out",
             "API_KEYS": "errors-key-0123456789abcdef",
+            "COMFYUI_CLIENT_FACTORY": fake_comfyui,
         }
     )
     yield app

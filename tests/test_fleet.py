@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from comfyui_standin import StandIn
 from tests.conftest import make_photo
 from tests.fleet import Fleet, Replica
-from tests.receivers import eventually
+from tests.helpers import read_sse, start_job, wait_for
 
 
 @pytest.fixture
@@ -46,28 +45,6 @@ def upload(replica: Replica, color: tuple[int, int, int]) -> str:
     return answer.json()["imageName"]
 
 
-def start_job(replica: Replica, name: str) -> str:
-    answer = replica.http.post("/generate-avatar-by-image", json={"imageName": name, "async": True})
-    assert answer.status_code == 202, answer.text
-    return answer.json()["jobId"]
-
-
-def read_sse(replica: Replica, job_id: str) -> list[dict]:
-    """The whole event stream of a job, as read from one replica (it ends with the job)."""
-    events, current = [], {}
-    with replica.http.stream("GET", f"/jobs/{job_id}/events", timeout=60) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if not line:
-                if current:
-                    events.append(current)
-                current = {}
-            elif not line.startswith(":"):
-                key, _, value = line.partition(": ")
-                current[key] = json.loads(value) if key == "data" else value
-    return events
-
-
 def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
     fleet, standins, tmp_path
 ):
@@ -86,7 +63,7 @@ def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
 
     name = upload(a, (200, 80, 40))
     streamed = start_job(a, name)
-    events = read_sse(b, streamed)
+    events = read_sse(b, streamed, timeout=60)
     kinds = [event["event"] for event in events]
     assert kinds[0] == "state" and kinds[-1] == "succeeded"
     assert "running" in kinds and "progress" in kinds
@@ -100,7 +77,7 @@ def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
     server.set_faults(step_delay=0.5)
     cancelled = start_job(a, name)
     b.wait_job(cancelled, until=lambda record: record["status"] == "running")
-    eventually(lambda: b.http.get(f"/jobs/{cancelled}/preview").status_code == 200, timeout=10)
+    wait_for(lambda: b.http.get(f"/jobs/{cancelled}/preview").status_code == 200, timeout=10)
     preview = b.http.get(f"/jobs/{cancelled}/preview")
     assert preview.headers["content-type"].startswith("image/") and preview.content
     answer = b.http.post(f"/jobs/{cancelled}/cancel")
@@ -108,7 +85,7 @@ def test_a_job_made_on_one_replica_is_read_streamed_and_cancelled_on_another(
     record = a.wait_job(cancelled, timeout=20)
     assert record["status"] == "cancelled"
     assert record["avatars"] == []
-    eventually(lambda: server.interrupts, timeout=10)
+    wait_for(lambda: server.interrupts, timeout=10)
     assert b.http.get(f"/jobs/{cancelled}").json()["status"] == "cancelled"
 
 
@@ -130,7 +107,7 @@ def test_kill_9_of_a_replica_and_a_worker_loses_no_job_and_runs_none_twice(
     name = upload(a, (30, 160, 90))
     jobs = [start_job(a, name) for _ in range(8)]
     a.process.kill()
-    eventually(lambda: first.prompts, timeout=20)
+    wait_for(lambda: first.prompts, timeout=20)
     doomed.kill()
     fleet.worker("w3", third.url)
     b.wait_workers({third.url})
@@ -157,10 +134,10 @@ def test_a_worker_stopped_with_sigterm_gives_its_jobs_back_at_once(fleet, standi
     a.wait_workers({leaving.url})
     name = upload(a, (90, 40, 160))
     jobs = [start_job(a, name) for _ in range(2)]
-    eventually(lambda: len(leaving.prompts) == 2, timeout=20)  # one running, one waiting there
+    wait_for(lambda: len(leaving.prompts) == 2, timeout=20)  # one running, one waiting there
     assert worker.terminate() == 0
     assert "given back to the queue" in worker.output()
-    eventually(lambda: leaving.interrupts, timeout=10)
+    wait_for(lambda: leaving.interrupts, timeout=10)
     fleet.worker("w2", staying.url, WORKER_LEASE="300")
     records = [a.wait_job(job_id, timeout=30) for job_id in jobs]
     assert [record["status"] for record in records] == ["succeeded", "succeeded"]
@@ -217,17 +194,17 @@ def test_a_process_that_loses_the_database_stops_taking_work_and_says_why(
         b.wait_workers({other.url})
 
         proxy.cut()
-        eventually(lambda: a.http.get("/readyz").status_code == 503, timeout=20)
+        wait_for(lambda: a.http.get("/readyz").status_code == 503, timeout=20)
         report = a.http.get("/readyz").json()
         assert report["ready"] is False
         assert report["database"]["ok"] is False
         assert report["reason"].startswith("the database does not answer")
         record = b.wait_job(job_id, timeout=40)
         assert record["status"] == "succeeded" and len(record["avatars"]) == 1
-        eventually(lambda: "lost the database" in a.process.output(), timeout=30)
+        wait_for(lambda: "lost the database" in a.process.output(), timeout=30)
 
         proxy.restore()
-        eventually(lambda: a.http.get("/readyz").status_code == 200, timeout=30)
+        wait_for(lambda: a.http.get("/readyz").status_code == 200, timeout=30)
         saved = [p for p in (tmp_path / "generated_avatar").iterdir() if p.suffix == ".png"]
         assert len(saved) == 1
     finally:
@@ -290,7 +267,7 @@ def test_a_prompt_that_succeeded_after_its_worker_died_is_not_run_again(fleet, s
     a.wait_up()
     a.wait_workers({orphaned.url})
     job_id = start_job(a, upload(a, (200, 200, 60)))
-    eventually(lambda: orphaned.prompts, timeout=20)
+    wait_for(lambda: orphaned.prompts, timeout=20)
     doomed.kill()
     fleet.worker("w2", other.url)
     record = a.wait_job(job_id, timeout=40)
@@ -322,7 +299,7 @@ def test_a_worker_killed_while_its_deliveries_wait_loses_neither_the_end_nor_the
         a.wait_workers({orphaned.url})
         orphaned.set_faults(hang=True)  # the prompt waits until the lock is held
         job_id = start_job(a, upload(a, (60, 120, 180)))
-        eventually(lambda: orphaned.prompts, timeout=20)
+        wait_for(lambda: orphaned.prompts, timeout=20)
 
         with psycopg.connect(postgres_url, autocommit=True) as watcher:
             lock = psycopg.connect(postgres_url)
@@ -338,7 +315,7 @@ def test_a_worker_killed_while_its_deliveries_wait_loses_neither_the_end_nor_the
                     ).fetchone()
                     return waiting > 0
 
-                eventually(insert_waits, timeout=30)
+                wait_for(insert_waits, timeout=30)
                 doomed.kill()
             finally:
                 lock.close()  # the lock goes with its transaction

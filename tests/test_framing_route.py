@@ -6,6 +6,7 @@ import pytest
 
 from avatar_service.photos.faces import Box
 from tests import photos
+from tests.helpers import upload
 from tests.photos import ASTRONAUT_FACE
 
 KEY = "framing-key-0123456789abcdef"
@@ -74,14 +75,14 @@ def test_faceless_photo_is_centre_cropped_and_sizes_default_to_the_style(service
         ),
     ],
 )
-def test_bad_parameters_are_400_invalid_fields(service, params, fields):
+def test_bad_parameters_are_400_invalid_fields(app_client, params, fields):
     """Width and height follow generate's rules; every bad one is named in one 400."""
-    image_name = service.upload(photos.png(photos.gradient()))
-    answer = framing(service, image_name, **params)
+    image_name = upload(app_client, photos.png(photos.gradient()))
+    answer = app_client.get(f"/photos/{image_name}/framing", query_string=params)
     assert answer.status_code == 400
     [(name, message)] = fields.items() if len(fields) == 1 else [(None, None)]
     summary = f"{name}: {message}" if name else "several fields are invalid"
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "invalid_fields",
             "message": summary,
@@ -91,11 +92,13 @@ def test_bad_parameters_are_400_invalid_fields(service, params, fields):
 
 
 @pytest.mark.parametrize("image_name", ["0" * 32 + ".png", "secrets.txt", "nope"])
-def test_unknown_photo_is_404(service, image_name):
+def test_unknown_photo_is_404(app_client, image_name):
     """A name the service did not make is 404 image_not_found, like generate."""
-    answer = framing(service, image_name, width=512, height=512)
+    answer = app_client.get(
+        f"/photos/{image_name}/framing", query_string={"width": 512, "height": 512}
+    )
     assert answer.status_code == 404
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "image_not_found",
             "message": "unknown imageName; upload the photo first with POST /upload-image",
@@ -141,23 +144,19 @@ def test_face_policy_off_answers_no_faces_and_the_centre(make_service):
     )
 
 
-def test_needs_the_key_when_keys_are_on(make_service):
+def test_needs_the_key_when_keys_are_on(make_app):
     """With API keys on the route is 401 without a key and answers with one (any key's photo)."""
-    service = make_service(api_keys=KEY)
+    client = make_app(api_keys=KEY).test_client()
     headers = {"Authorization": f"Bearer {KEY}"}
-    image_name = service.http.post(
-        "/upload-image",
-        files={"image": ("me.png", photos.png(photos.astronaut()), "image/png")},
-        headers=headers,
-    ).json()["imageName"]
-    refused = framing(service, image_name)
+    image_name = upload(client, photos.png(photos.astronaut()), headers=headers)
+    refused = client.get(f"/photos/{image_name}/framing")
     assert refused.status_code == 401
-    assert refused.json() == {
+    assert refused.get_json() == {
         "error": {
             "code": "unauthorized",
             "message": "this service needs an API key: send Authorization: Bearer <key>",
         }
     }
-    answer = service.http.get(f"/photos/{image_name}/framing", headers=headers)
+    answer = client.get(f"/photos/{image_name}/framing", headers=headers)
     assert answer.status_code == 200
-    assert answer.json()["crop"]["source"] == "face"
+    assert answer.get_json()["crop"]["source"] == "face"

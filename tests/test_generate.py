@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
 
 from tests.conftest import make_photo
+from tests.helpers import wait_for
 
 
 def prompt_of(png: bytes) -> dict:
@@ -192,18 +192,18 @@ def test_avatar_file_is_saved_in_output_dir(service, photo, tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/avatars/nope.png", "/avatars/..%2Fetc%2Fpasswd"])
-def test_unknown_avatar_is_404(service, path):
+def test_unknown_avatar_is_404(app_client, path):
     """Unknown or crafted avatar names answer a JSON 404."""
-    answer = service.http.get(path)
+    answer = app_client.get(path)
     assert answer.status_code == 404
-    assert answer.json()["error"]["code"] in {"avatar_not_found", "not_found"}
+    assert answer.get_json()["error"]["code"] in {"avatar_not_found", "not_found"}
 
 
-def test_unknown_job_is_404(service):
+def test_unknown_job_is_404(app_client):
     """An unknown job id answers 404 job_not_found."""
-    answer = service.http.get("/jobs/" + "0" * 32)
+    answer = app_client.get("/jobs/" + "0" * 32)
     assert answer.status_code == 404
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "job_not_found",
             "message": "unknown job",
@@ -215,10 +215,11 @@ def test_unknown_job_is_404(service):
 def test_health_and_readiness(service, standin):
     """/healthz is up; /readyz reports the stand-in reachable and able to run every style."""
     assert service.http.get("/healthz").json() == {"status": "ok"}
-    deadline = time.monotonic() + 10
-    while (ready := service.http.get("/readyz")).status_code != 200:
-        assert time.monotonic() < deadline, ready.text
-        time.sleep(0.02)
+    ready = wait_for(
+        lambda: (answer := service.http.get("/readyz")).status_code == 200 and answer,
+        timeout=10,
+        message="/readyz 200",
+    )
     body = ready.json()
     assert body["ready"] is True
     server = body["servers"][standin.url]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 
 from prometheus_client.parser import text_string_to_metric_families
-from receivers import Receiver, Reply
+
+from tests.helpers import wait_for
+from tests.receivers import Receiver, Reply
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -104,10 +105,12 @@ def test_webhook_deliveries_are_counted(make_service, photo):
     name = service.upload(photo)
     service.http.post("/generate-avatar-by-image", json={"imageName": name})
     failed = ("avatar_webhook_deliveries", frozenset({("state", "failed")}))
-    deadline = time.monotonic() + 10
-    while not samples(service.http.get("/metrics").text).get(failed):
-        assert time.monotonic() < deadline, "the failed delivery was never counted"
-        time.sleep(0.05)
+    wait_for(
+        lambda: samples(service.http.get("/metrics").text).get(failed),
+        timeout=10,
+        message="the failed delivery counted",
+        interval=0.05,
+    )
     found = samples(service.http.get("/metrics").text)
     assert found[failed] == 1
     assert found[("avatar_webhook_deliveries", frozenset({("state", "delivered")}))] == 0
@@ -127,9 +130,11 @@ def test_forwarding_deliveries_are_counted(make_service, photo):
         # Forwarding runs in the outbox after the jobs succeeded: wait for both to settle.
         delivered = ("avatar_forward_deliveries_total", frozenset({("outcome", "delivered")}))
         failed = ("avatar_forward_deliveries_total", frozenset({("outcome", "failed")}))
-        deadline = time.monotonic() + 10
-        while not (found := samples(service.http.get("/metrics").text)).get(failed):
-            assert time.monotonic() < deadline, "the failed forwarding was never counted"
-            time.sleep(0.05)
+        found = wait_for(
+            lambda: (counted := samples(service.http.get("/metrics").text)).get(failed) and counted,
+            timeout=10,
+            message="the failed forwarding counted",
+            interval=0.05,
+        )
     assert found[delivered] == 1
     assert found[failed] == 1

@@ -134,17 +134,23 @@ def test_service_conforms_to_its_document(make_service, tmp_path, keys):
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 
-def test_app_builds_without_a_server(tmp_path):
+def test_app_builds_without_a_server(tmp_path, fake_comfyui):
     """The document is built without a request to ComfyUI (CI can publish it)."""
     app = create_app(
         {
             "INSTANCE_PATH": tmp_path / "instance",
             "UPLOAD_DIR": tmp_path / "uploads",
             "OUTPUT_DIR": tmp_path / "out",
+            "COMFYUI_CLIENT_FACTORY": fake_comfyui,
         }
     )
-    with app.test_client() as client:
-        answer = client.get("/openapi.json")
+    for fake in fake_comfyui:
+        fake.go_down()  # no ComfyUI answers
+    try:
+        with app.test_client() as client:
+            answer = client.get("/openapi.json")
+    finally:
+        app.extensions["avatar_service"].close()
     assert answer.status_code == 200
     assert "/jobs/{job_id}/events" in answer.get_json()["paths"]
 

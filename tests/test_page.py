@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-from avatar_service import create_app
 from avatar_service.comfyui import runs_standin
 from avatar_service.http.page import content_security_policy
-from tests.conftest import settings_for
+from tests.conftest import FAKE_COMFYUI_URL
 from tests.replay_server import Answer, ReplayServer, step
 
 STRICT_CSP = (
@@ -21,11 +19,11 @@ STRICT_CSP = (
 
 
 @pytest.fixture
-def client(tmp_path: Path):
-    """A test client of an app that never connects to ComfyUI."""
-    app = create_app(settings_for(tmp_path, "http://127.0.0.1:9"))
-    yield app.test_client()
-    app.extensions["avatar_service"].close()
+def client(make_app, fake_comfyui):
+    """A test client of an app whose ComfyUI never answers (a FakeComfyUI that is down)."""
+    app = make_app()
+    fake_comfyui[FAKE_COMFYUI_URL].go_down()
+    return app.test_client()
 
 
 class _Inline(HTMLParser):

@@ -15,7 +15,8 @@ from avatar_service.jobs.records import JobRecords
 from avatar_service.persistence.database import open_database
 from avatar_service.persistence.migrations import MIGRATIONS, migrate
 from avatar_service.persistence.postgres import PostgresDatabase
-from tests.receivers import Receiver, eventually
+from tests.helpers import wait_for
+from tests.receivers import Receiver
 from tests.test_records import (
     TABLES,
     check_previous_release_upgraded,
@@ -233,7 +234,7 @@ def test_two_processes_sharing_the_outbox_deliver_each_webhook_once(postgres_url
                     data={"n": index},
                 )
             receiver.wait_for(30, timeout=20)
-            eventually(
+            wait_for(
                 lambda: all(
                     outboxes[0].deliveries(f"{i:032x}")[0]["state"] == "delivered"
                     for i in range(30)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from receivers import Drop, Receiver, Reply, Slow, eventually, free_port
 
 from avatar_service.delivery.forwarding import AvatarForwarder
 from avatar_service.delivery.retry import backoff_delay, parse_retry_after, redact_url
+from tests.helpers import wait_for
+from tests.receivers import Drop, Receiver, Reply, Slow, free_port
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05}
 TIMEOUT = httpx.Timeout(5.0)
@@ -77,7 +78,7 @@ def settled(forwarder: AvatarForwarder, filename: str = "a.png", job_id: str = "
         found = forwarder.outcomes(job_id).get(filename)
         return found if found and found["state"] != "pending" else None
 
-    return eventually(outcome, timeout=10)
+    return wait_for(outcome, timeout=10)
 
 
 def test_file_and_fields_arrive_under_the_configured_names(receiver, avatar, make_forwarder):

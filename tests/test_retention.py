@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from tests.helpers import wait_for
+
 
 def age(path, seconds: float) -> None:
     """Make a file look ``seconds`` old."""
@@ -23,10 +25,7 @@ def test_old_files_are_deleted_and_the_avatar_is_gone(make_service, tmp_path, ph
     assert service.http.get(f"/avatars/{file_name}").status_code == 200
     age(avatar, 3601)
     age(tmp_path / "uploads" / name, 3601)
-    deadline = time.monotonic() + 10
-    while avatar.exists():
-        assert time.monotonic() < deadline, "the old avatar was not deleted"
-        time.sleep(0.05)
+    wait_for(lambda: not avatar.exists(), timeout=10, message="the old avatar deleted")
     answer = service.http.get(f"/avatars/{file_name}")
     assert answer.status_code == 410
     body = answer.json()
@@ -63,10 +62,11 @@ def test_photo_of_a_job_in_flight_is_kept(make_service, standin, tmp_path, photo
         age(tmp_path / "uploads" / name, 7200)
         other = service.upload(photo)
         age(tmp_path / "uploads" / other, 7200)
-        deadline = time.monotonic() + 10
-        while (tmp_path / "uploads" / other).exists():
-            assert time.monotonic() < deadline, "the old unused photo was not deleted"
-            time.sleep(0.05)
+        wait_for(
+            lambda: not (tmp_path / "uploads" / other).exists(),
+            timeout=10,
+            message="the old unused photo deleted",
+        )
         assert (tmp_path / "uploads" / name).exists()
         service.http.delete(f"/jobs/{job['jobId']}")
     finally:

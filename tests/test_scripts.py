@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.helpers import wait_for
 from tests.test_process import free_port
 
 # What a checkout needs to run the scripts; linked, so .env can be written beside them.
@@ -73,13 +73,6 @@ def launch() -> Iterator:
         process.stdout.close()
 
 
-def wait_until(check, timeout: float = 30.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {message}"
-        time.sleep(0.05)
-
-
 def answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
@@ -99,7 +92,7 @@ def test_run_starts_the_standin_on_standin_port_from_env_file(checkout, launch, 
         OUTPUT_DIR=tmp_path / "avatars",
     )
     process = launch(checkout, "run")
-    wait_until(lambda: answers(f"http://127.0.0.1:{port}/readyz"), message="the service")
+    wait_for(lambda: answers(f"http://127.0.0.1:{port}/readyz"), 30, message="the service")
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
     assert list(ready["servers"]) == [f"http://127.0.0.1:{standin_port}"]
     assert ready["standin"] is True, "the web page shows the stand-in banner"
@@ -110,9 +103,10 @@ def test_run_starts_the_standin_on_standin_port_from_env_file(checkout, launch, 
     output = process.stdout.read()
     assert f"STAND-IN ComfyUI on port {standin_port}" in output
     assert f"open the web page: http://127.0.0.1:{port}/\n" in output
-    wait_until(lambda: not answers(f"http://127.0.0.1:{port}/healthz"), message="service gone")
-    wait_until(
+    wait_for(lambda: not answers(f"http://127.0.0.1:{port}/healthz"), 30, "service gone")
+    wait_for(
         lambda: not answers(f"http://127.0.0.1:{standin_port}/_standin/faults"),
+        30,
         message="stand-in gone",
     )
 
@@ -146,6 +140,4 @@ def test_standin_script_uses_standin_port_from_env_file(checkout, launch):
     standin_port = free_port()
     write_env(checkout, STANDIN_PORT=standin_port)
     launch(checkout, "standin")
-    wait_until(
-        lambda: answers(f"http://127.0.0.1:{standin_port}/_standin/faults"), message="stand-in"
-    )
+    wait_for(lambda: answers(f"http://127.0.0.1:{standin_port}/_standin/faults"), 30, "stand-in")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_photo
+from tests.helpers import upload
 
 
 def encoded(image: Image.Image, fmt: str, **params) -> bytes:
@@ -19,11 +20,11 @@ def encoded(image: Image.Image, fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-def test_upload_without_file_field(service):
+def test_upload_without_file_field(app_client):
     """A multipart body without ``image`` or ``file`` is a 400 naming the fields received."""
-    answer = service.http.post("/upload-image", data={"photo": "x"})
+    answer = app_client.post("/upload-image", data={"photo": "x"})
     assert answer.status_code == 400
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "missing_file",
             "message": "send the photo as multipart/form-data in the field 'image' (or 'file')",
@@ -52,48 +53,51 @@ UPLOAD_CASES = [
 
 
 @pytest.mark.parametrize(("data", "status", "code"), UPLOAD_CASES)
-def test_bad_uploads(make_service, tmp_path, data, status, code):
+def test_bad_uploads(make_app, tmp_path, data, status, code):
     """Bad photos are refused by content (not name) and nothing is stored."""
-    service = make_service(max_image_pixels=5_000_000)
-    answer = service.http.post("/upload-image", files={"image": ("photo.png", data, "image/png")})
-    assert answer.status_code == status, answer.text
-    error = answer.json()["error"]
+    client = make_app(max_image_pixels=5_000_000).test_client()
+    answer = client.post(
+        "/upload-image", data={"image": (io.BytesIO(data), "photo.png", "image/png")}
+    )
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    error = answer.get_json()["error"]
     assert error["code"] == code
     assert error["message"]
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
-def test_upload_over_size_limit_is_413(make_service, tmp_path):
+def test_upload_over_size_limit_is_413(make_app, tmp_path):
     """A photo over MAX_UPLOAD_MB answers 413 with the limit."""
-    service = make_service(max_upload_mb=0.01)
+    client = make_app(max_upload_mb=0.01).test_client()
     noisy = Image.effect_noise((200, 200), 100).convert("RGB")
-    answer = service.http.post(
-        "/upload-image", files={"image": ("big.png", encoded(noisy, "PNG"), "image/png")}
+    answer = client.post(
+        "/upload-image",
+        data={"image": (io.BytesIO(encoded(noisy, "PNG")), "big.png", "image/png")},
     )
     assert answer.status_code == 413
-    assert answer.json()["error"]["code"] in {"photo_too_large", "payload_too_large"}
+    assert answer.get_json()["error"]["code"] in {"photo_too_large", "payload_too_large"}
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
-def test_upload_applies_exif_orientation_and_hides_client_name(service, tmp_path):
+def test_upload_applies_exif_orientation_and_hides_client_name(app_client, tmp_path):
     """EXIF orientation 6 is applied; the stored name is made by the server, not the client."""
     image = Image.new("RGB", (160, 80), "blue")
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encoded(image, "JPEG", exif=exif.tobytes())
-    answer = service.http.post("/upload-image", files={"image": ("../../etc/x.jpg", data)})
+    answer = app_client.post("/upload-image", data={"image": (io.BytesIO(data), "../../etc/x.jpg")})
     assert answer.status_code == 201
-    body = answer.json()
+    body = answer.get_json()
     assert (body["width"], body["height"]) == (80, 160)
     assert "etc" not in body["imageName"] and "x.jpg" not in body["imageName"]
     stored = sorted(p.name for p in (tmp_path / "uploads").iterdir())
     assert stored == [body["imageName"], f"{body['imageName']}.json"]  # the photo, its faces
 
 
-def test_webp_is_accepted(service):
+def test_webp_is_accepted(app_client):
     """WebP photos are accepted."""
     data = encoded(Image.new("RGB", (80, 80), "green"), "WEBP")
-    answer = service.http.post("/upload-image", files={"image": ("a.webp", data)})
+    answer = app_client.post("/upload-image", data={"image": (io.BytesIO(data), "a.webp")})
     assert answer.status_code == 201
 
 
@@ -129,30 +133,30 @@ GENERATE_CASES = [
 
 
 @pytest.mark.parametrize(("change", "fields"), GENERATE_CASES)
-def test_bad_generate_fields(service, standin, photo, change, fields):
+def test_bad_generate_fields(app_client, fake_server, photo, change, fields):
     """Each bad field is a 400 that states the rule; nothing reaches ComfyUI."""
-    name = service.upload(photo)
-    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name, **change})
+    name = upload(app_client, photo)
+    answer = app_client.post("/generate-avatar-by-image", json={"imageName": name, **change})
     assert answer.status_code == 400
     [(field, message)] = fields.items()
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "invalid_fields",
             "message": f"{field}: {message}",
             "details": {"fields": fields},
         }
     }
-    assert standin.prompts == []
+    assert fake_server.calls_named("queue_prompt") == []
 
 
-def test_several_bad_fields_are_reported_together(service, photo):
+def test_several_bad_fields_are_reported_together(app_client, photo):
     """All bad fields are named in one answer."""
-    name = service.upload(photo)
-    answer = service.http.post(
+    name = upload(app_client, photo)
+    answer = app_client.post(
         "/generate-avatar-by-image", json={"imageName": name, "width": 1, "gender": "x"}
     )
     assert answer.status_code == 400
-    error = answer.json()["error"]
+    error = answer.get_json()["error"]
     assert error["message"] == "several fields are invalid"
     assert set(error["details"]["fields"]) == {"width", "gender"}
 
@@ -169,125 +173,131 @@ def test_several_bad_fields_are_reported_together(service, photo):
     ],
     ids=["garbage", "array", "empty", "deeply-nested", "nan", "infinity"],
 )
-def test_generate_body_must_be_a_json_object(service, body):
+def test_generate_body_must_be_a_json_object(app_client, body):
     """A body that is not a JSON object is a 400 invalid_json."""
-    answer = service.http.post(
-        "/generate-avatar-by-image", content=body, headers={"Content-Type": "application/json"}
+    answer = app_client.post(
+        "/generate-avatar-by-image", data=body, headers={"Content-Type": "application/json"}
     )
     assert answer.status_code == 400
-    assert answer.json()["error"]["code"] == "invalid_json"
+    assert answer.get_json()["error"]["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize("field", ["width", "height", "seed"])
-def test_out_of_range_json_numbers_are_invalid_fields(service, photo, field):
+def test_out_of_range_json_numbers_are_invalid_fields(app_client, photo, field):
     """1e400 (read as infinity) in a number field is a 400 naming the field, never a 500."""
-    name = service.upload(photo)
+    name = upload(app_client, photo)
     body = b'{"imageName": "%s", "%s": 1e400}' % (name.encode(), field.encode())
-    answer = service.http.post(
-        "/generate-avatar-by-image", content=body, headers={"Content-Type": "application/json"}
+    answer = app_client.post(
+        "/generate-avatar-by-image", data=body, headers={"Content-Type": "application/json"}
     )
     assert answer.status_code == 400
-    error = answer.json()["error"]
+    error = answer.get_json()["error"]
     assert error["code"] == "invalid_fields"
     assert list(error["details"]["fields"]) == [field]
 
 
-def test_missing_image_name(service):
+def test_missing_image_name(app_client):
     """imageName is required."""
-    answer = service.http.post("/generate-avatar-by-image", json={"gender": "male"})
+    answer = app_client.post("/generate-avatar-by-image", json={"gender": "male"})
     assert answer.status_code == 400
-    assert answer.json()["error"]["details"]["fields"] == {
+    assert answer.get_json()["error"]["details"]["fields"] == {
         "imageName": "required: the imageName returned by POST /upload-image"
     }
 
 
 @pytest.mark.parametrize("name", ["AAAAAAAAAAAAAAAAAAAAAA.png", "../uploads/x.png", "me.jpg"])
-def test_unknown_image_name_is_404(service, standin, name):
+def test_unknown_image_name_is_404(app_client, fake_server, name):
     """An imageName this service did not make is 404 image_not_found, and no job is created."""
-    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    answer = app_client.post("/generate-avatar-by-image", json={"imageName": name})
     assert answer.status_code == 404
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "image_not_found",
             "message": "unknown imageName; upload the photo first with POST /upload-image",
             "details": {"imageName": name},
         }
     }
-    assert standin.prompts == []
+    assert fake_server.calls_named("queue_prompt") == []
 
 
-def test_unknown_route_and_method_are_json(service):
+def test_unknown_route_and_method_are_json(app_client):
     """Unknown routes and wrong methods answer the same JSON error shape."""
-    missing = service.http.get("/nope")
+    missing = app_client.get("/nope")
     assert missing.status_code == 404
-    assert missing.json()["error"]["code"] == "not_found"
-    wrong = service.http.get("/generate-avatar-by-image")
+    assert missing.get_json()["error"]["code"] == "not_found"
+    wrong = app_client.get("/generate-avatar-by-image")
     assert wrong.status_code == 405
-    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert wrong.get_json()["error"]["code"] == "method_not_allowed"
     assert "POST" in wrong.headers["allow"]
 
 
-def test_sixteen_bit_greyscale_png_keeps_its_tones(service, tmp_path):
+def test_sixteen_bit_greyscale_png_keeps_its_tones(app_client, tmp_path):
     """A 16-bit greyscale PNG is scaled to 8 bits, not clipped to white."""
     wide = Image.linear_gradient("L").resize((128, 128)).convert("I").point(lambda v: v * 257)
     sixteen = wide.convert("I;16")
-    answer = service.http.post("/upload-image", files={"image": ("g.png", encoded(sixteen, "PNG"))})
+    answer = app_client.post(
+        "/upload-image", data={"image": (io.BytesIO(encoded(sixteen, "PNG")), "g.png")}
+    )
     assert answer.status_code == 201
-    with Image.open(tmp_path / "uploads" / answer.json()["imageName"]) as stored:
+    with Image.open(tmp_path / "uploads" / answer.get_json()["imageName"]) as stored:
         low, high = stored.convert("L").getextrema()
     assert low < 10 and high > 245
 
 
-def test_huge_photo_is_stored_scaled_down(service, tmp_path):
+def test_huge_photo_is_stored_scaled_down(app_client, tmp_path):
     """A photo above 2048 px on its short side is stored scaled down (ComfyUI upload limits)."""
     big = Image.new("RGB", (5000, 3000), (10, 120, 200))
-    answer = service.http.post("/upload-image", files={"image": ("b.jpg", encoded(big, "JPEG"))})
+    answer = app_client.post(
+        "/upload-image", data={"image": (io.BytesIO(encoded(big, "JPEG")), "b.jpg")}
+    )
     assert answer.status_code == 201
-    body = answer.json()
+    body = answer.get_json()
     assert (body["width"], body["height"]) == (3413, 2048)
     with Image.open(tmp_path / "uploads" / body["imageName"]) as stored:
         assert stored.size == (3413, 2048)
 
 
-def test_forged_host_is_refused_with_trusted_hosts(make_service, photo):
+def test_forged_host_is_refused_with_trusted_hosts(make_app, photo):
     """With TRUSTED_HOSTS, a forged Host header is a 400 before any URL is built from it."""
-    service = make_service(trusted_hosts="127.0.0.1,localhost")
-    answer = service.http.post(
-        "/upload-image", files={"image": ("p.png", photo)}, headers={"Host": "evil.example"}
+    client = make_app(trusted_hosts="127.0.0.1,localhost").test_client()
+    answer = client.post(
+        "/upload-image",
+        data={"image": (io.BytesIO(photo), "p.png")},
+        headers={"Host": "evil.example"},
     )
     assert answer.status_code == 400
-    assert answer.json() == {
+    assert answer.get_json() == {
         "error": {
             "code": "untrusted_host",
             "message": "the request's Host header is not a host this service answers to "
             "(TRUSTED_HOSTS)",
         }
     }
-    name = service.upload(photo)
-    forged = service.http.post(
+    name = upload(client, photo)
+    forged = client.post(
         "/generate-avatar-by-image",
         json={"imageName": name, "async": True},
         headers={"Host": "evil.example:80"},
     )
     assert forged.status_code == 400
-    assert forged.json()["error"]["code"] == "untrusted_host"
-    trusted = service.http.post(
+    assert forged.get_json()["error"]["code"] == "untrusted_host"
+    trusted = client.post(
         "/generate-avatar-by-image",
         json={"imageName": name, "async": True},
         headers={"Host": "localhost:5000"},
     )
     assert trusted.status_code == 202
-    assert trusted.json()["links"]["self"].startswith("http://localhost:5000/jobs/")
+    assert trusted.get_json()["links"]["self"].startswith("http://localhost:5000/jobs/")
 
 
 @pytest.mark.parametrize("value", ["http://example.com", "example.com/path", "a b", "x:80"])
-def test_trusted_hosts_must_be_host_names(service_config, value):
+def test_trusted_hosts_must_be_host_names(app_config, value):
     """TRUSTED_HOSTS entries with a scheme, path, port or space stop the start, named."""
     from avatar_service import create_app
     from avatar_service.config import ConfigError
 
     with pytest.raises(ConfigError, match="TRUSTED_HOSTS"):
-        create_app({**service_config, "TRUSTED_HOSTS": value})
+        create_app({**app_config, "TRUSTED_HOSTS": value})
 
 
 def raw_exchange(service, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -363,31 +373,31 @@ def test_requests_refused_by_the_server_answer_json(service, request_bytes, stat
         assert error["details"] == {"maxBytes": service.app.config["MAX_CONTENT_LENGTH"]}
 
 
-def test_huge_values_are_not_echoed_back_whole(service):
+def test_huge_values_are_not_echoed_back_whole(app_client):
     """An absurdly long imageName is named in the 404, cut short, not repeated in full."""
     name = "x" * 2_000_000
-    answer = service.http.post("/generate-avatar-by-image", json={"imageName": name})
+    answer = app_client.post("/generate-avatar-by-image", json={"imageName": name})
     assert answer.status_code == 404
-    echoed = answer.json()["error"]["details"]["imageName"]
+    echoed = answer.get_json()["error"]["details"]["imageName"]
     assert echoed == "x" * 1024 + "... (2000000 characters)"
-    assert len(answer.content) < 4096
+    assert len(answer.data) < 4096
 
 
-def test_docs_answer_with_a_trailing_slash(service):
+def test_docs_answer_with_a_trailing_slash(app_client):
     """/docs/ is the docs page too, not a 404."""
-    answer = service.http.get("/docs/")
+    answer = app_client.get("/docs/")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/html")
 
 
 @pytest.mark.parametrize("host", ['a"b<c>', "exa mple.com", "x/y"])
-def test_malformed_host_cannot_shape_job_urls(service, photo, host):
+def test_malformed_host_cannot_shape_job_urls(app_client, photo, host):
     """Without PUBLIC_BASE_URL, a Host header that is no host name is a 400, not a broken URL."""
-    name = service.upload(photo)
-    answer = service.http.post(
+    name = upload(app_client, photo)
+    answer = app_client.post(
         "/generate-avatar-by-image",
         json={"imageName": name, "async": True},
         headers={"Host": host},
     )
     assert answer.status_code == 400
-    assert answer.json()["error"]["code"] == "untrusted_host"
+    assert answer.get_json()["error"]["code"] == "untrusted_host"

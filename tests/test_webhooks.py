@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from receivers import Drop, Receiver, Reply, Slow, eventually, free_port
 
 from avatar_service.delivery.webhooks import (
     InvalidSecret,
@@ -21,6 +20,8 @@ from avatar_service.delivery.webhooks import (
     is_allowed_callback,
     verify,
 )
+from tests.helpers import wait_for
+from tests.receivers import Drop, Receiver, Reply, Slow, free_port
 from tests.signing import sign
 from tests.test_records import TABLES
 
@@ -320,7 +321,7 @@ def test_deliveries_are_recorded_json_ready(receiver, make_dispatcher):
     dispatcher = make_dispatcher()
     msg_id = dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.failed", data={})
 
-    delivery = eventually(lambda: _state(dispatcher, "j1", "delivered"))
+    delivery = wait_for(lambda: _state(dispatcher, "j1", "delivered"))
 
     [attempt] = delivery.pop("attempts")
     assert delivery == {
@@ -345,7 +346,7 @@ def test_failures_are_retried_with_the_same_id_and_body(receiver, make_dispatche
         job_id="j1", url=receiver.url(), event_type="job.succeeded", data=JOB
     )
 
-    delivery = eventually(lambda: _state(dispatcher, "j1", "delivered"))
+    delivery = wait_for(lambda: _state(dispatcher, "j1", "delivered"))
 
     requests = receiver.received
     assert len(requests) == 3
@@ -367,7 +368,7 @@ def test_client_errors_are_retried_too(receiver, make_dispatcher):
     dispatcher = make_dispatcher()
     dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.succeeded", data={})
 
-    delivery = eventually(lambda: _state(dispatcher, "j1", "delivered"))
+    delivery = wait_for(lambda: _state(dispatcher, "j1", "delivered"))
 
     assert [a["status"] for a in delivery["attempts"]] == [404, 200]
 
@@ -379,7 +380,7 @@ def test_gives_up_after_max_attempts(receiver, make_dispatcher, caplog):
 
     with caplog.at_level("WARNING", logger="avatar_service.delivery.webhooks"):
         dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.failed", data={})
-        delivery = eventually(lambda: _state(dispatcher, "j1", "failed"))
+        delivery = wait_for(lambda: _state(dispatcher, "j1", "failed"))
 
     assert [a["status"] for a in delivery["attempts"]] == [503, 503, 503]
     assert delivery["nextAttemptAt"] is None
@@ -421,13 +422,13 @@ def test_pending_delivery_survives_a_restart(db_path, make_dispatcher):
     url = f"http://127.0.0.1:{port}/hook"
     first = make_dispatcher(max_attempts=1000, backoff=0.05, backoff_max=0.1)
     msg_id = first.enqueue(job_id="j1", url=url, event_type="job.succeeded", data=JOB)
-    eventually(lambda: len(first.deliveries("j1")[0]["attempts"]) >= 2)
+    wait_for(lambda: len(first.deliveries("j1")[0]["attempts"]) >= 2)
     first.stop()
     failed_attempts = len(first.deliveries("j1")[0]["attempts"])
 
     with Receiver(port=port) as receiver:
         second = make_dispatcher(max_attempts=1000)
-        delivery = eventually(lambda: _state(second, "j1", "delivered"))
+        delivery = wait_for(lambda: _state(second, "j1", "delivered"))
         second.stop()
         requests = receiver.received
 
@@ -450,7 +451,7 @@ def test_enqueue_before_start_is_kept_until_start(receiver, make_dispatcher):
 
     dispatcher.start()
 
-    eventually(lambda: _state(dispatcher, "j1", "delivered"))
+    wait_for(lambda: _state(dispatcher, "j1", "delivered"))
     assert receiver.received[0].json()["type"] == "job.cancelled"
 
 
@@ -462,7 +463,7 @@ def test_slow_receiver_does_not_hold_up_other_jobs(make_dispatcher):
         slow.wait_for(1)
         dispatcher.enqueue(job_id="fast", url=fast.url(), event_type="job.succeeded", data={})
 
-        eventually(lambda: _state(dispatcher, "fast", "delivered"))
+        wait_for(lambda: _state(dispatcher, "fast", "delivered"))
 
         assert _state(dispatcher, "slow", "pending") is not None
         assert _state(dispatcher, "slow", "pending")["attempts"] == []
@@ -474,7 +475,7 @@ def test_receiver_slower_than_the_timeout_is_retried(receiver, make_dispatcher):
     dispatcher = make_dispatcher(timeout=httpx.Timeout(5.0, read=0.2))
     dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.succeeded", data={})
 
-    delivery = eventually(lambda: _state(dispatcher, "j1", "delivered"))
+    delivery = wait_for(lambda: _state(dispatcher, "j1", "delivered"))
 
     assert delivery["attempts"][0]["error"].startswith("timed out: ")
     assert delivery["attempts"][1]["status"] == 200
@@ -488,7 +489,7 @@ def test_many_jobs_each_delivered_once(receiver, make_dispatcher):
         for i in range(20)
     }
 
-    eventually(lambda: all(_state(dispatcher, f"j{i}", "delivered") for i in range(20)))
+    wait_for(lambda: all(_state(dispatcher, f"j{i}", "delivered") for i in range(20)))
 
     assert sorted(r.headers["webhook-id"] for r in receiver.received) == sorted(ids)
 
@@ -499,7 +500,7 @@ def test_stop_does_not_wait_out_a_backoff(receiver, make_dispatcher):
     dispatcher = make_dispatcher(backoff=60.0, backoff_max=60.0)
     dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.succeeded", data={})
     receiver.wait_for(1)
-    eventually(lambda: dispatcher.deliveries("j1")[0]["attempts"])
+    wait_for(lambda: dispatcher.deliveries("j1")[0]["attempts"])
 
     started = time.monotonic()
     dispatcher.stop(timeout=5.0)
@@ -517,7 +518,7 @@ def test_tables_live_beside_other_tables_in_a_shared_file(db_path, receiver, mak
     other.close()
     dispatcher = make_dispatcher()
     dispatcher.enqueue(job_id="j1", url=receiver.url(), event_type="job.succeeded", data={})
-    eventually(lambda: _state(dispatcher, "j1", "delivered"))
+    wait_for(lambda: _state(dispatcher, "j1", "delivered"))
 
     connection = sqlite3.connect(db_path)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from avatar_service.comfyui.workflows import load_workflows
 from avatar_service.config import ConfigError
 from comfyui_standin import StandIn
 from tests.conftest import REPO_ROOT
+from tests.helpers import wait_for
 
 SEED_GRAPH = REPO_ROOT / "workflows" / "examples" / "seed_impact_pack.json"
 
@@ -215,12 +215,14 @@ def test_readyz_reports_a_style_the_server_cannot_run(make_service, tmp_path):
     bare = StandIn(root=tmp_path / "bare", checkpoints=("other_model.safetensors",)).start()
     try:
         service = make_service(comfyui_url=bare.url)
-        deadline = time.monotonic() + 10
-        while (
-            "workflows" not in (report := service.http.get("/readyz").json())["servers"][bare.url]
-        ):
-            assert time.monotonic() < deadline, report
-            time.sleep(0.05)
+        report = wait_for(
+            lambda: (
+                "workflows" in (read := service.http.get("/readyz").json())["servers"][bare.url]
+                and read
+            ),
+            timeout=10,
+            message="the styles checked against the server",
+        )
         assert service.http.get("/readyz").status_code == 503
         assert "default style 'avatar'" in report["reason"]
         avatar = report["servers"][bare.url]["workflows"]["avatar"]

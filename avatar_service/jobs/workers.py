@@ -22,7 +22,7 @@ from ..persistence.database import DatabaseUnavailable
 from . import outcomes
 from .job import Job, JobStatus
 from .ledger import ms
-from .prompt import FailoverAsked, PromptRun
+from .prompt import FailoverAsked, PromptRun, ShutdownAsked
 from .records import LeaseLost
 from .results import collect_avatars
 from .servers import ServerState
@@ -182,6 +182,8 @@ class ServerWorker:
             run.cancel()  # cancelled before the run was registered, so it was not told
         if not self.state.usable and self.state.down_since is not None:
             run.stop(FailoverAsked())
+        if dispatcher.stopping.is_set():
+            run.stop(ShutdownAsked())  # the stop began before the run was registered
         return run
 
     def _finish(self, run: PromptRun) -> None:
