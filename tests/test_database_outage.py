@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.receivers import eventually
+from tests.helpers import wait_for
 from tests.tcp_proxy import TcpProxy
 
 # Long enough for any answer the service gives during an outage, shorter than the pool's own
@@ -65,7 +65,7 @@ def test_requests_during_an_outage_answer_503_database_unavailable_and_recover(
         assert ready.json()["database"]["ok"] is False
 
         proxy.restore()
-        eventually(lambda: http.get(f"/jobs/{job_id}").status_code == 200, timeout=10)
+        wait_for(lambda: http.get(f"/jobs/{job_id}").status_code == 200, timeout=10)
         assert http.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
 
 
@@ -82,7 +82,7 @@ def test_a_synchronous_generate_cut_off_answers_its_job_id(make_service, photo, 
         )
     )
     request.start()
-    eventually(lambda: service.services.engine.dispatcher.runs(), timeout=10)
+    wait_for(lambda: service.services.engine.dispatcher.runs(), timeout=10)
     proxy.cut()
     request.join(30)
     [answer] = answers
