@@ -87,9 +87,9 @@ def through(proxy: TcpProxy, url: str) -> str:
 
 def fleet_batch(
     database: str, *, jobs: int, step_delay: float, lease: float, cut: float | None
-) -> tuple[dict[str, dict], list[str], float | None, list[str]]:
+) -> tuple[dict[str, dict], list[str], float | None, int]:
     """One batch through an API replica and a worker whose database goes through a proxy cut
-    for ``cut`` seconds 1.5 s in (None: undisturbed); records, ids, fault end, servers."""
+    for ``cut`` seconds 1.5 s in (None: undisturbed); records, ids, fault end, jobs run twice."""
     parts = urlsplit(database)
     proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432)).start()
     with schema(database) as url, tempfile.TemporaryDirectory() as scratch:
@@ -129,7 +129,7 @@ def fleet_batch(
 
             records = collect(http, ids, on_tick=tick)
             http.close()
-            return records, ids, fault["end"], [standin.url]
+            return records, ids, fault["end"], ran_twice([standin.url])
         finally:
             api.stop()
             if worker.poll() is None:
@@ -150,9 +150,9 @@ def wait_ready(http: httpx.Client, timeout: float = 60) -> None:
 
 def hung_batch(
     *, jobs: int, step_delay: float, stall: float, hang: bool
-) -> tuple[dict[str, dict], list[str], float | None, list[str]]:
+) -> tuple[dict[str, dict], list[str], float | None, int]:
     """One batch through one process in front of two stand-ins, one of which hangs 1.5 s in
-    (``hang``); records, ids, the hang's start, servers."""
+    (``hang``); records, ids, the hang's start, jobs run twice."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         standins = [start_standin(scratch_path, f"gpu{i}", step_delay=step_delay) for i in (1, 2)]
@@ -175,7 +175,7 @@ def hung_batch(
 
             records = collect(http, ids, on_tick=tick)
             http.close()
-            return records, ids, fault["end"], [s.url for s in standins]
+            return records, ids, fault["end"], ran_twice([s.url for s in standins])
         finally:
             service.stop()
             for standin in standins:
@@ -201,13 +201,13 @@ def collect(http: httpx.Client, ids: list[str], on_tick: Callable[[], None]) -> 
     return records
 
 
-Batch = Callable[[bool], tuple[dict[str, dict], list[str], float | None, list[str]]]
+Batch = Callable[[bool], tuple[dict[str, dict], list[str], float | None, int]]
 
 
 def scenario(name: str, batch: Batch, *, lease: float) -> Outcome:
     """The batch undisturbed, then with its fault; the outcome."""
     undisturbed, ids, _, _ = batch(False)
-    records, ids, fault_end, servers = batch(True)
+    records, ids, fault_end, twice = batch(True)
     undisturbed_s = span(undisturbed)
     ended_at = [moment(r["finishedAt"]) for r in records.values() if r.get("finishedAt")]
     fault_end_wall = None if fault_end is None else time.time() - (time.monotonic() - fault_end)
@@ -220,12 +220,17 @@ def scenario(name: str, batch: Batch, *, lease: float) -> Outcome:
         scenario=name,
         jobs=len(ids),
         lost=len(ids) - sum(r["status"] == "succeeded" for r in records.values()),
-        ran_twice=sum(1 for count in completed_seeds(servers).values() if count > 1),
+        ran_twice=twice,
         stranded=stranded,
         recovery_s=None if recovery is None else round(max(0.0, recovery), 2),
         batch_s=round(span(records), 2),
         undisturbed_batch_s=round(undisturbed_s, 2),
     )
+
+
+def ran_twice(servers: list[str]) -> int:
+    """Jobs (one seed each) whose prompt ran to success more than once on the servers."""
+    return sum(1 for count in completed_seeds(servers).values() if count > 1)
 
 
 def span(records: dict[str, dict]) -> float:
@@ -254,7 +259,7 @@ def run(*, jobs: int, job_seconds: float, lease: float, short: float, long: floa
             cut=seconds if faulty else None,
         )  # fmt: skip
 
-    def hung(faulty: bool) -> tuple[dict[str, dict], list[str], float | None, list[str]]:
+    def hung(faulty: bool) -> tuple[dict[str, dict], list[str], float | None, int]:
         return hung_batch(jobs=jobs, step_delay=step_delay, stall=stall, hang=faulty)
 
     return [
