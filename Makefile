@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m bench.scale --update-docs
 	$(BIN)/python -m bench.upload_memory --update-docs
 	$(BIN)/python -m bench.soak --update-docs
+	$(BIN)/python -m bench.faults --update-docs
 
 bench-memory: setup
 	$(BIN)/python -m bench.upload_memory --update-docs

@@ -48,6 +48,7 @@ class Settings:
     comfyui_reconnect_max: float = 10.0
     comfyui_slots: int = 2
     comfyui_down_grace: float = 10.0
+    comfyui_stall_timeout: float = 300.0
     job_timeout: float = 600.0
     max_active_jobs: int = 1024
     max_queued_jobs: int = 1024
@@ -261,6 +262,7 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "max_queued_jobs": 1,
     "comfyui_slots": 1,
     "comfyui_down_grace": 0,
+    "comfyui_stall_timeout": 0,
     "max_upload_mb": 0,
     "max_image_pixels": 4096,
     "min_image_side": 1,

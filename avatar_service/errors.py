@@ -265,6 +265,12 @@ _RAISED: tuple[tuple[type[ServiceError], str, str], ...] = (
     (BadGateway, "comfyui_bad_response", "ComfyUI answered unexpectedly"),
     (BadGateway, "comfyui_server_removed", "the job's ComfyUI server is no longer configured"),
     (BadGateway, "avatar_fetch_failed", "the generated image could not be fetched from ComfyUI"),
+    (
+        BadGateway,
+        "comfyui_stalled",
+        "ComfyUI made no progress on the prompt for COMFYUI_STALL_TIMEOUT and no other server "
+        "could run it",
+    ),
     (ServiceUnavailable, "comfyui_unavailable", "ComfyUI is unreachable"),
     (ServiceUnavailable, "service_busy", "at a limit (jobs, streams, decodes) or stopping"),
     (GatewayTimeout, "job_timeout", "the job's deadline passed"),
@@ -304,6 +310,7 @@ JOB_FAILURES: tuple[str, ...] = (
     "comfyui_server_removed",
     "comfyui_error",
     "avatar_fetch_failed",
+    "comfyui_stalled",
     "comfyui_unavailable",
     "job_timeout",
 )

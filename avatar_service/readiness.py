@@ -105,6 +105,9 @@ class Readiness:
         state["down"] = held.get("down", False)
         if held.get("downSince") is not None:
             state["downSince"] = iso(held["downSince"])
+        state["stalled"] = held.get("stalled", False)
+        if held.get("stalledUntil") is not None:
+            state["stalledUntil"] = iso(held["stalledUntil"])
         state["jobs"], state["slots"] = held.get("jobs", 0), held.get("slots", 0)
         if held.get("withheldStyles"):
             state["withheldStyles"] = held["withheldStyles"]
@@ -130,6 +133,10 @@ class Readiness:
             }
         default_ok = not (checked or {}).get(self.settings.default_style)
         state["ready"] = bool(
-            state["websocket"] and state["http"] and default_ok and not state["down"]
+            state["websocket"]
+            and state["http"]
+            and default_ok
+            and not state["down"]
+            and not state["stalled"]
         )
         return state

@@ -268,7 +268,9 @@ def _engine(
         photos=photos,
         avatars=avatar_files,
         settings=RunSettings(
-            job_timeout=settings.job_timeout, poll_interval=settings.comfyui_poll_interval
+            job_timeout=settings.job_timeout,
+            poll_interval=settings.comfyui_poll_interval,
+            stall_timeout=settings.comfyui_stall_timeout,
         ),
         coordination=coordination,
         slots=settings.comfyui_slots,

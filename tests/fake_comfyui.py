@@ -360,7 +360,7 @@ class FakeComfyUI:
             self.on_queue(prompt_id)
         return dict(node_errors)
 
-    def history(self, prompt_id: str) -> HistoryEntry | None:
+    def history(self, prompt_id: str, *, timeout: float | None = None) -> HistoryEntry | None:
         """GET /history/{prompt_id}: the entry once the prompt has ended, else None."""
         self._request("history", prompt_id=prompt_id)
         with self._lock:
@@ -397,7 +397,7 @@ class FakeComfyUI:
             if removed:
                 self._status()
 
-    def view(self, image: OutputImage) -> tuple[bytes, str]:
+    def view(self, image: OutputImage, *, timeout: float | None = None) -> tuple[bytes, str]:
         """GET /view of an output image (a PNG of ``image_size``)."""
         self._request("view", image=image.to_dict())
         with self._lock:

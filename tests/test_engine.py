@@ -24,7 +24,7 @@ from avatar_service.jobs.engine import GenerateRequest, JobEngine
 from avatar_service.jobs.events import JobEvents
 from avatar_service.jobs.ledger import JobLedger
 from avatar_service.jobs.prompt import RunSettings
-from avatar_service.jobs.records import Job, JobRecords
+from avatar_service.jobs.records import Job, JobRecords, LeaseLost
 from avatar_service.photos.store import PhotoStore
 from avatar_service.storage.avatars import AvatarStore
 from tests.conftest import REPO_ROOT, make_photo
@@ -163,6 +163,7 @@ def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
         max_queued_jobs: int = 1024,
         max_active_jobs: int = 256,
         connect_wait: float = 2.0,
+        stall_timeout: float = 0.0,
         styles: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict,
     ) -> Engine:
         folder = tmp_path / f"engine{len(built)}"
@@ -184,7 +185,9 @@ def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
             workflows=styles(load_workflows(REPO_ROOT / "workflows")),
             photos=photos,
             avatars=AvatarStore(folder / "avatars", strip_metadata=False),
-            settings=RunSettings(job_timeout=JOB_TIMEOUT, poll_interval=0.05),
+            settings=RunSettings(
+                job_timeout=JOB_TIMEOUT, poll_interval=0.05, stall_timeout=stall_timeout
+            ),
             coordination=coordination,
             slots=slots,
             down_grace=down_grace,
@@ -536,3 +539,73 @@ def test_start_requeues_a_claimed_job_never_queued_and_fails_one_of_a_removed_se
         "message": "the job ran on http://gone:8188, which is no longer configured",
         "details": {"server": "http://gone:8188", "jobId": removed},
     }
+
+
+# -- a server that stops making progress ------------------------------------------------------
+
+
+def test_a_prompt_that_makes_no_progress_runs_on_another_server(make_engine):
+    """A prompt ComfyUI says nothing about for stall_timeout is interrupted there, that server
+    gets no jobs for a while (readiness says stalled), and the job succeeds on the other."""
+    built = make_engine((GPU_1, GPU_2), slots=1, stall_timeout=0.3)
+    built.start()
+    job_id = built.submit()
+    first_prompt = built.prompt_of(job_id)
+    stalled_url = built.server_of(job_id)
+    other_url = GPU_2 if stalled_url == GPU_1 else GPU_1
+    built.fakes[stalled_url].begin(first_prompt)  # started, then silence
+    second_prompt = wait_for(
+        lambda: (p := built.prompt_of(job_id)) != first_prompt and p, message="another prompt"
+    )
+    assert built.server_of(job_id) == other_url
+    stalled = built.fakes[stalled_url]
+    assert stalled.calls_named("interrupt")[-1].args == {"prompt_id": first_prompt}
+    assert built.dispatcher.snapshot()[stalled_url]["stalled"] is True
+    assert built.dispatcher.reasons()[stalled_url] == (
+        "a prompt made no progress there (stalled); no jobs for a while"
+    )
+    built.fakes[other_url].finish(second_prompt)
+    assert built.ended(job_id)["status"] == "succeeded"
+    assert built.records.get(job_id).stalls == 1
+
+
+def test_a_job_that_stalls_with_nowhere_else_to_go_fails_clearly(make_engine):
+    """With no other server the stalled job fails comfyui_stalled, naming server and silence."""
+    built = make_engine((GPU_1,), slots=1, stall_timeout=0.3)
+    built.start()
+    job_id = built.submit()
+    prompt_id = built.prompt_of(job_id)
+    built.fakes[GPU_1].begin(prompt_id)
+    record = built.ended(job_id)
+    assert record["status"] == "failed"
+    error = record["error"]
+    assert error["status"] == 502 and error["code"] == "comfyui_stalled"
+    assert error["details"]["server"] == GPU_1 and error["details"]["stalls"] == 1
+    assert error["details"]["promptId"] == prompt_id
+    assert error["details"]["silentSeconds"] >= 0
+    assert built.fakes[GPU_1].calls_named("interrupt")[-1].args == {"prompt_id": prompt_id}
+
+
+def test_a_job_held_past_its_deadline_by_another_process_is_ended(make_engine):
+    """JOB_TIMEOUT ends any job, whoever holds it: one another process holds (its run lost)
+    past its deadline is taken from it, its prompt withdrawn, and it fails 504."""
+    built = make_engine((GPU_1,), slots=1)
+    built.start()
+    job_id = built.waiting(
+        "orphan",
+        status="running",
+        server=GPU_1,
+        prompt_id="lost-prompt",
+        owner=f"engine-elsewhere/{GPU_1}",
+        lease_expires=built.clock() + 3600,
+    )
+    built.clock.advance(JOB_TIMEOUT + 31)  # past the deadline and the sweeper's grace
+    record = built.ended(job_id)
+    assert record["status"] == "failed"
+    assert record["error"]["code"] == "job_timeout" and record["error"]["status"] == 504
+    gpu = built.fakes[GPU_1]
+    assert gpu.calls_named("interrupt")[-1].args == {"prompt_id": "lost-prompt"}
+    with pytest.raises(LeaseLost):  # the former holder's own end of it is refused
+        built.records.update(
+            built.records.get(job_id), expect_owner=f"engine-elsewhere/{GPU_1}", status="failed"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -341,3 +342,36 @@ def test_a_worker_killed_while_its_deliveries_wait_loses_neither_the_end_nor_the
     assert files["file"][0] == done["avatars"][0]["fileName"]
     assert other.prompts == []
     assert len(orphaned.prompts) == 1
+
+
+def test_a_worker_cut_off_for_less_than_its_lease_finishes_its_job(fleet, standins, postgres_url):
+    """A worker whose database goes away mid-job for less than its lease follows the job's
+    prompt again (by id) when the database is back, and ends it: one prompt, one avatar; the
+    lease of a job nothing follows is never renewed (the job is not stranded)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.tcp_proxy import TcpProxy
+
+    parts = urlsplit(postgres_url)
+    proxy = TcpProxy((parts.hostname, parts.port or 5432)).start()
+    try:
+        via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+        gpu = standins("gpu")
+        gpu.set_faults(step_delay=0.05)  # about 3.5 s per job
+        api = fleet.replica("api").wait_up()
+        fleet.worker("w", gpu.url, DATABASE_URL=via_proxy, WORKER_LEASE="12")
+        api.wait_workers({gpu.url})
+        job_id = start_job(api, upload(api, (40, 90, 160)))
+        api.wait_job(job_id, until=lambda record: record["status"] == "running")
+
+        proxy.cut()
+        time.sleep(5)  # the scenario: an outage of 5 s, well inside the 12 s lease
+        proxy.restore()
+
+        record = api.wait_job(job_id, timeout=40)
+        assert record["status"] == "succeeded", record
+        assert len(record["avatars"]) == 1
+        assert len(gpu.prompts) == 1  # followed again by its id, never queued twice
+    finally:
+        fleet.stop()
+        proxy.stop()

@@ -207,9 +207,11 @@ class ComfyUIClient:
         node_errors = self._decode(response, "/prompt").get("node_errors")
         return dict(node_errors) if isinstance(node_errors, dict) else {}
 
-    def history(self, prompt_id: str) -> HistoryEntry | None:
-        """GET /history/{prompt_id}: the entry once the prompt has ended, else None."""
-        return HistoryEntry.of_prompt(self._json("GET", f"/history/{prompt_id}"), prompt_id)
+    def history(self, prompt_id: str, *, timeout: float | None = None) -> HistoryEntry | None:
+        """GET /history/{prompt_id}: the entry once the prompt has ended, else None (within
+        ``timeout`` seconds when given, if shorter than the client's own)."""
+        answer = self._json("GET", f"/history/{prompt_id}", **self._within(timeout))
+        return HistoryEntry.of_prompt(answer, prompt_id)
 
     def queue(self) -> dict[str, Any]:
         """GET /queue."""
@@ -241,9 +243,10 @@ class ComfyUIClient:
         """POST /queue {"delete": [...]}: remove pending prompts (running ones are untouched)."""
         self._request("POST", "/queue", json={"delete": list(prompt_ids)})
 
-    def view(self, image: OutputImage) -> tuple[bytes, str]:
-        """GET /view: the bytes and content type of an image ComfyUI produced."""
-        response = self._request("GET", "/view", params=image.to_dict())
+    def view(self, image: OutputImage, *, timeout: float | None = None) -> tuple[bytes, str]:
+        """GET /view: the bytes and content type of an image ComfyUI produced (within
+        ``timeout`` seconds when given, if shorter than the client's own)."""
+        response = self._request("GET", "/view", params=image.to_dict(), **self._within(timeout))
         if response.status_code != 200:
             raise ComfyUIProtocolError(
                 f"/view of {image.filename!r} answered {response.status_code}",
@@ -251,6 +254,19 @@ class ComfyUIClient:
                 status=response.status_code,
             )
         return response.content, response.headers.get("content-type", "application/octet-stream")
+
+    def _within(self, seconds: float | None) -> dict[str, Any]:
+        """The request option that bounds a call by ``seconds`` (none when not given)."""
+        if seconds is None:
+            return {}
+        seconds = max(0.01, seconds)
+        read, connect = self.timeout.read, self.timeout.connect
+        return {
+            "timeout": httpx.Timeout(
+                seconds if read is None else min(read, seconds),
+                connect=seconds if connect is None else min(connect, seconds),
+            )
+        }
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return self._decode(self._request(method, path, **kwargs), path)

@@ -29,10 +29,11 @@ from .coordination import Solo
 from .estimates import RunTimes
 from .job import Job, JobStatus
 from .ledger import JobLedger
-from .prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked, withdraw
+from .prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked
 from .records import JobRecords
 from .servers import ServerState
 from .sweeper import QueueSweeper
+from .withdrawal import withdraw
 from .workers import ServerWorker
 
 logger = logging.getLogger(__name__)
@@ -255,6 +256,8 @@ class Dispatcher:
                 report[state.url] = {
                     "down": state.down_since is not None,
                     "downSince": state.down_since,
+                    "stalled": state.stalled,
+                    "stalledUntil": state.stalled_until if state.stalled else None,
                     "jobs": len(worker.runs),
                     "slots": worker.slots,
                     "withheldStyles": sorted(state.withheld()),

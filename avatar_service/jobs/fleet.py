@@ -24,10 +24,11 @@ from .broadcast import EventBroadcast
 from .coordination import Solo
 from .events import JobEvents
 from .job import Job
-from .prompt import ShutdownAsked, withdraw
+from .prompt import ShutdownAsked
 from .records import JobRecords
 from .registry import WorkerEntry, WorkerRegistry
 from .takeover import Takeover
+from .withdrawal import withdraw
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -148,7 +149,8 @@ class Fleet(Solo):
     def _beat(self, now: float) -> None:
         """Renew this process's leases and registry rows; fence off jobs taken from it."""
         dispatcher = self._dispatcher()
-        held = self.records.renew_leases(f"{dispatcher.owner}/", now + self.lease)
+        followed = {job_id for _worker, job_id in dispatcher.claimed()}
+        held = self.records.renew_leases(f"{dispatcher.owner}/", followed, now + self.lease)
         self.registry.beat(self._entries(now))
         lost = [
             run

@@ -147,6 +147,8 @@ class Job:
     lease_expires: float | None = None
     dispatched_at: float | None = None
     estimated_start_at: float | None = None
+    # How many servers this job's prompt stalled on (it then runs on another).
+    stalls: int = 0
 
     @property
     def ended(self) -> bool:

@@ -52,6 +52,15 @@ class FailedOver(Exception):
     """The job's server was given up: the job goes back to the head of the service's queue."""
 
 
+class Stalled(Exception):
+    """ComfyUI said nothing about the prompt (no message, no queue change) for too long."""
+
+    def __init__(self, server: str, seconds: float) -> None:
+        super().__init__(f"no progress on {server} for {seconds:.0f} s")
+        self.server = server
+        self.seconds = seconds
+
+
 class PromptLost(Exception):
     """ComfyUI no longer knows the prompt (it restarted, or someone removed it)."""
 
@@ -100,7 +109,9 @@ def judge(
     return entry
 
 
-def deadline_passed(job: Job, prompt_id: str, *, unreachable: bool, timeout: float) -> ServiceError:
+def deadline_passed(
+    job: Job, prompt_id: str | None, *, unreachable: bool, timeout: float
+) -> ServiceError:
     """The error of a job whose prompt had not ended at its deadline (the prompt is removed)."""
     if unreachable:
         return ServiceUnavailable(
@@ -110,6 +121,28 @@ def deadline_passed(job: Job, prompt_id: str, *, unreachable: bool, timeout: flo
     return GatewayTimeout(
         f"the job did not finish within {timeout:g} s; its prompt was removed from ComfyUI",
         details={"jobId": job.id, "promptId": prompt_id, "status": job.status},
+    )
+
+
+def stalled(job: Job, stall: Stalled, *, stalls: int, elsewhere: bool) -> ServiceError:
+    """A job whose prompt stalled and that cannot run elsewhere (no other server, or it
+    stalled too often)."""
+    why = (
+        f"it stalled on {stalls} servers"
+        if elsewhere
+        else "no other ComfyUI server can take it now"
+    )
+    return BadGateway(
+        f"ComfyUI at {stall.server} made no progress on the job's prompt for {stall.seconds:.0f} s "
+        f"(no message, no queue change); the prompt was interrupted there, and {why}",
+        code="comfyui_stalled",
+        details={
+            "jobId": job.id,
+            "promptId": job.prompt_id,
+            "server": stall.server,
+            "silentSeconds": round(stall.seconds),
+            "stalls": stalls,
+        },
     )
 
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TypeVar
 
 from ..comfyui import (
@@ -55,14 +56,18 @@ from .prompt_state import (
     RUNNING,
     CancelAsked,
     Check,
+    CheckTimer,
     FailoverAsked,
     Phase,
     PromptState,
     RunEvent,
     ShutdownAsked,
+    Submission,
     Where,
+    Withdrawal,
 )
 from .records import JobRecords
+from .withdrawal import withdraw
 
 __all__ = ["FailoverAsked", "Phase", "PromptRun", "RunSettings", "ShutdownAsked", "withdraw"]
 
@@ -72,19 +77,19 @@ T = TypeVar("T")
 UPLOAD_SUBFOLDER = "avatar_service"
 # A prompt that vanished from ComfyUI (restart) is queued again this many times.
 MAX_RESUBMITS = 1
-# A job still waiting a moment after queueing asks for its position, then on queue changes
-# (at most once a second).
-FIRST_POSITION_CHECK_SECONDS = 0.3
-POSITION_REFRESH_SECONDS = 1.0
 # How old the shared view of ComfyUI's queue may be when a run consults it.
 QUEUE_VIEW_MAX_AGE = 1.0
 # Waits for the history entry ComfyUI writes just before ``executing`` null (a lagging server).
 HISTORY_RETRY_DELAYS = (0.0, 0.1, 0.3, 0.6, 1.0)
+# A prompt that ended by its deadline may still have its images fetched this long after it.
+COLLECT_GRACE = 2.0
 # A withdrawal ComfyUI did not receive is sent again at most this often (seconds).
 WITHDRAW_RETRY = 1.0
 
 # Events after which the run asks ComfyUI itself where its prompt is.
 _ASKS = (Check, Reconnected, Disconnected, CancelAsked)
+# Events that are no sign of life from ComfyUI (for the stall timer).
+_NOT_FROM_COMFYUI = (Check, CancelAsked, ShutdownAsked, FailoverAsked, Disconnected)
 
 
 @dataclass(frozen=True)
@@ -93,49 +98,9 @@ class RunSettings:
 
     job_timeout: float
     poll_interval: float
-
-
-@dataclass
-class Submission:
-    """When the prompt was queued (monotonic), and the socket's message count then."""
-
-    queued_at: float = 0.0
-    # None once the socket was checked (or for a prompt taken up rather than queued).
-    messages_at_queue: int | None = None
-
-
-@dataclass
-class Withdrawal:
-    """A cancel: asked, and whether ComfyUI still has to be told (it was unreachable)."""
-
-    asked: bool = False
-    pending: bool = False
-    last_try: float = 0.0
-
-
-@dataclass
-class CheckTimer:
-    """When the run asks ComfyUI next, beside the poll interval."""
-
-    # Ask before waiting for the next event (a run taken up, or a queue change).
-    pending: bool = False
-    # A first position check soon after queueing (None once the prompt was heard of).
-    first_at: float | None = None
-    last_position: float = 0.0
-
-    def start(self, *, check_first: bool) -> None:
-        """The prompt is being followed from now."""
-        now = time.monotonic()
-        self.pending = check_first
-        self.first_at = now + FIRST_POSITION_CHECK_SECONDS
-        self.last_position = now
-
-    def queue_changed(self, phase: Phase) -> None:
-        """ComfyUI's queue changed: a waiting prompt asks its place (at most once a second)."""
-        now = time.monotonic()
-        if phase is Phase.WAITING and now - self.last_position > POSITION_REFRESH_SECONDS:
-            self.last_position = now
-            self.pending = True
+    # Seconds a prompt may go without a message for it or a change of ComfyUI's queue before
+    # it counts as stalled (0: never).
+    stall_timeout: float = 0.0
 
 
 class PromptRun:
@@ -169,6 +134,9 @@ class PromptRun:
         self.submission = Submission()
         self.withdrawal = Withdrawal(asked=job.cancel_requested)
         self.checks = CheckTimer()
+        # When ComfyUI last gave a sign of life for this prompt (monotonic): a message about
+        # it, or a change of its queue.
+        self.heard_at = time.monotonic()
         self._stopped = threading.Event()  # shutdown or failover: end the run at once
         self._stop_reason: ShutdownAsked | FailoverAsked | None = None
 
@@ -180,6 +148,8 @@ class PromptRun:
         prompt_id = self.job.prompt_id
         if prompt_id:
             self.withdrawal.pending = not withdraw(self.client, prompt_id)
+            if not self.withdrawal.pending:
+                self.withdrawal.sent_at = time.monotonic()
         self._post(CancelAsked())
 
     def stop(self, event: ShutdownAsked | FailoverAsked) -> None:
@@ -276,8 +246,10 @@ class PromptRun:
     def _follow(self, *, check_first: bool) -> None:
         """Feed events to the state until the prompt has ended."""
         self.checks.start(check_first=check_first)
+        self.heard_at = time.monotonic()
         while True:
             self._enforce_deadline()
+            self._check_stall()
             self._retry_withdraw()
             event = self._next_event()
             if event is None or self._step(event):
@@ -300,6 +272,8 @@ class PromptRun:
             except queue.Empty:
                 return None
         timeout = min(self.job.deadline - self.clock(), self.settings.poll_interval)
+        if self.settings.stall_timeout:
+            timeout = min(timeout, self.heard_at + self.settings.stall_timeout - time.monotonic())
         if self.checks.first_at is not None:
             timeout = min(timeout, self.checks.first_at - time.monotonic())
         try:
@@ -315,6 +289,8 @@ class PromptRun:
             raise outcomes.FailedOver
         if isinstance(event, Check | Reconnected | ExecutionStarted):
             self.checks.first_at = None
+        if not isinstance(event, _NOT_FROM_COMFYUI):
+            self.heard_at = time.monotonic()
         asked_in = self.state.phase
         self.state = self.state.after(event)
         if isinstance(event, ExecutionStarted | NodeStarted):
@@ -354,10 +330,15 @@ class PromptRun:
         """ENDED, RUNNING, a queue position, or ABSENT.
 
         The queue view is shared by all runs on the server and may be up to a second old, but
-        never older than this run's POST /prompt; only a prompt missing from it costs a
-        /history call of its own.
+        never older than this run's POST /prompt or its withdrawal (a cancel): a view from
+        before still lists the prompt. Only a prompt missing from it costs a /history call of
+        its own.
         """
-        newer_than = max(time.monotonic() - QUEUE_VIEW_MAX_AGE, self.submission.queued_at)
+        newer_than = max(
+            time.monotonic() - QUEUE_VIEW_MAX_AGE,
+            self.submission.queued_at,
+            self.withdrawal.sent_at,
+        )
         where, position = self.client.queue_state(self._prompt_id, newer_than=newer_than)
         if where == "running":
             return RUNNING
@@ -398,6 +379,16 @@ class PromptRun:
             timeout=self.settings.job_timeout,
         )
 
+    def _check_stall(self) -> None:
+        """A prompt that ComfyUI has said nothing about for ``stall_timeout`` (no message, no
+        queue change) is withdrawn there, and the run ends ``Stalled``."""
+        timeout = self.settings.stall_timeout
+        silent = time.monotonic() - self.heard_at
+        if not timeout or self.state.ended or silent < timeout:
+            return
+        withdraw(self.client, self._prompt_id)
+        raise outcomes.Stalled(self.client.base_url, silent)
+
     def _ended_anyway(self) -> bool:
         try:
             return self.client.history(self._prompt_id) is not None
@@ -409,6 +400,8 @@ class PromptRun:
         if withdrawal.pending and time.monotonic() - withdrawal.last_try > WITHDRAW_RETRY:
             withdrawal.last_try = time.monotonic()
             withdrawal.pending = not withdraw(self.client, self._prompt_id)
+            if not withdrawal.pending:
+                withdrawal.sent_at = time.monotonic()
 
     def _check_socket_heard(self) -> None:
         """Reconnect a websocket that heard nothing, not even the broadcast of our own queueing."""
@@ -423,13 +416,15 @@ class PromptRun:
         """The history entry (written before ``executing`` null; a lagging server gets a moment)."""
         for delay in HISTORY_RETRY_DELAYS:
             time.sleep(delay)
-            entry = self.patiently(lambda: self.client.history(self._prompt_id), finished=True)
+            entry = self.patiently(partial(self.client.history, self._prompt_id), finished=True)
             if entry is not None:
                 return entry
         return None
 
-    def patiently(self, call: Callable[[], T], *, finished: bool = False) -> T:
-        """``call()``, retried with backoff while ComfyUI refuses connections, until the deadline.
+    def patiently(self, call: Callable[..., T], *, finished: bool = False) -> T:
+        """``call(timeout=...)``, retried with backoff while ComfyUI refuses connections, until
+        the deadline. No try lasts past the deadline, but for ``COLLECT_GRACE`` to fetch what a
+        prompt that ended at its deadline made; the error of a try that fails then is raised.
 
         A server that accepts but does not answer in time is not asked again for a prompt that
         may still run: its read timeout has already been waited for. Once the prompt has
@@ -438,8 +433,9 @@ class PromptRun:
         """
         delay = 0.2
         while True:
+            left = self.job.deadline - self.clock()
             try:
-                return call()
+                return call(timeout=max(left, COLLECT_GRACE))
             except (ComfyUIUnavailable, ComfyUIProtocolError) as exc:
                 if not _is_transient(exc, finished=finished):
                     raise
@@ -481,18 +477,3 @@ def _is_transient(exc: ComfyUIError, *, finished: bool) -> bool:
     if isinstance(exc, ComfyUIUnavailable):
         return finished or not exc.timed_out
     return finished and isinstance(exc, ComfyUIProtocolError) and (exc.status or 0) >= 500
-
-
-def withdraw(client: ComfyUIClient, prompt_id: str) -> bool:
-    """Remove a prompt from ComfyUI's queue, or interrupt it if it runs; True when sent.
-
-    Deleting first means it cannot start between the two calls; the interrupt names the prompt,
-    so ComfyUI ignores it unless that very prompt is running.
-    """
-    try:
-        client.delete_pending([prompt_id])
-        client.interrupt(prompt_id)
-    except ComfyUIError as exc:
-        logger.warning("could not withdraw prompt %s from ComfyUI: %s", prompt_id, exc)
-        return False
-    return True

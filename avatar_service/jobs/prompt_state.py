@@ -18,6 +18,7 @@ owner: ``Check`` (time to ask ComfyUI itself), ``CancelAsked``, ``ShutdownAsked`
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, replace
 
 from ..comfyui import (
@@ -114,3 +115,55 @@ class PromptState:
     def queued_again(self) -> PromptState:
         """The prompt was queued once more after the server forgot it."""
         return replace(self, phase=Phase.WAITING)
+
+
+# A job still waiting a moment after queueing asks for its position, then on queue changes
+# (at most once a second).
+FIRST_POSITION_CHECK_SECONDS = 0.3
+POSITION_REFRESH_SECONDS = 1.0
+
+
+@dataclass
+class Submission:
+    """When the prompt was queued (monotonic), and the socket's message count then."""
+
+    queued_at: float = 0.0
+    # None once the socket was checked (or for a prompt taken up rather than queued).
+    messages_at_queue: int | None = None
+
+
+@dataclass
+class Withdrawal:
+    """A cancel: asked, and whether ComfyUI still has to be told (it was unreachable)."""
+
+    asked: bool = False
+    pending: bool = False
+    last_try: float = 0.0
+    # When ComfyUI last received it (monotonic): a queue view older than that still lists the
+    # prompt, and must not be believed.
+    sent_at: float = 0.0
+
+
+@dataclass
+class CheckTimer:
+    """When the run asks ComfyUI next, beside the poll interval."""
+
+    # Ask before waiting for the next event (a run taken up, or a queue change).
+    pending: bool = False
+    # A first position check soon after queueing (None once the prompt was heard of).
+    first_at: float | None = None
+    last_position: float = 0.0
+
+    def start(self, *, check_first: bool) -> None:
+        """The prompt is being followed from now."""
+        now = time.monotonic()
+        self.pending = check_first
+        self.first_at = now + FIRST_POSITION_CHECK_SECONDS
+        self.last_position = now
+
+    def queue_changed(self, phase: Phase) -> None:
+        """ComfyUI's queue changed: a waiting prompt asks its place (at most once a second)."""
+        now = time.monotonic()
+        if phase is Phase.WAITING and now - self.last_position > POSITION_REFRESH_SECONDS:
+            self.last_position = now
+            self.pending = True

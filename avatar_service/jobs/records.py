@@ -195,14 +195,20 @@ class JobRecords:
 
     # -- leases (processes sharing the database) -------------------------------------------
 
-    def renew_leases(self, owner_prefix: str, until: float) -> set[str]:
-        """Extend the lease of every unfinished job whose owner starts with ``owner_prefix``;
-        the ids of the jobs still held (a job taken over by another process is not)."""
+    def renew_leases(self, owner_prefix: str, job_ids: Iterable[str], until: float) -> set[str]:
+        """Extend the leases of the jobs ``job_ids`` (those this process follows) while their
+        owner still starts with ``owner_prefix``; the ids still held (a job taken over by
+        another process is not). A job nothing follows is not renewed: its lease passes and it
+        is taken over."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+        marks = ", ".join("?" for _ in ids)
         with self._transaction() as db:
             rows = db.execute(
-                "UPDATE jobs SET lease_expires = ? WHERE owner LIKE ? "
+                f"UPDATE jobs SET lease_expires = ? WHERE owner LIKE ? AND id IN ({marks}) "
                 "AND status IN ('queued', 'running') RETURNING id",
-                (until, _prefix_pattern(owner_prefix)),
+                (until, _prefix_pattern(owner_prefix), *ids),
             ).fetchall()
         return {row[0] for row in rows}
 
@@ -236,6 +242,29 @@ class JobRecords:
                 (now, limit),
             ).fetchall()
         return [_from_row(row) for row in rows]
+
+    def overdue(self, before: float, limit: int = 50) -> list[Job]:
+        """Unfinished jobs held by someone (a server's, a process's) whose deadline passed
+        before ``before``: their holder did not end them in time."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND deadline < ? "
+                "AND (server IS NOT NULL OR owner IS NOT NULL) ORDER BY deadline LIMIT ?",
+                (before, limit),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def seize(self, job: Job, owner: str, *, until: float) -> Job | None:
+        """Become the holder of an unfinished job whatever its lease (its holder kept it past
+        its deadline); None when it ended or changed hands meanwhile. The former holder's own
+        end of it is refused from now on (``LeaseLost``)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET owner = ?, lease_expires = ? WHERE id = ? "
+                "AND COALESCE(owner, '') = ? AND status IN ('queued', 'running') RETURNING *",
+                (owner, until, job.id, job.owner or ""),
+            ).fetchall()
+        return _from_row(row[0]) if row else None
 
     def take_over(self, job: Job, owner: str, *, until: float, now: float) -> Job | None:
         """Atomically become the holder of a job whose lease has passed; None when another

@@ -25,8 +25,9 @@ T = TypeVar("T")
 class Patiently(Protocol):
     """Runs a call to ComfyUI, retrying it as the caller sees fit (``PromptRun.patiently``)."""
 
-    def __call__(self, call: Callable[[], T], *, finished: bool = ...) -> T:
-        """``call()``, perhaps tried again (more patiently once the prompt has ``finished``)."""
+    def __call__(self, call: Callable[..., T], *, finished: bool = ...) -> T:
+        """``call(timeout=...)``, perhaps tried again (more patiently once the prompt has
+        ``finished``), each try bounded by what is left of the job's deadline."""
         ...
 
 

@@ -21,6 +21,8 @@ class ServerState:
         self.url = client.base_url
         # Wall-clock time the server was given up (unreachable past the grace period), or None.
         self.down_since: float | None = None
+        # Until when (wall clock) the server gets no jobs: a prompt stalled there, or None.
+        self.stalled_until: float | None = None
         self._lock = threading.Lock()
         self._catalogue: str | None = None
         # style -> (catalogue signature when it was withheld, the rejection)
@@ -28,8 +30,17 @@ class ServerState:
 
     @property
     def usable(self) -> bool:
-        """Whether the server may be given jobs now (websocket up, not given up)."""
-        return self.client.connected and self.down_since is None
+        """Whether the server may be given jobs now (websocket up, not given up, not stalled)."""
+        return self.client.connected and self.down_since is None and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """Whether a prompt stalled here lately (the server gets no jobs for a while)."""
+        return self.stalled_until is not None and time.time() < self.stalled_until
+
+    def stall(self, *, cooldown: float) -> None:
+        """A prompt made no progress here: no new jobs for ``cooldown`` seconds."""
+        self.stalled_until = time.time() + cooldown
 
     def unreachable_for(self) -> float:
         """Seconds since the websocket was last up (0 while it is up)."""
@@ -41,6 +52,8 @@ class ServerState:
         """Why the server cannot take jobs now (None when it can)."""
         if self.usable:
             return None
+        if self.client.connected and self.down_since is None and self.stalled:
+            return "a prompt made no progress there (stalled); no jobs for a while"
         return self.client.last_error or "not connected"
 
     def withhold(self, style: str, rejection: PromptRejected) -> None:

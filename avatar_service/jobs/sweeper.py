@@ -24,11 +24,18 @@ from .estimates import Busy, schedule
 from .job import JobStatus
 from .prompt_state import Phase
 from .records import Waiting
+from .withdrawal import withdraw, withdraw_from
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
+
+# A job held past its deadline by this long is ended by the sweeper, whoever holds it (a run
+# ends its own job at its deadline; this is for a job nothing follows any more).
+OVERDUE_GRACE = 30.0
+# How often held jobs are looked at for that (seconds).
+OVERDUE_INTERVAL = 1.0
 
 
 class QueueSweeper:
@@ -41,10 +48,15 @@ class QueueSweeper:
         self.drain_seconds: float | None = None
         # The position and estimated start last published for each waiting job.
         self._published: dict[str, tuple[int, int | None]] = {}
+        self._overdue_at = 0.0
 
     def sweep(self) -> None:
-        """End waiting jobs past their deadline or cancelled; refresh positions and estimates."""
+        """End waiting jobs past their deadline or cancelled; refresh positions and estimates;
+        end jobs whose holder kept them past their deadline."""
         now = self.clock()
+        if now >= self._overdue_at:
+            self._overdue_at = now + OVERDUE_INTERVAL
+            self._end_overdue(now)
         waiting: list[Waiting] = []
         unrunnable_styles: dict[str, PromptRejected | None] = {}
         for job in self.dispatcher.records.waiting_brief():
@@ -73,6 +85,37 @@ class QueueSweeper:
                 taken, timeout=dispatcher.settings.job_timeout, servers=dispatcher.reasons()
             )
             logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
+            dispatcher.ledger.finish(taken, JobStatus.FAILED, error)
+
+    def _end_overdue(self, now: float) -> None:
+        """JOB_TIMEOUT ends any job, whoever holds it: one held (by another process, or by
+        nobody: its run was lost) ``OVERDUE_GRACE`` past its deadline is taken from its holder
+        (whose own end of it is then refused), its prompt withdrawn, and it fails 504."""
+        dispatcher = self.dispatcher
+        here = {job_id for _worker, job_id in dispatcher.claimed()}
+        for job in dispatcher.records.overdue(now - OVERDUE_GRACE):
+            if job.id in here:
+                continue  # its run here ends it at its deadline
+            taken = dispatcher.records.seize(
+                job, f"{dispatcher.owner}/sweeper", until=now + dispatcher.lease
+            )
+            if taken is None:
+                continue
+            if taken.server is not None and taken.prompt_id is not None:
+                worker = dispatcher.worker_for(taken.server)
+                if worker is not None:
+                    withdraw(worker.client, taken.prompt_id)
+                else:
+                    withdraw_from(taken.server, taken.prompt_id)
+            error = outcomes.deadline_passed(
+                taken, taken.prompt_id, unreachable=False, timeout=dispatcher.settings.job_timeout
+            )
+            logger.warning(
+                "job %s failed: %s (its holder %s did not end it by its deadline)",
+                job.id,
+                error.code,
+                job.owner,
+            )
             dispatcher.ledger.finish(taken, JobStatus.FAILED, error)
 
     def _unrunnable(self, style: str) -> PromptRejected | None:

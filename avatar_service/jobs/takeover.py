@@ -17,12 +17,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-import httpx
-
 from ..comfyui import ComfyUIClient
 from .job import Job, JobStatus
-from .prompt import withdraw
 from .results import collect_avatars
+from .withdrawal import FOREIGN_TIMEOUT, withdraw_from
 
 if TYPE_CHECKING:
     from .fleet import Fleet
@@ -30,9 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Timeouts of the HTTP calls to a server this process does not drive.
-FOREIGN_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 
 class Takeover:
@@ -89,7 +84,7 @@ class Takeover:
             return
         if taken.prompt_id is not None and self._finish_from_history(taken, holder=job.owner):
             return
-        if taken.prompt_id is not None and not _withdraw_from(taken.server, taken.prompt_id):
+        if taken.prompt_id is not None and not withdraw_from(taken.server, taken.prompt_id):
             # removed when a worker drives that server again
             self.records.abandon_prompt(taken.server, taken.prompt_id, taken.id)
         requeued = self.records.requeue(taken, front=True)
@@ -135,15 +130,7 @@ class Takeover:
         return True
 
 
-def _at_once(call: Callable[[], T], *, finished: bool = False) -> T:
-    """``call()`` once: a server this process does not drive is not waited for."""
+def _at_once(call: Callable[..., T], *, finished: bool = False) -> T:
+    """``call()`` once, with the client's own timeouts: a server this process does not drive
+    is not waited for."""
     return call()
-
-
-def _withdraw_from(server: str, prompt_id: str) -> bool:
-    """Withdraw a prompt from a server this process does not drive (HTTP only); True if sent."""
-    client = ComfyUIClient(server, timeout=FOREIGN_TIMEOUT)
-    try:
-        return withdraw(client, prompt_id)
-    finally:
-        client.close()

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 SUBMIT_FAILURE_PAUSE = 1.0
 # The longest a worker waits before looking at the queue again without being told.
 IDLE_WAIT = 0.5
+# A job whose prompt stalled on this many servers fails (comfyui_stalled).
+MAX_STALLS = 2
+# A job cut off from the database asks for its record again this often (seconds).
+DATABASE_RETRY = 1.0
 
 
 class ServerWorker:
@@ -129,6 +133,7 @@ class ServerWorker:
         """Run a claimed job on this server to its end (or give it back)."""
         dispatcher = self.dispatcher
         run: PromptRun | None = None
+        resume: Job | None = None
         try:
             run = self._register(job)
             self._finish(run)
@@ -138,10 +143,13 @@ class ServerWorker:
             self._left(job)
         except outcomes.FailedOver:
             self._give_back(run.job if run else job, "its server was given up")
-        except (LeaseLost, DatabaseUnavailable) as exc:
-            # Cut off from the database, or past the lease: the process that takes the job over
-            # ends it; nothing is written from here.
-            logger.error("job %s left to the process that takes it over: %s", job.id, exc)
+        except outcomes.Stalled as stall:
+            self._stalled(run.job if run else job, stall)
+        except LeaseLost as exc:
+            # Past the lease: the process that took the job over ends it.
+            logger.error("job %s left to the process that took it over: %s", job.id, exc)
+        except DatabaseUnavailable as exc:
+            resume = self._when_database_answers(run.job if run else job, exc)
         except Exception as exc:  # every failure ends the job; none escapes the thread
             current = run.job if run else job
             if dispatcher.stopping.is_set():
@@ -157,6 +165,35 @@ class ServerWorker:
                 ticket = self._tickets.pop(job.id)
             self.order.done(ticket)  # never queued (resumed, failed, cancelled): next in line
             dispatcher.released(self, job.id)
+            if resume is not None:
+                self.take(resume)  # its prompt is followed again by id, from its record
+
+    def _when_database_answers(self, job: Job, exc: DatabaseUnavailable) -> Job | None:
+        """Cut off from the database mid-job: wait (up to the lease) for it to answer, then
+        the job's record, still held here, to be followed again; None when the lease passed
+        first (the job is taken over, here or elsewhere), or the job ended or changed hands."""
+        dispatcher = self.dispatcher
+        logger.error(
+            "job %s: the database does not answer (%s); its prompt is followed again when it "
+            "answers, within the lease (%.0f s)",
+            job.id,
+            exc,
+            dispatcher.lease,
+        )
+        deadline = time.monotonic() + dispatcher.lease
+        while not dispatcher.stopping.wait(DATABASE_RETRY):
+            try:
+                current = dispatcher.records.get(job.id)
+            except DatabaseUnavailable:
+                if time.monotonic() < deadline:
+                    continue
+                logger.error("job %s left to the process that takes it over", job.id)
+                return None
+            if current is None or current.ended or current.owner != self.owner:
+                return None
+            logger.warning("job %s: the database answers again; following it again", job.id)
+            return current
+        return None
 
     def _register(self, job: Job) -> PromptRun:
         """The job's run, registered where cancels and failovers reach it."""
@@ -217,6 +254,35 @@ class ServerWorker:
             self.paused_until = time.monotonic() + SUBMIT_FAILURE_PAUSE
             return True
         return False
+
+    def _stalled(self, job: Job, stall: outcomes.Stalled) -> None:
+        """The job's prompt made no progress here: the server gets no jobs for a while, the
+        other prompts it holds go back to the queue, and the job runs elsewhere (it fails
+        ``comfyui_stalled`` when no other server can take it, or after ``MAX_STALLS``)."""
+        dispatcher = self.dispatcher
+        cooldown = dispatcher.settings.stall_timeout
+        self.state.stall(cooldown=cooldown)
+        logger.warning(
+            "ComfyUI %s made no progress on job %s for %.0f s (no message, no queue change): its "
+            "prompt is interrupted, and the server gets no jobs for %.0f s",
+            self.state.url,
+            job.id,
+            stall.seconds,
+            cooldown,
+        )
+        for worker, job_id, other in dispatcher.runs():
+            if worker is self and job_id != job.id:
+                other.stop(FailoverAsked())
+        current = dispatcher.records.get(job.id) or job
+        if current.ended:
+            return
+        stalls = current.stalls + 1
+        if stalls >= MAX_STALLS or not dispatcher.any_usable():
+            error = outcomes.stalled(current, stall, stalls=stalls, elsewhere=stalls >= MAX_STALLS)
+            logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
+            dispatcher.ledger.finish(current, JobStatus.FAILED, error)
+            return
+        self._give_back(dispatcher.records.update(current, stalls=stalls), str(stall))
 
     def _give_back(self, job: Job, reason: str) -> None:
         """Put a job back at the head of the queue; its prompt there is removed later."""

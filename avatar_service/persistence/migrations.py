@@ -203,6 +203,12 @@ CREATE TABLE IF NOT EXISTS deleted_avatars (
 CREATE INDEX IF NOT EXISTS deleted_avatars_job ON deleted_avatars(job_id);
 """
 
+# Version 7: how often a job's prompt stalled on a server (no message, no queue change for
+# COMFYUI_STALL_TIMEOUT) and was moved to another.
+V7_SCHEMA = """
+ALTER TABLE jobs ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: tuple[Step, ...] = (
     V1_SCHEMA,
     V2_SCHEMA,
@@ -210,6 +216,7 @@ MIGRATIONS: tuple[Step, ...] = (
     V4_SCHEMA,
     add_outbox,
     V6_SCHEMA,
+    V7_SCHEMA,
 )
 
 
