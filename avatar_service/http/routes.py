@@ -40,8 +40,7 @@ from ..storage.avatars import AVATAR_NAME_PATTERN
 from .access import Caller
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document, error_codes
-from .presentation import job_body, job_response, parse_last_event_id, sse_stream
-from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
+from .presentation import job_body, job_response, parse_last_event_id, service_facts, sse_stream
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("avatar_service.requests")
@@ -208,41 +207,13 @@ def readyz():
 @bp.get("/service-info")
 def service_info():
     """What a client needs to know first: whether a key is needed, limits, where things are."""
-    svc = services()
-    settings, api = svc.settings, svc
-    return {
-        "authRequired": api.access.enabled,
-        "version": __version__,
-        "limits": {
-            "maxUploadBytes": settings.max_upload_bytes,
-            "minImageSide": settings.min_image_side,
-            "maxImagePixels": settings.max_image_pixels,
-            "minSide": MIN_SIDE,
-            "maxSide": MAX_SIDE,
-            "sideStep": SIDE_STEP,
-            "maxSeed": MAX_SEED,
-            "syncWaitSeconds": settings.sync_wait,
-            "rateLimitGenerate": settings.rate_limit_generate or None,
-            "rateLimitUpload": settings.rate_limit_upload or None,
-            "tokenTtlSeconds": settings.token_ttl if api.access.enabled else None,
-        },
-        "styles": request.host_url + "styles",
-        "openapi": request.host_url + "openapi.json",
-        "docs": request.host_url + "docs",
-    }
+    return service_facts(services(), request.host_url, version=__version__)
 
 
 @bp.get("/openapi.json")
 def openapi_document():
     """The OpenAPI 3.1 document of this service, built from the schemas that validate requests."""
-    svc = services()
-    return build_document(
-        current_app,
-        svc.generate_schema,
-        version=__version__,
-        auth=svc.access.enabled,
-        settings=svc.settings,
-    )
+    return build_document(current_app, services().generate_schema, version=__version__)
 
 
 @bp.get("/docs", strict_slashes=False)
