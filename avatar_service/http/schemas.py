@@ -212,8 +212,14 @@ class GenerateSchema:
         documented = self.documented_fields()
         return {name: documented[name] for name in FRAMING_FIELDS}
 
-    def parse(self, body: Any) -> tuple[GenerateRequest, bool]:
-        """Validate a body; one 400 ``invalid_fields`` naming every bad field."""
+    def parse(
+        self, body: Any, *, may_use_photo: Callable[[object], bool] = lambda name: True
+    ) -> tuple[GenerateRequest, bool]:
+        """Validate a body; one 400 ``invalid_fields`` naming every bad field.
+
+        ``may_use_photo``: whether the caller may see the photo, whose size bounds a crop (a
+        photo it may not see is checked as an unknown one: nothing of it is told).
+        """
         if not isinstance(body, dict):
             raise BadRequest(
                 "the body must be a JSON object (send Content-Type: application/json)",
@@ -238,7 +244,9 @@ class GenerateSchema:
                 value = int(value)
             problem = None
             if name == "crop" and value is not None:
-                value, problem = self._crop(value, body.get("imageName"))
+                image_name = body.get("imageName")
+                visible = image_name if may_use_photo(image_name) else None
+                value, problem = self._crop(value, visible)
                 ok = problem is None
             if not ok:
                 problems[name] = problem or field.message
