@@ -422,8 +422,12 @@ def test_ctrl_c_cancels_the_jobs_it_started(avatar, service, standin, photos, tm
         seen: list[str] = []
         deadline = time.monotonic() + 20
         try:
-            while not any("running KSampler" in line for line in seen):
-                assert time.monotonic() < deadline, f"no sampler step seen: {seen}"
+            # Both jobs made (the second photo may still be uploading when the first runs),
+            # and one of them running.
+            while len(job_ids("".join(seen))) < 2 or not any(
+                "running KSampler" in line for line in seen
+            ):
+                assert time.monotonic() < deadline, f"no two jobs and a sampler step: {seen}"
                 try:
                     seen.append(lines.get(timeout=0.5))
                 except queue.Empty:

@@ -6,13 +6,14 @@ import asyncio
 import json
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
-from avatar_service.comfyui import ComfyUIClient, ExecutionEnded
+from avatar_service.comfyui import ComfyUIClient, ExecutionEnded, Progress
 
 ODD_FRAMES: list[str | bytes] = [
     "not json",
@@ -25,10 +26,14 @@ ODD_FRAMES: list[str | bytes] = [
     struct.pack(">II", 9, 0),  # unknown binary event
 ]
 
+# A text frame that is not UTF-8 (its bytes are sent as they are).
+NOT_UTF8 = b'{"type": "status", "data": "\xff\xfe"}'
 
-@pytest.fixture
-def odd_server() -> Iterator[str]:
-    """A websocket server that sends ODD_FRAMES, then a real event for prompt 'p1'."""
+
+@contextmanager
+def websocket_server(send: Callable[[web.WebSocketResponse], Awaitable[None]]) -> Iterator[str]:
+    """A websocket server on a free port whose handler reads the client's feature_flags frame,
+    then runs ``send``; its base URL."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     state: dict = {}
@@ -37,14 +42,7 @@ def odd_server() -> Iterator[str]:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.receive()  # the client's feature_flags frame
-        for frame in ODD_FRAMES:
-            if isinstance(frame, bytes):
-                await ws.send_bytes(frame)
-            else:
-                await ws.send_str(frame)
-        await ws.send_str(
-            json.dumps({"type": "executing", "data": {"node": None, "prompt_id": "p1"}})
-        )
+        await send(ws)
         async for _ in ws:
             pass
         return ws
@@ -70,18 +68,79 @@ def odd_server() -> Iterator[str]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(5)
-    yield f"http://127.0.0.1:{state['port']}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    try:
+        yield f"http://127.0.0.1:{state['port']}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+@pytest.fixture
+def odd_server() -> Iterator[str]:
+    """A websocket server that sends ODD_FRAMES, then a real event for prompt 'p1'."""
+
+    async def send(ws: web.WebSocketResponse) -> None:
+        for frame in ODD_FRAMES:
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_str(frame)
+        await ws.send_frame(NOT_UTF8, WSMsgType.TEXT)
+        await ws.send_str(
+            json.dumps({"type": "executing", "data": {"node": None, "prompt_id": "p1"}})
+        )
+
+    with websocket_server(send) as url:
+        yield url
 
 
 def test_reader_survives_odd_frames(odd_server: str) -> None:
-    """Unreadable JSON, non-object data and bad binary frames are skipped, not fatal."""
+    """Unreadable JSON, non-object data, text that is not UTF-8 and bad binary frames are
+    skipped, not fatal."""
     client = ComfyUIClient(odd_server, timeout=httpx.Timeout(5, connect=2))
     watch = client.watch("p1")
     client.start()
     try:
         assert watch.events.get(timeout=5) == ExecutionEnded()
         assert client.connected
+    finally:
+        client.close()
+
+
+BURST = 400  # progress messages sent back to back, so that many share one read
+
+
+@pytest.fixture
+def burst_server() -> Iterator[str]:
+    """A websocket server that sends BURST progress messages for prompt 'p1' at once, with a
+    text frame of over 64 KiB (an 8-byte length) in the middle, then the prompt's end."""
+
+    async def send(ws: web.WebSocketResponse) -> None:
+        for value in range(1, BURST + 1):
+            data = {"node": "3", "value": value, "max": BURST, "prompt_id": "p1"}
+            await ws.send_str(json.dumps({"type": "progress", "data": data}))
+            if value == BURST // 2:
+                big = {"node": "9", "output": {"text": ["x" * 70_000]}, "prompt_id": "p1"}
+                await ws.send_str(json.dumps({"type": "executed", "data": big}))
+        await ws.send_str(
+            json.dumps({"type": "executing", "data": {"node": None, "prompt_id": "p1"}})
+        )
+
+    with websocket_server(send) as url:
+        yield url
+
+
+def test_messages_arriving_together_are_each_read_in_order(burst_server: str) -> None:
+    """Messages that arrive in one burst (several per read, one larger than a read) each
+    reach the prompt's watch, in order, none lost or merged."""
+    client = ComfyUIClient(burst_server, timeout=httpx.Timeout(5, connect=2))
+    watch = client.watch("p1")
+    client.start()
+    try:
+        events = [watch.events.get(timeout=5) for _ in range(BURST + 1)]
+        assert events == [Progress("3", value, BURST) for value in range(1, BURST + 1)] + [
+            ExecutionEnded()
+        ]
+        assert client.messages_received == BURST + 2
     finally:
         client.close()

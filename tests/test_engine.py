@@ -567,6 +567,8 @@ def test_a_prompt_that_makes_no_progress_runs_on_another_server(make_engine):
     built.fakes[other_url].finish(second_prompt)
     assert built.ended(job_id)["status"] == "succeeded"
     assert built.records.get(job_id).stalls == 1
+    # The withdrawal reached ComfyUI: nothing is left to remove there later (no second interrupt).
+    assert built.records.abandoned_prompts(stalled_url) == []
 
 
 def test_a_job_that_stalls_with_nowhere_else_to_go_fails_clearly(make_engine):

@@ -43,6 +43,21 @@ from .queue import QueueSnapshot
 logger = logging.getLogger(__name__)
 
 
+# Bytes asked of the socket per read: a job's ~150 small messages arrive a few at a time, and
+# one read then serves several frames (websocket-client alone asks for each frame's header,
+# length and payload separately: two or three system calls per message). Small enough that the
+# library's copying of what is left over stays cheap.
+READ_AHEAD = 4096
+
+
+class _ReadAheadWebSocket(websocket.WebSocket):
+    """A websocket whose reads take what the socket holds, up to READ_AHEAD bytes at a time."""
+
+    def _recv(self, bufsize: int) -> bytes:
+        data: bytes = super()._recv(max(bufsize, READ_AHEAD))  # type: ignore[no-untyped-call]
+        return data
+
+
 @dataclass
 class PromptWatch:
     """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...)."""
@@ -318,6 +333,10 @@ class ComfyUIClient:
                     timeout=self.timeout.connect,
                     suppress_origin=True,
                     enable_multithread=True,
+                    # The library checks UTF-8 byte by byte in Python (about half the reader's
+                    # CPU); json.loads decodes the bytes, strictly, in C instead.
+                    skip_utf8_validation=True,
+                    class_=_ReadAheadWebSocket,
                 )
             except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket connect failed: {exc}"

@@ -1,4 +1,4 @@
-"""Signed job-finished webhooks (Standard Webhooks), delivered through the outbox (delivery.py).
+"""Signed job-finished webhooks (Standard Webhooks), delivered through the outbox (outbox.py).
 
 Every delivery is a JSON ``POST`` with the headers ``webhook-id`` (the same on every retry),
 ``webhook-timestamp`` (unix seconds of the attempt) and ``webhook-signature``

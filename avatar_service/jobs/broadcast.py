@@ -7,6 +7,10 @@ carries the event's data when it fits (PostgreSQL's limit is 8000 bytes), else o
 and the receiver reads the job's record. The database stays the source of truth: after the
 listening connection is lost and made again, every job still followed here is read from its
 record, and one that ended meanwhile gets its final event from it.
+
+Events are sent by a thread of their own, so a job's run never waits for the database to pass
+its progress on: whatever was published while the previous notifications were on their way
+goes in one transaction (a sampler's steps come faster than one round trip each), in order.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from ..persistence.postgres import PostgresDatabase
@@ -31,6 +36,10 @@ MAX_PAYLOAD = 7000
 LISTEN_WAKE = 0.5
 # Pause before listening again after the connection was lost (seconds).
 RECONNECT_PAUSE = 1.0
+# Notifications sent in one transaction at most; beyond this many waiting, the oldest are
+# dropped (the database is out of reach: receivers read the records when they catch up).
+MAX_BATCH = 500
+MAX_WAITING = 10_000
 
 
 class EventBroadcast:
@@ -46,6 +55,9 @@ class EventBroadcast:
         self.channel = ""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
+        self._outgoing: deque[str] = deque(maxlen=MAX_WAITING)
+        self._outgoing_changed = threading.Condition()
         self.listening = threading.Event()
 
     def start(self) -> None:
@@ -54,26 +66,51 @@ class EventBroadcast:
             (schema,) = db.execute("SELECT current_schema()").fetchone()
         self.channel = "avatar_events_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
         self.events.add_forwarder(self.send)
+        self._sender = threading.Thread(target=self._send_forever, name="event-sender", daemon=True)
+        self._sender.start()
         self._thread = threading.Thread(target=self._listen, name="event-listener", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop listening."""
+        """Send what is still waiting, then stop sending and listening."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        with self._outgoing_changed:
+            self._outgoing_changed.notify_all()
+        for thread in (self._sender, self._thread):
+            if thread is not None:
+                thread.join(5)
 
     def send(self, job_id: str, event: str, data: dict[str, Any], final: bool) -> None:
-        """Notify the other processes of one event (after it was published here)."""
+        """Queue one event (published here) for the other processes; the sender sends it."""
         message = {"o": self.origin, "j": job_id, "e": event, "f": final, "d": data}
         payload = json.dumps(message, separators=(",", ":"))
         if len(payload.encode()) > MAX_PAYLOAD:
             payload = json.dumps({**message, "d": None}, separators=(",", ":"))
+        with self._outgoing_changed:
+            self._outgoing.append(payload)
+            self._outgoing_changed.notify_all()
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._outgoing_changed:
+                while not self._outgoing and not self._stopping.is_set():
+                    self._outgoing_changed.wait()
+                if not self._outgoing:  # stopping, and nothing left to send
+                    return
+                batch = [
+                    self._outgoing.popleft() for _ in range(min(MAX_BATCH, len(self._outgoing)))
+                ]
+            self._send(batch)
+
+    def _send(self, batch: list[str]) -> None:
+        """One transaction for the batch: PostgreSQL delivers its notifications in order."""
         try:
             with self.database.transaction() as db:
-                db.execute("SELECT pg_notify(?, ?)", (self.channel, payload))
-        except Exception:  # listeners re-read records when they miss one
-            logger.exception("could not notify other processes of %s of job %s", event, job_id)
+                db.executemany("SELECT pg_notify(?, ?)", [(self.channel, p) for p in batch])
+        except Exception as exc:  # listeners re-read records when they miss one
+            logger.warning(
+                "could not notify other processes of %d job event(s): %s", len(batch), exc
+            )
 
     def _listen(self) -> None:
         failing = False

@@ -55,10 +55,12 @@ class FailedOver(Exception):
 class Stalled(Exception):
     """ComfyUI said nothing about the prompt (no message, no queue change) for too long."""
 
-    def __init__(self, server: str, seconds: float) -> None:
+    def __init__(self, server: str, seconds: float, *, withdrawn: bool = False) -> None:
         super().__init__(f"no progress on {server} for {seconds:.0f} s")
         self.server = server
         self.seconds = seconds
+        # Whether ComfyUI received the withdrawal (else it is sent again when the server answers).
+        self.withdrawn = withdrawn
 
 
 class PromptLost(Exception):

@@ -386,8 +386,8 @@ class PromptRun:
         silent = time.monotonic() - self.heard_at
         if not timeout or self.state.ended or silent < timeout:
             return
-        withdraw(self.client, self._prompt_id)
-        raise outcomes.Stalled(self.client.base_url, silent)
+        withdrawn = withdraw(self.client, self._prompt_id)
+        raise outcomes.Stalled(self.client.base_url, silent, withdrawn=withdrawn)
 
     def _ended_anyway(self) -> bool:
         try:

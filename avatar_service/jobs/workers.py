@@ -282,15 +282,17 @@ class ServerWorker:
             logger.warning("job %s failed: %s %s", job.id, error.code, error.message)
             dispatcher.ledger.finish(current, JobStatus.FAILED, error)
             return
-        self._give_back(dispatcher.records.update(current, stalls=stalls), str(stall))
+        requeued = dispatcher.records.update(current, stalls=stalls)
+        self._give_back(requeued, str(stall), withdrawn=stall.withdrawn)
 
-    def _give_back(self, job: Job, reason: str) -> None:
-        """Put a job back at the head of the queue; its prompt there is removed later."""
+    def _give_back(self, job: Job, reason: str, *, withdrawn: bool = False) -> None:
+        """Put a job back at the head of the queue; its prompt there is removed later, unless
+        it was ``withdrawn`` already."""
         records = self.dispatcher.records
         current = records.get(job.id) or job
         if current.ended:
             return
-        if current.prompt_id and current.server:
+        if current.prompt_id and current.server and not withdrawn:
             records.abandon_prompt(current.server, current.prompt_id, current.id)
         logger.warning(
             "job %s goes back to the head of the queue (%s: %s)", job.id, self.state.url, reason
