@@ -6,9 +6,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run standin test test-fast lint format bench bench-memory clean
+NODE_CLIENT := clients/typescript
+
+.PHONY: setup setup-node run standin test test-fast lint format bench bench-memory clean
 
 setup: $(VENV)/.installed
+
+# The TypeScript client's packages (npm ci, from its package-lock.json), when node is here:
+# tests/test_typescript_client.py lints the document and type-checks the client with them
+# (skipped without node or the npm registry, unless CI=true or REQUIRE_NODE=1).
+setup-node: $(NODE_CLIENT)/node_modules/.installed
+
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed \
+	    || echo "npm ci failed in $(NODE_CLIENT): the TypeScript client's tests will say why"; \
+	else \
+	  echo "node/npm not found: the TypeScript client's tests will be skipped"; \
+	fi
 
 $(VENV)/.installed: requirements.txt requirements-standin.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +39,7 @@ run: setup
 standin: setup
 	./scripts/standin
 
-test: setup
+test: setup setup-node
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -52,4 +67,4 @@ bench-memory: setup
 	$(BIN)/python -m bench.upload_memory --update-docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(NODE_CLIENT)/node_modules $(NODE_CLIENT)/build

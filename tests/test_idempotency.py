@@ -112,11 +112,14 @@ def test_keys_belong_to_their_api_key(make_service, photo):
     """The same Idempotency-Key under two API keys makes two jobs (keys are per caller)."""
     key_a, key_b = "idem-key-a-0123456789", "idem-key-b-0123456789"
     service = make_service(api_keys=f"{key_a},{key_b}")
+    service.http.headers["Authorization"] = f"Bearer {key_b}"
+    body_b = {"imageName": service.upload(photo), "async": True}  # a photo is its key's own
     service.http.headers["Authorization"] = f"Bearer {key_a}"
     name = service.upload(photo)
     body = {"imageName": name, "async": True}
     first = generate(service, body, "shared")
-    second = generate(service, body, "shared", Authorization=f"Bearer {key_b}")
+    # Were keys shared, this would be the same key with another body (422), not a new job.
+    second = generate(service, body_b, "shared", Authorization=f"Bearer {key_b}")
     assert first.status_code == second.status_code == 202
     assert first.json()["jobId"] != second.json()["jobId"]
     service.wait_job(first.json()["jobId"])

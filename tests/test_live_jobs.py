@@ -73,7 +73,19 @@ def test_job_shows_queue_position_and_progress(service, standin, photo):
     assert service.wait_job(second)["status"] == "succeeded"
 
 
-def test_cancel_queued_job_removes_only_its_prompt(service, standin, photo):
+def cancel(service, job_id: str, way: str):
+    """Cancel a job the documented way (POST .../cancel) or by its alias (DELETE)."""
+    if way == "post":
+        return service.http.post(f"/jobs/{job_id}/cancel")
+    return service.http.delete(f"/jobs/{job_id}")
+
+
+# The documented way to cancel, and its alias: the same behaviour and answers.
+CANCEL_WAYS = pytest.mark.parametrize("way", ["post", "delete"])
+
+
+@CANCEL_WAYS
+def test_cancel_queued_job_removes_only_its_prompt(service, standin, photo, way):
     """Cancelling a queued job deletes its prompt from ComfyUI's queue; the running one goes on."""
     standin.set_faults(hang=True)
     name = service.upload(photo)
@@ -83,7 +95,7 @@ def test_cancel_queued_job_removes_only_its_prompt(service, standin, photo):
     service.wait_job(second, until=lambda r: r["queuePosition"] is not None)
     second_prompt = standin.prompts[-1]["prompt_id"]
 
-    answer = service.http.delete(f"/jobs/{second}")
+    answer = cancel(service, second, way)
     assert answer.status_code == 200
     assert answer.json()["status"] == "cancelled"
     assert {"delete": [second_prompt]} in standin.queue_requests
@@ -93,20 +105,22 @@ def test_cancel_queued_job_removes_only_its_prompt(service, standin, photo):
     assert service.wait_job(first)["status"] == "succeeded"
 
 
-def test_cancel_running_job_interrupts_only_it(service, standin, photo):
-    """Cancelling a running job interrupts its prompt_id only; the job ends cancelled; 409 after."""
+@CANCEL_WAYS
+def test_cancel_running_job_interrupts_only_it(service, standin, photo, way):
+    """Cancelling a running job interrupts its prompt_id only; the job ends cancelled; 409 after
+    (by either way)."""
     standin.set_faults(hang=True)
     name = service.upload(photo)
     job_id = start_job(service, name)
     service.wait_job(job_id, until=lambda r: r["status"] == "running")
     prompt_id = standin.prompts[-1]["prompt_id"]
-    answer = service.http.post(f"/jobs/{job_id}/cancel")
+    answer = cancel(service, job_id, way)
     assert answer.status_code == 200
     assert answer.json()["status"] == "cancelled"
     assert standin.interrupts == [{"prompt_id": prompt_id}]
-    again = service.http.delete(f"/jobs/{job_id}")
-    assert again.status_code == 409
-    assert again.json()["error"]["code"] == "job_already_ended"
+    for again in (cancel(service, job_id, "post"), cancel(service, job_id, "delete")):
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "job_already_ended"
 
 
 def test_two_servers_cancel_one_other_completes(make_service, standin, tmp_path, photo):

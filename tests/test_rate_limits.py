@@ -76,9 +76,10 @@ def test_generate_limit_counts_each_key_apart(make_service, photo):
         headers={"Authorization": f"Bearer {key_a}"},
     )
     assert_limited(again, "1 per 1 minute")
+    name_b = upload(service, photo, key_b).json()["imageName"]  # a photo is its key's own
     other = service.http.post(
         "/generate-avatar-by-image",
-        json={"imageName": name, "async": True},
+        json={"imageName": name_b, "async": True},
         headers={"Authorization": f"Bearer {key_b}"},
     )
     assert other.status_code == 202

@@ -219,6 +219,7 @@ TABLES = {
     "job_owners",
     "idempotency_keys",
     "deleted_avatars",
+    "photo_owners",
 }
 
 # The tables the HTTP layer and retention created when a service of the release before the one

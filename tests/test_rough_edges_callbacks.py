@@ -115,13 +115,12 @@ def test_the_pattern_still_refuses_other_places(entry, url):
     assert not re.match(allowed_url_pattern(entry), url)
 
 
-def test_the_document_publishes_the_case_insensitive_pattern(make_service):
-    """GET /openapi.json carries the pattern, readable by ECMA-262 (no inline flags)."""
+def test_the_service_info_publishes_the_case_insensitive_pattern(make_service):
+    """GET /service-info carries the pattern, readable by ECMA-262 (no inline flags)."""
     service = make_service(webhook_allowed_urls="https://Hooks.Example.com/cb/")
-    document = service.http.get("/openapi.json").json()
-    operation = document["paths"]["/generate-avatar-by-image"]["post"]
-    schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    pattern = schema["properties"]["callbackUrl"]["pattern"]
+    callbacks = service.http.get("/service-info").json()["callbackUrls"]
+    assert callbacks["allowed"] == ["https://Hooks.Example.com/cb/"]
+    pattern = callbacks["pattern"]
     assert "(?i" not in pattern
     assert re.match(pattern, "HTTPS://HOOKS.example.COM/cb/job")
     assert not re.match(pattern, "https://hooks.example.com/CB/job")

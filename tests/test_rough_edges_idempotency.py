@@ -103,16 +103,19 @@ def test_a_replay_under_another_api_key_is_not_free(make_service, photo):
     key_a, key_b = "spent-key-a-0123456789", "spent-key-b-0123456789"
     service = make_service(api_keys=f"{key_a},{key_b}", rate_limit_generate="1/minute")
     auth_a, auth_b = {"Authorization": f"Bearer {key_a}"}, {"Authorization": f"Bearer {key_b}"}
-    name = service.http.post(
-        "/upload-image", files={"image": ("p.png", photo, "image/png")}, headers=auth_a
-    ).json()["imageName"]
-    body = {"imageName": name, "async": True}
+    name, name_b = (
+        service.http.post(
+            "/upload-image", files={"image": ("p.png", photo, "image/png")}, headers=auth
+        ).json()["imageName"]
+        for auth in (auth_a, auth_b)  # a photo is its key's own
+    )
+    body, body_b = {"imageName": name, "async": True}, {"imageName": name_b, "async": True}
     first = generate(service, body, "shared", **auth_a)
     assert first.status_code == 202
     assert generate(service, body, "shared", **auth_a).status_code in (200, 202)
-    spent_b = service.http.post("/generate-avatar-by-image", json=body, headers=auth_b)
+    spent_b = service.http.post("/generate-avatar-by-image", json=body_b, headers=auth_b)
     assert spent_b.status_code == 202
-    assert generate(service, body, "shared", **auth_b).status_code == 429
+    assert generate(service, body_b, "shared", **auth_b).status_code == 429
     service.http.headers.update(auth_a)
     service.wait_job(first.json()["jobId"])
     service.http.headers.update(auth_b)

@@ -1,6 +1,6 @@
-"""API keys, who owns which job, and the short-lived signed tokens for browser GETs.
+"""API keys, who owns which job and which photo, and the short-lived signed tokens for browser GETs.
 
-Keys are never stored or logged: a job's owner is recorded as the key's id (a hash prefix),
+Keys are never stored or logged: an owner is recorded as the key's id (a hash prefix),
 and keys are compared in constant time. A token is ``<expiry>.<HMAC(secret, jobId.expiry)>``:
 it grants the event stream, preview and avatars of one job until it expires.
 """
@@ -97,6 +97,26 @@ class Access:
         with self._db.transaction() as db:
             row = db.execute("SELECT key_id FROM job_owners WHERE job_id = ?", (job_id,)).fetchone()
         return row[0] if row else None
+
+    def claim_photo(self, image_name: str, caller: Caller) -> None:
+        """Record the key that uploaded a photo."""
+        with self._db.transaction() as db:
+            db.execute(
+                "INSERT INTO photo_owners (image_name, key_id) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (image_name, caller.key_id),
+            )
+
+    def may_use_photo(self, image_name: object, caller: Caller | None) -> bool:
+        """Whether a caller may use a photo: without keys, as an admin, as the key that
+        uploaded it, or when no key is recorded for it (stored before owners were)."""
+        if caller is None or caller.admin or not isinstance(image_name, str):
+            return True
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT key_id FROM photo_owners WHERE image_name = ?", (image_name,)
+            ).fetchone()
+        return row is None or row[0] == caller.key_id
 
     def token(self, job_id: str) -> str:
         """A token for one job's events, preview and avatars, valid for TOKEN_TTL seconds."""

@@ -17,6 +17,7 @@ from ..comfyui import Preview
 from ..errors import Conflict, Gone, ServiceUnavailable, UnprocessableContent
 from ..jobs import GenerateRequest, Job
 from ..persistence.database import DatabaseUnavailable
+from ..photos.store import image_not_found
 from ..times import iso
 from .access import Caller
 from .idempotency import request_fingerprint
@@ -47,13 +48,29 @@ class Avatars:
 
     # -- photos ------------------------------------------------------------------------------
 
-    def upload(self, stream: BinaryIO) -> dict[str, Any]:
-        """Store a photo: validated, normalised, its faces found; its name and size."""
-        return self.services.framing.save_photo(stream)
+    def upload(self, stream: BinaryIO, *, caller: Caller | None) -> dict[str, Any]:
+        """Store a photo: validated, normalised, its faces found; its name and size. With keys
+        on, it is the caller's key's own."""
+        stored = self.services.framing.save_photo(stream)
+        if caller is not None:
+            self.services.access.claim_photo(stored["imageName"], caller)
+        return stored
 
-    def framing(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
+    def framing(
+        self, image_name: str, *, width: int, height: int, caller: Caller | None
+    ) -> dict[str, Any]:
         """A stored photo's faces and the crop generate would use for this size."""
+        self.check_photo(image_name, caller)
         return self.services.framing.describe(image_name, width=width, height=height)
+
+    def check_photo(self, image_name: object, caller: Caller | None) -> None:
+        """404 image_not_found for a photo another key uploaded (as for one never stored)."""
+        if not self.may_use_photo(image_name, caller):
+            raise image_not_found(image_name)
+
+    def may_use_photo(self, image_name: object, caller: Caller | None) -> bool:
+        """Whether the caller may use this photo (keys off, an admin, or its key)."""
+        return self.services.access.may_use_photo(image_name, caller)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -138,6 +155,7 @@ class Avatars:
 
     def _start(self, request: GenerateRequest, base_url: str, caller: Caller | None) -> Job:
         services = self.services
+        self.check_photo(request.image_name, caller)
         job = services.engine.submit(services.framing.frame(request), base_url=base_url)
         if caller is not None:
             services.access.claim(job.id, caller)

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 from flask import Flask
 from werkzeug.routing import Rule
 
-from ..config import Settings
 from ..errors import ERROR_CODES, ErrorCode
-from .openapi_components import SCHEMAS, SECURITY_SCHEMES, error_answer
+from .openapi_answers import error_answer
+from .openapi_components import SCHEMAS, SECURITY_SCHEMES
 from .openapi_operations import PATH_PARAMETERS, TOKEN_OPERATIONS, operations
 from .schemas import GenerateSchema
 
@@ -64,6 +64,10 @@ ANY_ROUTE = ("bad_request", "untrusted_host", "method_not_allowed", "request_hea
 _FLASK_ROUTE_CODES = {"page.static": ("not_found",)}
 # Flask's app-wide static route: the service keeps no files there.
 _UNDOCUMENTED = frozenset({"static"})
+# Security: the apiKey scheme, or none where the service has no keys (/service-info says which);
+# routes answered to anyone say `[]` themselves.
+KEYED: list[dict[str, list[str]]] = [{"apiKey": []}]
+OPEN: list[dict[str, list[str]]] = [{}]
 _ARGUMENT = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
@@ -91,11 +95,14 @@ def declared_codes(app: Flask, endpoint: str) -> tuple[str, ...]:
     return tuple(getattr(view, "error_codes", ()))
 
 
-def build_document(
-    app: Flask, schema: GenerateSchema, *, version: str, auth: bool, settings: Settings
-) -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document of the service, for these settings and styles."""
-    known = operations(schema, settings)
+def build_document(app: Flask, schema: GenerateSchema, *, version: str) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document of the service: the same whatever its settings and styles.
+
+    What a deployment chooses (keys or not, the styles, the callback URLs allowed, the limits)
+    is said in words here and answered by GET /service-info, so that a client generated against
+    one service fits another.
+    """
+    known = operations(schema)
     found: list[tuple[str, str, dict[str, Any]]] = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint in _UNDOCUMENTED:
@@ -104,8 +111,8 @@ def build_document(
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             key = f"{method} {path}"
             operation = _operation(app, rule, known.get(key))
-            if auth and key in TOKEN_OPERATIONS:
-                operation["security"] = [{"apiKey": []}, {"jobToken": []}]
+            if key in TOKEN_OPERATIONS:
+                operation["security"] = [*KEYED, {"jobToken": []}, *OPEN]
             found.append((path, method, operation))
     # In the order openapi_operations.py tells them (a reader's order), then any other route.
     order = {key: index for index, key in enumerate(known)}
@@ -120,14 +127,16 @@ def build_document(
             "version": version,
             "description": (
                 "Upload a photo, then generate an avatar from it with a ComfyUI workflow. "
-                'Every error is `{"error": {"code", "message", "details"}}`.'
+                'Every error is `{"error": {"code", "message", "details"}}`. '
+                "Whether this service needs an API key (the apiKey scheme), its limits, its "
+                "styles and the callback URLs it allows are answered by GET /service-info."
             ),
         },
+        "servers": [{"url": "/", "description": "this service (where the document is served)"}],
+        "security": [*KEYED, *OPEN],
         "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
     }
-    if auth:
-        document["security"] = [{"apiKey": []}]
     return document
 
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Settings
-from .openapi_components import RATE_HEADERS, RETRY_HEADERS, any_file, any_json, image, json_answer
-from .openapi_components import text as text_answer
+from .openapi_answers import (
+    RATE_HEADERS,
+    RETRY_HEADERS,
+    any_file,
+    image,
+    json_answer,
+    object_answer,
+)
+from .openapi_answers import text as text_answer
+from .openapi_events import event_stream
 from .schemas import GenerateSchema
 
 # Descriptions of the path parameters, by name.
@@ -24,13 +31,24 @@ TOKEN_OPERATIONS = frozenset(
     {"GET /jobs/{job_id}/events", "GET /jobs/{job_id}/preview", "GET /avatars/{file_name}"}
 )
 _PUBLIC: dict[str, Any] = {"security": []}  # answered without a key, keys or not
+_READINESS: dict[str, Any] = {
+    "ready": {"type": "boolean"},
+    "standin": {"type": "boolean", "description": "every server known is the stand-in"},
+    "reason": {"type": "string", "description": "why it is not ready"},
+    "servers": {
+        "type": "object",
+        "additionalProperties": {"type": "object", "additionalProperties": True},
+        "description": "the state of each ComfyUI server, by URL",
+    },
+}
+_READY: dict[str, Any] = {"required": ("ready", "servers")}
 
 
-def operations(schema: GenerateSchema, settings: Settings) -> dict[str, dict[str, Any]]:
-    """Every operation's own part of the document, for these settings and styles."""
+def operations(schema: GenerateSchema) -> dict[str, dict[str, Any]]:
+    """Every operation's own part of the document (the same whatever the settings and styles)."""
     return {
-        **_uploads(settings),
-        "POST /generate-avatar-by-image": _generate(schema, settings),
+        **_uploads(),
+        "POST /generate-avatar-by-image": _generate(schema),
         "GET /photos/{image_name}/framing": _framing(schema),
         **_jobs(),
         **_avatars_and_styles(),
@@ -38,13 +56,15 @@ def operations(schema: GenerateSchema, settings: Settings) -> dict[str, dict[str
     }
 
 
-def _uploads(settings: Settings) -> dict[str, dict[str, Any]]:
+def _uploads() -> dict[str, dict[str, Any]]:
     upload = {
         "summary": "Upload a photo",
         "description": (
-            f"A JPEG, PNG or WebP photo of at most {settings.max_upload_bytes} bytes, both sides "
-            f"at least {settings.min_image_side} px, at most {settings.max_image_pixels} pixels. "
-            "It is stored as a PNG under a name made by the service."
+            "A JPEG, PNG or WebP photo of at most `maxUploadBytes`, both sides at least "
+            "`minImageSide` px, at most `maxImagePixels` pixels (GET /service-info, `limits`). "
+            "It is stored as a PNG under a name made by the service. With keys on, the photo "
+            "belongs to the key that uploaded it: another key gets 404 `image_not_found` for "
+            "it (an admin key reaches every photo)."
         ),
         "requestBody": {
             "required": True,
@@ -73,16 +93,17 @@ def _uploads(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
-def _generate(schema: GenerateSchema, settings: Settings) -> dict[str, Any]:
+def _generate(schema: GenerateSchema) -> dict[str, Any]:
     return {
         "operationId": "generateAvatar",
         "summary": "Generate an avatar from an uploaded photo",
         "description": (
-            f"Waits up to SYNC_WAIT ({settings.sync_wait:g} s) for the avatar (200), else "
-            "answers 202 with the record and Location. `async: true` or "
+            "Waits up to SYNC_WAIT (`syncWaitSeconds` of GET /service-info) for the avatar "
+            "(200), else answers 202 with the record and Location. `async: true` or "
             "`Prefer: respond-async` answers 202 at once. With an `Idempotency-Key`, the "
-            "same key and body answer the same job (never a second one) for "
-            f"IDEMPOTENCY_TTL ({settings.idempotency_ttl:g} s)."
+            "same key and body answer the same job (never a second one) for IDEMPOTENCY_TTL "
+            "(`idempotencyTtlSeconds`). The styles, and the callback URLs allowed, are this "
+            "service's own: GET /service-info and GET /styles name them."
         ),
         "parameters": [
             {
@@ -149,14 +170,19 @@ def _jobs() -> dict[str, dict[str, Any]]:
             "summary": "A job's record",
             "responses": {"200": json_answer("the record", "Job")},
         },
-        "DELETE /jobs/{job_id}": {
+        "POST /jobs/{job_id}/cancel": {
             "operationId": "cancelJob",
             "summary": "Cancel a job",
+            "description": "A job still in the queue never reaches ComfyUI; a running one is "
+            "interrupted. The record stays, with status `cancelled`.",
             "responses": cancelled,
         },
-        "POST /jobs/{job_id}/cancel": {
-            "operationId": "cancelJobPost",
-            "summary": "Cancel a job (same as DELETE /jobs/{job_id})",
+        "DELETE /jobs/{job_id}": {
+            "operationId": "cancelJobByDelete",
+            "summary": "Alias of POST /jobs/{job_id}/cancel",
+            "description": "Cancels the job (the record stays): the same behaviour and answers "
+            "as POST /jobs/{job_id}/cancel, which is the documented way.",
+            "deprecated": True,
             "responses": cancelled,
         },
         "GET /jobs/{job_id}/events": {
@@ -168,13 +194,13 @@ def _jobs() -> dict[str, dict[str, Any]]:
                     "in": "header",
                     "required": False,
                     "schema": {"type": "string"},
+                    "description": "the id of the last event read, to resume after it",
                 }
             ],
             "responses": {
-                "200": text_answer(
+                "200": event_stream(
                     "events: state, queued, position, running, progress, preview, then "
-                    "succeeded, failed or cancelled",
-                    "text/event-stream",
+                    "succeeded, failed or cancelled (each described by JobEvent)"
                 )
             },
         },
@@ -187,14 +213,6 @@ def _jobs() -> dict[str, dict[str, Any]]:
 
 
 def _avatars_and_styles() -> dict[str, dict[str, Any]]:
-    styles = {
-        "type": "object",
-        "required": ["styles", "default"],
-        "properties": {
-            "styles": {"type": "array", "items": {"type": "object"}},
-            "default": {"type": "string"},
-        },
-    }
     return {
         "GET /avatars/{file_name}": {
             "operationId": "getAvatar",
@@ -204,12 +222,7 @@ def _avatars_and_styles() -> dict[str, dict[str, Any]]:
         "GET /styles": {
             "operationId": "listStyles",
             "summary": "The styles (workflows) with their parameters",
-            "responses": {
-                "200": {
-                    "description": "the styles and the default one",
-                    "content": {"application/json": {"schema": styles}},
-                }
-            },
+            "responses": {"200": json_answer("the styles and the default one", "Styles")},
         },
     }
 
@@ -226,18 +239,22 @@ def _public() -> dict[str, dict[str, Any]]:
             {"200": json_answer("the facts", "ServiceInfo")},
         ),
         "GET /healthz": public(
-            "healthz", "The process is up", {"200": any_json('`{"status": "ok"}`')}
+            "healthz",
+            "The process is up",
+            {"200": object_answer("up", {"status": {"const": "ok"}}, required=("status",))},
         ),
         "GET /readyz": public(
             "readyz",
             "Whether a ComfyUI server can run the default style",
             {
-                "200": any_json("ready, with the state of each server"),
-                "503": any_json("not ready, with the reason and each server's state"),
+                "200": object_answer("ready, with the state of each server", _READINESS, **_READY),
+                "503": object_answer("not ready, with the reason", _READINESS, **_READY),
             },
         ),
         "GET /openapi.json": public(
-            "openapi", "This document", {"200": any_json("the OpenAPI 3.1 document")}
+            "openapi",
+            "This document",
+            {"200": object_answer("the OpenAPI 3.1 document", {"openapi": {"type": "string"}})},
         ),
         "GET /docs": public("docs", "Interactive documentation (Swagger UI)", page),
         "GET /docs/{asset}": public(

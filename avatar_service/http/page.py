@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, render_template
 
-from .routes import MAX_SIDE, MIN_SIDE, SIDE_STEP
+from .schemas import MAX_SIDE, MIN_SIDE, SIDE_STEP
 
 bp = Blueprint(
     "page",

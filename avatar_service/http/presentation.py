@@ -18,6 +18,7 @@ from ..errors import Conflict, error_from_record
 from ..jobs import Job, JobStatus
 from ..persistence.database import DatabaseUnavailable
 from ..times import iso
+from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -40,6 +41,39 @@ def job_body(job: Job, svc: Services) -> dict[str, Any]:
     except DatabaseUnavailable:
         pass  # the record as known; its deliveries are read again once the database answers
     return body
+
+
+def service_facts(svc: Services, host_url: str, *, version: str) -> dict[str, Any]:
+    """GET /service-info: whether a key is needed, the limits, the styles, the callback URLs
+    allowed, and where the styles and the document are (what the document leaves to it)."""
+    settings, schema = svc.settings, svc.generate_schema
+    return {
+        "authRequired": svc.access.enabled,
+        "version": version,
+        "limits": {
+            "maxUploadBytes": settings.max_upload_bytes,
+            "minImageSide": settings.min_image_side,
+            "maxImagePixels": settings.max_image_pixels,
+            "minSide": MIN_SIDE,
+            "maxSide": MAX_SIDE,
+            "sideStep": SIDE_STEP,
+            "maxSeed": MAX_SEED,
+            "syncWaitSeconds": settings.sync_wait,
+            "idempotencyTtlSeconds": settings.idempotency_ttl,
+            "rateLimitGenerate": settings.rate_limit_generate or None,
+            "rateLimitUpload": settings.rate_limit_upload or None,
+            "tokenTtlSeconds": settings.token_ttl if svc.access.enabled else None,
+        },
+        "styles": host_url + "styles",
+        "installedStyles": sorted(schema.workflows),
+        "defaultStyle": schema.default_style,
+        "callbackUrls": {
+            "allowed": list(schema.callback_prefixes),
+            "pattern": schema.callback_pattern(),
+        },
+        "openapi": host_url + "openapi.json",
+        "docs": host_url + "docs",
+    }
 
 
 def with_access(body: dict[str, Any], svc: Services) -> dict[str, Any]:

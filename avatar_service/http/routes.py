@@ -40,8 +40,7 @@ from ..storage.avatars import AVATAR_NAME_PATTERN
 from .access import Caller
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document, error_codes
-from .presentation import job_body, job_response, parse_last_event_id, sse_stream
-from .schemas import MAX_SEED, MAX_SIDE, MIN_SIDE, SIDE_STEP
+from .presentation import job_body, job_response, parse_last_event_id, service_facts, sse_stream
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("avatar_service.requests")
@@ -80,6 +79,7 @@ def services() -> Services:
 @error_codes("unauthorized", "missing_file", "empty_file", "invalid_image", "image_too_small")
 @error_codes("image_too_many_pixels", "image_aspect_ratio", "unsupported_image_type", *REFUSED)
 @error_codes("photo_too_large", "payload_too_large", "rate_limited", "service_busy")
+@error_codes("database_unavailable")
 def upload_image():
     """Store a photo (multipart field ``image``, or ``file``); 201 with its server-made name."""
     upload = request.files.get("image") or request.files.get("file")
@@ -89,16 +89,17 @@ def upload_image():
             code="missing_file",
             details={"receivedFields": sorted(request.files) + sorted(request.form)},
         )
-    return services().avatars.upload(upload.stream), 201
+    return services().avatars.upload(upload.stream, caller=g.get("caller")), 201
 
 
 @bp.get("/photos/<image_name>/framing")
 @error_codes("unauthorized", "invalid_fields", "image_not_found", *REFUSED)
+@error_codes("database_unavailable")
 def photo_framing(image_name: str):
     """A stored photo's faces and the crop generate would use for ?width=&height= (or style's)."""
     svc = services()
     width, height = svc.generate_schema.parse_framing(request.args)
-    return svc.avatars.framing(image_name, width=width, height=height)
+    return svc.avatars.framing(image_name, width=width, height=height, caller=g.get("caller"))
 
 
 @bp.post("/generate-avatar-by-image")
@@ -110,14 +111,16 @@ def photo_framing(image_name: str):
 def generate_avatar():
     """Queue a generation; 200 with the avatars when it ends within SYNC_WAIT, else 202."""
     svc = services()
-    body = _json_body()
-    generate, asked_async = svc.generate_schema.parse(body)
+    caller = g.get("caller")
+    generate, asked_async = svc.generate_schema.parse(
+        _json_body(), may_use_photo=lambda name: svc.avatars.may_use_photo(name, caller)
+    )
     respond_async = asked_async or "respond-async" in request.headers.get("Prefer", "")
     submitted = svc.avatars.generate(
         generate,
         wait=not respond_async,
         base_url=_base_url(svc),
-        caller=g.get("caller"),
+        caller=caller,
         idempotency_key=_idempotency_key(),
         asked_async=asked_async,
     )
@@ -208,41 +211,13 @@ def readyz():
 @bp.get("/service-info")
 def service_info():
     """What a client needs to know first: whether a key is needed, limits, where things are."""
-    svc = services()
-    settings, api = svc.settings, svc
-    return {
-        "authRequired": api.access.enabled,
-        "version": __version__,
-        "limits": {
-            "maxUploadBytes": settings.max_upload_bytes,
-            "minImageSide": settings.min_image_side,
-            "maxImagePixels": settings.max_image_pixels,
-            "minSide": MIN_SIDE,
-            "maxSide": MAX_SIDE,
-            "sideStep": SIDE_STEP,
-            "maxSeed": MAX_SEED,
-            "syncWaitSeconds": settings.sync_wait,
-            "rateLimitGenerate": settings.rate_limit_generate or None,
-            "rateLimitUpload": settings.rate_limit_upload or None,
-            "tokenTtlSeconds": settings.token_ttl if api.access.enabled else None,
-        },
-        "styles": request.host_url + "styles",
-        "openapi": request.host_url + "openapi.json",
-        "docs": request.host_url + "docs",
-    }
+    return service_facts(services(), request.host_url, version=__version__)
 
 
 @bp.get("/openapi.json")
 def openapi_document():
     """The OpenAPI 3.1 document of this service, built from the schemas that validate requests."""
-    svc = services()
-    return build_document(
-        current_app,
-        svc.generate_schema,
-        version=__version__,
-        auth=svc.access.enabled,
-        settings=svc.settings,
-    )
+    return build_document(current_app, services().generate_schema, version=__version__)
 
 
 @bp.get("/docs", strict_slashes=False)

@@ -4,7 +4,9 @@ Each field of the generate request is a JSON Schema (2020-12) fragment and the m
 gets when its value breaks it. ``GenerateSchema.parse`` checks a body field by field with
 jsonschema (and that a ``crop`` lies inside the stored photo) and answers one 400
 ``invalid_fields`` naming every bad field;
-``GenerateSchema.request_schema`` is the same fragments put together for ``/openapi.json``.
+``GenerateSchema.request_schema`` is the same fragments put together for ``/openapi.json``,
+with what depends on the deployment (the styles, the callback URLs allowed) left to words and
+``/service-info``, so that the document is the same for every deployment.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
 # The query parameters of GET /photos/<imageName>/framing, checked like generate's fields.
 FRAMING_FIELDS = ("style", "width", "height")
 _DIGITS = re.compile(r"[0-9]{1,9}")
+# How the document states the fields whose rule is the deployment's (GET /service-info).
+DOCUMENTED_STYLE = {
+    "type": "string",
+    "minLength": 1,
+    "description": "one of this service's styles (GET /styles, or `installedStyles` of GET "
+    "/service-info); omitted: its default style. A style's presets may set other defaults for "
+    "gender, width and height",
+}
+DOCUMENTED_CALLBACK = {
+    "type": ["string", "null"],
+    "format": "uri",
+    "description": "a webhook URL for this job; it must lie under one of WEBHOOK_ALLOWED_URLS "
+    "(same scheme, host and port; a path below the allowed one): GET /service-info answers "
+    "them as `callbackUrls` (none allowed: only null is accepted)",
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,9 @@ class GenerateSchema:
                     "type": ["integer", "null"],
                     "minimum": 0,
                     "maximum": MAX_SEED,
-                    "description": "omitted or null: random (below 2**53); echoed in the record",
+                    "description": "omitted or null: random (below 2**53); echoed in the "
+                    "record. Above 2**53 a JavaScript number is not exact: JSON.stringify "
+                    "sends a neighbour of the seed meant",
                 },
                 f"must be an integer from 0 to {MAX_SEED}",
             ),
@@ -151,36 +170,56 @@ class GenerateSchema:
             ),
         }
 
-    def _callback_schema(self) -> dict[str, Any]:
+    def callback_pattern(self) -> str | None:
+        """The ECMA-262 pattern of the callback URLs allowed (None: none is)."""
         if not self.callback_prefixes:
+            return None
+        return "^(?:" + "|".join(map(allowed_url_pattern, self.callback_prefixes)) + ")"
+
+    def _callback_schema(self) -> dict[str, Any]:
+        pattern = self.callback_pattern()
+        if pattern is None:
             return {"type": "null", "description": "WEBHOOK_ALLOWED_URLS allows no callback URL"}
         return {
             "type": ["string", "null"],
             "format": "uri",
-            "pattern": "^(?:" + "|".join(map(allowed_url_pattern, self.callback_prefixes)) + ")",
+            "pattern": pattern,
             "description": "a webhook URL for this job, under one of WEBHOOK_ALLOWED_URLS "
             "(same scheme, host and port; a path below the allowed one)",
         }
 
+    def documented_fields(self) -> dict[str, dict[str, Any]]:
+        """Each field's JSON Schema as the document states it, the same for every deployment:
+        the genders every style has, the defaults of a style that sets none, and the styles
+        and callback URLs in words."""
+        fields = self.fields(None)
+        schemas = {name: dict(field.schema) for name, field in fields.items()}
+        schemas["style"] = dict(DOCUMENTED_STYLE)
+        schemas["callbackUrl"] = dict(DOCUMENTED_CALLBACK)
+        return schemas
+
     def request_schema(self) -> dict[str, Any]:
-        """The JSON Schema of the whole body (defaults and genders of the default style)."""
-        fields = self.fields(self.workflows.get(self.default_style))
-        genders = sorted({g for w in self.workflows.values() for g in w.presets.gender_text})
-        properties = {name: dict(field.schema) for name, field in fields.items()}
-        properties["gender"]["enum"] = genders or sorted(GENDERS)
+        """The JSON Schema of the whole body, as the document states it."""
+        fields = self.fields(None)
         return {
             "type": "object",
             "required": [name for name, field in fields.items() if field.required],
-            "properties": properties,
+            "properties": self.documented_fields(),
         }
 
     def framing_schema(self) -> dict[str, dict[str, Any]]:
-        """The JSON Schemas of the framing query's parameters (defaults of the default style)."""
-        fields = self.fields(self.workflows.get(self.default_style))
-        return {name: dict(fields[name].schema) for name in FRAMING_FIELDS}
+        """The JSON Schemas of the framing query's parameters, as the document states them."""
+        documented = self.documented_fields()
+        return {name: documented[name] for name in FRAMING_FIELDS}
 
-    def parse(self, body: Any) -> tuple[GenerateRequest, bool]:
-        """Validate a body; one 400 ``invalid_fields`` naming every bad field."""
+    def parse(
+        self, body: Any, *, may_use_photo: Callable[[object], bool] = lambda name: True
+    ) -> tuple[GenerateRequest, bool]:
+        """Validate a body; one 400 ``invalid_fields`` naming every bad field.
+
+        ``may_use_photo``: whether the caller may see the photo, whose size bounds a crop (a
+        photo it may not see is checked as an unknown one: nothing of it is told).
+        """
         if not isinstance(body, dict):
             raise BadRequest(
                 "the body must be a JSON object (send Content-Type: application/json)",
@@ -205,7 +244,9 @@ class GenerateSchema:
                 value = int(value)
             problem = None
             if name == "crop" and value is not None:
-                value, problem = self._crop(value, body.get("imageName"))
+                image_name = body.get("imageName")
+                visible = image_name if may_use_photo(image_name) else None
+                value, problem = self._crop(value, visible)
                 ok = problem is None
             if not ok:
                 problems[name] = problem or field.message

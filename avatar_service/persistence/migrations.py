@@ -209,6 +209,15 @@ V7_SCHEMA = """
 ALTER TABLE jobs ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;
 """
 
+# Version 8: which API key uploaded a photo (with keys on, a photo is its key's own). Photos
+# stored before have no row, and stay reachable by any key.
+V8_SCHEMA = """
+CREATE TABLE IF NOT EXISTS photo_owners (
+    image_name TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Step, ...] = (
     V1_SCHEMA,
     V2_SCHEMA,
@@ -217,6 +226,7 @@ MIGRATIONS: tuple[Step, ...] = (
     add_outbox,
     V6_SCHEMA,
     V7_SCHEMA,
+    V8_SCHEMA,
 )
 
 

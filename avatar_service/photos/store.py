@@ -172,18 +172,10 @@ class PhotoStore:
     def path_of(self, image_name: object) -> Path:
         """The stored file of an imageName; NotFound for anything this service did not make."""
         if not isinstance(image_name, str) or not self.made_name(image_name):
-            raise NotFound(
-                "unknown imageName; upload the photo first with POST /upload-image",
-                code="image_not_found",
-                details={"imageName": image_name},
-            )
+            raise image_not_found(image_name)
         path = self.directory / image_name
         if not path.is_file():
-            raise NotFound(
-                "unknown imageName; upload the photo first with POST /upload-image",
-                code="image_not_found",
-                details={"imageName": image_name},
-            )
+            raise image_not_found(image_name)
         return path
 
     @contextmanager
@@ -237,6 +229,15 @@ class PhotoStore:
                 },
             )
         return stored_width, stored_height
+
+
+def image_not_found(image_name: object) -> NotFound:
+    """The 404 of a photo this service does not have (or does not show this caller)."""
+    return NotFound(
+        "unknown imageName; upload the photo first with POST /upload-image",
+        code="image_not_found",
+        details={"imageName": image_name},
+    )
 
 
 def reduced_copy(image: Image.Image, long_side: int = INSPECT_LONG_SIDE) -> Image.Image:
