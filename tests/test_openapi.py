@@ -6,6 +6,7 @@ in front of the stand-in) and checks that none answers 500 and every answer conf
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from avatar_service import create_app
+from avatar_service.http.openapi import DOCS_ASSETS
+from avatar_service.http.page import bp as page
 
 KEY = "schema-key-0123456789abcdef"
 
@@ -96,20 +99,65 @@ def test_docs_page_and_assets_are_served_locally(service):
     assert missing.status_code == 404
 
 
+def seeded_config(service, headers: dict, photo: bytes, tmp_path: Path) -> Path:
+    """tests/schemathesis.toml with real resources of the live service as dictionaries: a
+    photo, a job that succeeded, its avatar, and the page's and the docs' files. Each path or
+    body parameter naming one takes a real value half of the time (the rest is generated), so
+    the tests reach past 404 and the stateful phase has real answers to follow links from."""
+    http = service.http
+    upload = http.post(
+        "/upload-image", files={"image": ("me.png", photo, "image/png")}, headers=headers
+    )
+    assert upload.status_code == 201, upload.text
+    image_name = upload.json()["imageName"]
+    done = http.post("/generate-avatar-by-image", json={"imageName": image_name}, headers=headers)
+    assert done.status_code == 200, done.text
+    done_job = done.json()
+    web_files = sorted(p.name for p in Path(page.static_folder).iterdir())
+    values = {
+        "photos": [image_name],
+        "jobs": [done_job["jobId"]],
+        "avatars": [done_job["avatars"][0]["fileName"]],
+        "web": web_files,
+        "docs": sorted(DOCS_ASSETS),
+    }
+    bindings = {
+        "body.imageName": "photos",
+        "path.image_name": "photos",
+        "path.job_id": "jobs",
+        "path.file_name": "avatars",
+        "path.filename": "web",
+        "path.asset": "docs",
+    }
+    lines = []
+    for name, entries in values.items():
+        lines += [f"[dictionaries.{name}]", f"values = {json.dumps(entries)}", ""]
+    lines.append("[parameters]")
+    for key, name in bindings.items():
+        lines.append(f'"{key}" = {{ dictionary = "{name}", probability = 0.5 }}')
+    config = tmp_path / "schemathesis.toml"
+    base = Path(__file__).with_name("schemathesis.toml").read_text()
+    config.write_text("\n".join(lines) + "\n\n" + base)
+    return config
+
+
 @pytest.mark.parametrize("keys", [False, True], ids=["open", "with-keys"])
-def test_service_conforms_to_its_document(make_service, tmp_path, keys):
-    """schemathesis against the live service: no 500, every answer conforms to the document.
+def test_service_conforms_to_its_document(make_service, tmp_path, photo, keys):
+    """schemathesis against the live service, seeded with real photos, jobs and avatars: no
+    500, every answer conforms to the document, and the stateful phase follows links.
 
     With keys on, schemathesis sends the key and also checks that requests without it are
     refused (its ignored_auth check).
     """
     service = make_service(sync_wait=2.0, **({"api_keys": KEY} if keys else {}))
+    headers = {"Authorization": f"Bearer {KEY}"} if keys else {}
+    config = seeded_config(service, headers, photo, tmp_path)
     auth = ["--header", f"Authorization: Bearer {KEY}"] if keys else []
     run = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
             "--config-file",
-            str(Path(__file__).with_name("schemathesis.toml")),
+            str(config),
             "run",
             service.url + "/openapi.json",
             "--max-examples",
@@ -134,6 +182,11 @@ def test_service_conforms_to_its_document(make_service, tmp_path, keys):
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    links = re.search(r"API Links:\s+(\d+) covered / (\d+) selected", run.stdout)
+    assert links, run.stdout[-3000:]
+    covered, selected = map(int, links.groups())
+    print(f"schemathesis followed {covered} of {selected} links")
+    assert covered > 0, run.stdout[-3000:]
 
 
 def test_app_builds_without_a_server(tmp_path, fake_comfyui):
