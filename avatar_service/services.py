@@ -200,6 +200,7 @@ def build_services(
         clients=clients,
         workflows=workflows,
         photos=photos,
+        framing=framing,
         avatar_files=avatar_files,
         deliveries=(forwarder, webhooks),
     )
@@ -243,6 +244,7 @@ def _engine(
     clients: list[ComfyUIClient],
     workflows: dict[str, Workflow],
     photos: PhotoStore,
+    framing: Framing,
     avatar_files: AvatarStore,
     deliveries: tuple[AvatarForwarder | None, WebhookDispatcher | None],
 ) -> JobEngine:
@@ -265,7 +267,7 @@ def _engine(
         ledger=ledger,
         clients=clients,
         workflows=workflows,
-        photos=photos,
+        photos=framing,
         avatars=avatar_files,
         settings=RunSettings(
             job_timeout=settings.job_timeout,

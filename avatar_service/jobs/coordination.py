@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..comfyui import Preview
 from . import outcomes
 from .job import Job, JobStatus
-from .records import JobRecords
+from .records import JobRecords, is_agent_owner
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -57,6 +57,8 @@ class Solo:
         dispatcher = self._dispatcher()
         in_flight = 0
         for job in self.records.unfinished():
+            if is_agent_owner(job.owner):
+                continue  # a worker agent holds it: its lease tells whether it still does
             if job.server is None:
                 if job.owner is not None:  # taken out of the queue when the service stopped
                     self.records.update(job, owner=None)
@@ -109,8 +111,9 @@ class Solo:
         return False
 
     def stored_preview(self, job_id: str) -> Preview | None:
-        """A live preview another process kept for the job (None: none, or not shared)."""
-        return None
+        """A live preview kept in the database: a worker agent's (None: none)."""
+        kept = self.records.preview(job_id)
+        return None if kept is None else Preview(content_type=kept[0], data=kept[1])
 
     def describe_styles(self, styles: Sequence[dict[str, Any]]) -> None:
         """Add what the fleet knows to GET /styles (nothing for one process)."""

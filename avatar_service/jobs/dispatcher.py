@@ -18,18 +18,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..comfyui import ComfyUIClient
 from ..comfyui.workflows import Workflow
-from ..photos.store import PhotoStore
-from ..storage.avatars import AvatarStore
 from . import outcomes
 from .coordination import Solo
 from .estimates import RunTimes
 from .job import Job, JobStatus
 from .ledger import JobLedger
 from .prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked
+from .photo_source import AvatarSink, PhotoSource
 from .records import JobRecords
 from .servers import ServerState
 from .sweeper import QueueSweeper
@@ -39,6 +38,22 @@ from .workers import ServerWorker
 logger = logging.getLogger(__name__)
 
 MONITOR_INTERVAL = 0.25
+
+
+class AgentServers(Protocol):
+    """The servers that worker agents drive, as the dispatcher asks about them."""
+
+    def any_usable(self) -> bool:
+        """Whether some agent's server can take jobs now."""
+        ...
+
+    def reasons(self) -> dict[str, str | None]:
+        """Why each agent's server cannot take jobs (None: it can)."""
+        ...
+
+    def sweep(self) -> None:
+        """Put back in the queue the jobs of agents whose leases passed."""
+        ...
 
 
 class Dispatcher:
@@ -51,14 +66,15 @@ class Dispatcher:
         ledger: JobLedger,
         clients: Sequence[ComfyUIClient],
         workflows: Mapping[str, Workflow],
-        photos: PhotoStore,
-        avatars: AvatarStore,
+        photos: PhotoSource,
+        avatars: AvatarSink,
         settings: RunSettings,
         coordination: Solo,
         slots: int = 2,
         down_grace: float = 10.0,
         lease: float = 60.0,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         self.records = records
         self.ledger = ledger
@@ -70,7 +86,7 @@ class Dispatcher:
         self.down_grace = down_grace
         self.lease = lease
         self.clock = clock
-        self.owner = f"engine-{uuid.uuid4().hex[:12]}"
+        self.owner = owner or f"engine-{uuid.uuid4().hex[:12]}"
         self.started_at = clock()
         self.run_times = RunTimes()
         self.states = {client.base_url: ServerState(client) for client in clients}
@@ -83,6 +99,8 @@ class Dispatcher:
         self._monitor: threading.Thread | None = None
         # Jobs cancelled after a worker claimed them but before their run was registered.
         self._cancels: set[str] = set()
+        # Worker agents' servers, when the service admits agents (``agents.AgentDesk``).
+        self.agents: AgentServers | None = None
         coordination.attach(self)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -153,11 +171,15 @@ class Dispatcher:
         """Whether some server can take jobs now (here, or elsewhere in a fleet)."""
         if any(state.usable for state in self.states.values()):
             return True
+        if self.agents is not None and self.agents.any_usable():
+            return True
         return self.coordination.usable_elsewhere()
 
     def reasons(self) -> dict[str, str | None]:
         """Why each server cannot take jobs (None: it can)."""
         reasons = self.coordination.reasons()
+        if self.agents is not None:
+            reasons.update(self.agents.reasons())
         reasons.update({url: state.reason() for url, state in self.states.items()})
         return reasons
 
@@ -208,6 +230,8 @@ class Dispatcher:
             try:
                 if not self.coordination.round():
                     continue  # nothing else can be done without the database
+                if self.agents is not None:
+                    self.agents.sweep()
                 self._check_servers()
                 if self.coordination.may_sweep():
                     self.sweeper.sweep()

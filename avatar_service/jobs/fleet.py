@@ -17,7 +17,6 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..comfyui import Preview
 from ..persistence.database import Database, DatabaseUnavailable
 from ..persistence.leadership import Leadership
 from .broadcast import EventBroadcast
@@ -242,11 +241,6 @@ class Fleet(Solo):
     def keeps_previews(self) -> bool:
         """Other processes serve previews of jobs run here."""
         return True
-
-    def stored_preview(self, job_id: str) -> Preview | None:
-        """The live preview the process running the job kept in the database."""
-        kept = self.records.preview(job_id)
-        return None if kept is None else Preview(content_type=kept[0], data=kept[1])
 
     def describe_styles(self, styles: Sequence[dict[str, Any]]) -> None:
         """Add each style's ``liveServers``: the usable servers of the fleet that can run it."""

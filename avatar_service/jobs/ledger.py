@@ -130,6 +130,7 @@ class JobLedger:
         error: ServiceError | None,
         *,
         avatars: list[Avatar] | None = None,
+        held_by: str | None = None,
     ) -> Job:
         """End a job: final record and the end hooks (deliveries) in one transaction, then the
         final event.
@@ -145,7 +146,8 @@ class JobLedger:
         record = None if error is None else JobError.of(error, job_id=job.id)
         # In a fleet only the job's holder may end it (a process cut off past its lease has lost
         # the job to another, whose end counts): LeaseLost otherwise.
-        held_by = self.coordination.end_guard(job)
+        # (A worker agent's end is guarded by its own holder, ``held_by``, in any mode.)
+        held_by = held_by or self.coordination.end_guard(job)
         database = self.records.database
         with database.transaction():
             job = self.records.update(

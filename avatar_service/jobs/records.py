@@ -28,6 +28,13 @@ from .job import Avatar, Job, JobError, JobProgress, JobStatus
 HEAD_OF_QUEUE_OFFSET = 1e10
 # Marks a waiting job taken out of the queue by the service itself (cancel, deadline).
 SERVICE_OWNER = "service"
+# The owners of jobs that worker agents hold begin with this (the agent's id).
+AGENT_OWNER_PREFIX = "agent-"
+
+
+def is_agent_owner(owner: str | None) -> bool:
+    """Whether a job's owner is a worker agent (``agents.py``), not a process of the service."""
+    return owner is not None and owner.startswith(AGENT_OWNER_PREFIX)
 
 
 class LeaseLost(RuntimeError):
@@ -79,7 +86,7 @@ class JobRecords:
 
     def insert(self, job: Job) -> None:
         """Add a new job."""
-        row = _to_row(job)
+        row = to_row(job)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._transaction() as db:
@@ -89,7 +96,7 @@ class JobRecords:
         """The job with this id, or None."""
         with self._transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _from_row(row) if row else None
+        return from_row(row) if row else None
 
     def update(self, job: Job, *, expect_owner: str | None = None, **changes: Any) -> Job:
         """Apply changes to a job and persist them; return the new record.
@@ -98,7 +105,7 @@ class JobRecords:
         another process took it over).
         """
         updated = replace(job, **changes)
-        row = _to_row(updated)
+        row = to_row(updated)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         values = [row[name] for name in changes]
         guard, extra = ("", ()) if expect_owner is None else (" AND owner = ?", (expect_owner,))
@@ -117,7 +124,7 @@ class JobRecords:
                 "SELECT * FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled') "
                 "ORDER BY created_at"
             ).fetchall()
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -128,7 +135,7 @@ class JobRecords:
                 "SELECT * FROM jobs WHERE status = 'queued' AND server IS NULL AND owner IS NULL "
                 "ORDER BY queue_order, created_at"
             ).fetchall()
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def waiting_brief(self) -> list[Waiting]:
         """The waiting jobs in queue order, only what the monitor needs of each."""
@@ -179,7 +186,7 @@ class JobRecords:
                 "RETURNING *",
                 (server, owner, now + lease_seconds, now, *excluded),
             ).fetchall()
-        return _from_row(row[0]) if row else None
+        return from_row(row[0]) if row else None
 
     def take_waiting(self, job_id: str, *, lease_seconds: float = 60.0) -> Job | None:
         """Atomically take a waiting job out of the queue (to cancel or expire it); None if a
@@ -191,7 +198,7 @@ class JobRecords:
                 "AND server IS NULL AND owner IS NULL RETURNING *",
                 (SERVICE_OWNER, time.time() + lease_seconds, job_id),
             ).fetchall()
-        return _from_row(row[0]) if row else None
+        return from_row(row[0]) if row else None
 
     # -- leases (processes sharing the database) -------------------------------------------
 
@@ -220,7 +227,7 @@ class JobRecords:
                 "ORDER BY queue_order",
                 (_prefix_pattern(owner_prefix),),
             ).fetchall()
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def cancel_requests(self, owner_prefix: str) -> list[str]:
         """Ids of unfinished jobs held under ``owner_prefix`` whose cancel was asked."""
@@ -241,7 +248,7 @@ class JobRecords:
                 "ORDER BY queue_order LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def overdue(self, before: float, limit: int = 50) -> list[Job]:
         """Unfinished jobs held by someone (a server's, a process's) whose deadline passed
@@ -252,7 +259,7 @@ class JobRecords:
                 "AND (server IS NOT NULL OR owner IS NOT NULL) ORDER BY deadline LIMIT ?",
                 (before, limit),
             ).fetchall()
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def seize(self, job: Job, owner: str, *, until: float) -> Job | None:
         """Become the holder of an unfinished job whatever its lease (its holder kept it past
@@ -264,7 +271,7 @@ class JobRecords:
                 "AND COALESCE(owner, '') = ? AND status IN ('queued', 'running') RETURNING *",
                 (owner, until, job.id, job.owner or ""),
             ).fetchall()
-        return _from_row(row[0]) if row else None
+        return from_row(row[0]) if row else None
 
     def take_over(self, job: Job, owner: str, *, until: float, now: float) -> Job | None:
         """Atomically become the holder of a job whose lease has passed; None when another
@@ -275,7 +282,7 @@ class JobRecords:
                 "AND lease_expires < ? AND status IN ('queued', 'running') RETURNING *",
                 (owner, until, job.id, job.owner, now),
             ).fetchall()
-        return _from_row(row[0]) if row else None
+        return from_row(row[0]) if row else None
 
     # -- live previews (served by any process) ---------------------------------------------
 
@@ -381,7 +388,7 @@ def _prefix_pattern(prefix: str) -> str:
 _COLUMN_NAMES = tuple(f.name for f in fields(Job))
 
 
-def _to_row(job: Job) -> dict[str, Any]:
+def to_row(job: Job) -> dict[str, Any]:
     """A job as its database row: JSON columns as text, the seed as text (it may pass 2**63)."""
     row: dict[str, Any] = {name: getattr(job, name) for name in _COLUMN_NAMES}
     row["status"] = str(job.status)
@@ -395,8 +402,8 @@ def _to_row(job: Job) -> dict[str, Any]:
     return row
 
 
-def _from_row(row: Mapping[str, Any]) -> Job:
-    """The job of a database row (see ``_to_row``)."""
+def from_row(row: Mapping[str, Any]) -> Job:
+    """The job of a database row (see ``to_row``)."""
     values = {name: row[name] for name in _COLUMN_NAMES}
     progress, error, crop = (_parsed(row[name]) for name in ("progress", "error", "crop"))
     values.update(

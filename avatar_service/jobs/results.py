@@ -12,9 +12,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..comfyui import ComfyUIClient, ComfyUIError, HistoryEntry
 from ..comfyui.workflows import Workflow
-from ..storage.avatars import AvatarStore
 from . import outcomes
 from .job import Avatar, Job
+from .photo_source import AvatarSink
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def collect_avatars(
     client: ComfyUIClient,
     workflow: Workflow,
     entry: HistoryEntry,
-    avatars: AvatarStore,
+    avatars: AvatarSink,
     *,
     patiently: Patiently,
 ) -> list[Avatar]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..comfyui import ComfyUIClient
 from .job import Job, JobStatus
+from .records import is_agent_owner
 from .results import collect_avatars
 from .withdrawal import FOREIGN_TIMEOUT, withdraw_from
 
@@ -50,6 +51,8 @@ class Takeover:
         for job in expired:
             if job.id in running_here:
                 continue  # this process's own lease lapsed while it was cut off; renewed next
+            if is_agent_owner(job.owner):
+                continue  # a worker agent's: the agent desk puts it back (agents.py)
             worker = self.dispatcher.worker_for(job.server)
             if job.server is not None and worker is None and job.server in live:
                 continue  # a process driving that server takes it (it can follow the prompt)

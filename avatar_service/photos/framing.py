@@ -156,6 +156,10 @@ class Framing:
         self.multiple = multiple
         self.margin = margin
 
+    def prepared(self, image_name: str, crop: Crop | None) -> bytes:
+        """The stored photo ``image_name`` as ComfyUI should see it: cut to ``crop``, if any."""
+        return prepared_bytes(self.photos.path_of(image_name), crop)
+
     def save_photo(self, upload: BinaryIO | bytes) -> dict[str, Any]:
         """Store an uploaded photo, file or bytes (refused, unstored, if the policy rules it out).
 
