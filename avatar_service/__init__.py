@@ -58,11 +58,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
 
     from . import commands as cli
+    from .http import agent_routes as agents
     from .http import page as webpage
     from .http import routes as api
 
     app.register_blueprint(api.bp)
     app.register_blueprint(webpage.bp)
+    app.register_blueprint(agents.bp)
     _add_cors(app, settings)
     _add_rate_limits(app, settings, key_func=api.rate_limit_key, generate_cost=api.generate_cost)
     cli.init_app(app)

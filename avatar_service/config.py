@@ -95,6 +95,7 @@ class Settings:
     api_keys: tuple[str, ...] = setting(default=(), repr=False)
     api_keys_file: str = ""
     admin_api_keys: tuple[str, ...] = setting(default=(), repr=False)
+    worker_tokens: tuple[str, ...] = setting(default=(), repr=False)
     token_secret: str = setting(default="", repr=False)
     token_ttl: float = 3600.0
     rate_limit_generate: str = ""
@@ -172,10 +173,12 @@ class Settings:
                 "DATABASE_URL: empty (the SQLite file in INSTANCE_PATH), postgresql://user@host/"
                 "db or sqlite:///path"
             )
-        if not self.local_workers and not self.database_url.startswith(_DATABASE_SCHEMES[:2]):
+        shared = self.database_url.startswith(_DATABASE_SCHEMES[:2])
+        if not self.local_workers and not shared and not self.worker_tokens:
             raise ConfigError(
-                "LOCAL_WORKERS=false needs a shared DATABASE_URL (postgresql://...): without "
-                "workers of its own a process only serves jobs that workers elsewhere run"
+                "LOCAL_WORKERS=false needs a shared DATABASE_URL (postgresql://...) or "
+                "WORKER_TOKENS: without workers of its own a process only serves jobs that "
+                "workers elsewhere (database workers, or worker agents) run"
             )
 
     def _validate_serving(self) -> None:
@@ -233,12 +236,14 @@ class Settings:
             raise ConfigError(f"API_KEYS_FILE={self.api_keys_file!r}: no such file")
         if self.admin_api_keys and not (self.api_keys or self.api_keys_file):
             raise ConfigError("ADMIN_API_KEYS needs API_KEYS or API_KEYS_FILE (keys are off)")
-        for key in (*self.api_keys, *self.admin_api_keys):
+        for key in (*self.api_keys, *self.admin_api_keys, *self.worker_tokens):
             if len(key) < 16 or not key.isprintable() or " " in key:
                 raise ConfigError(
-                    "API_KEYS, ADMIN_API_KEYS: each key must be at least 16 printable characters "
-                    "without spaces"
+                    "API_KEYS, ADMIN_API_KEYS, WORKER_TOKENS: each key must be at least 16 "
+                    "printable characters without spaces"
                 )
+        if set(self.worker_tokens) & {*self.api_keys, *self.admin_api_keys}:
+            raise ConfigError("WORKER_TOKENS: a worker token must not also be an API key")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -32,12 +32,14 @@ from .http.idempotency import IdempotencyKeys
 from .http.metrics import Metrics
 from .http.schemas import GenerateSchema
 from .jobs import Job, JobEngine, JobRecords
+from .jobs.agents import AgentDesk
 from .jobs.coordination import Solo
 from .jobs.dispatcher import Dispatcher
 from .jobs.events import JobEvents
 from .jobs.fleet import Fleet
 from .jobs.ledger import JobLedger
 from .jobs.prompt import RunSettings
+from .jobs.registry import WorkerRegistry
 from .persistence.database import Database, open_database
 from .persistence.migrations import migrate
 from .photos.faces import FaceDetector
@@ -78,6 +80,8 @@ class Services:
     generate_schema: GenerateSchema
     forwarder: AvatarForwarder | None = None
     webhooks: WebhookDispatcher | None = None
+    # Worker agents' side of the engine, when WORKER_TOKENS admits agents.
+    agents: AgentDesk | None = None
     # Requests that hold a server thread for long (sync waits, event streams) may use only some
     # of THREADS, so /healthz, /readyz, cancel and uploads always find a free thread.
     long_requests: threading.BoundedSemaphore = field(
@@ -223,6 +227,7 @@ def build_services(
         ),
         forwarder=forwarder,
         webhooks=webhooks,
+        agents=_agents(settings, engine, database=database, framing=framing, avatars=avatar_files),
         **_http_parts(
             settings,
             database=database,
@@ -289,6 +294,28 @@ def _engine(
         public_base_url=settings.public_base_url,
         max_active_jobs=settings.max_active_jobs,
         max_queued_jobs=settings.max_queued_jobs,
+    )
+
+
+def _agents(
+    settings: Settings,
+    engine: JobEngine,
+    *,
+    database: Database,
+    framing: Framing,
+    avatars: AvatarStore,
+) -> AgentDesk | None:
+    """The worker agents' desk, when WORKER_TOKENS admits agents."""
+    if not settings.worker_tokens:
+        return None
+    return AgentDesk(
+        records=engine.records,
+        ledger=engine.ledger,
+        registry=WorkerRegistry(database),
+        dispatcher=engine.dispatcher,
+        photos=framing,
+        avatars=avatars,
+        lease=settings.worker_lease,
     )
 
 

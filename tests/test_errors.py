@@ -138,9 +138,10 @@ def served_document(app) -> dict:
 
 
 def operations_of(app, document: dict) -> Iterator[tuple[str, str, dict]]:
-    """(endpoint, method, operation in the document) of every documented route."""
+    """(endpoint, method, operation in the document) of every documented route (all but static
+    files and the worker agents' own protocol, which the document leaves out)."""
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("agents."):
             continue
         path = rule.rule.replace("<path:", "<").replace("<", "{").replace(">", "}")
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):

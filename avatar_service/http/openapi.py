@@ -64,6 +64,8 @@ ANY_ROUTE = ("bad_request", "untrusted_host", "method_not_allowed", "request_hea
 _FLASK_ROUTE_CODES = {"page.static": ("not_found",)}
 # Flask's app-wide static route: the service keeps no files there.
 _UNDOCUMENTED = frozenset({"static"})
+# The worker agents' routes: the service's own protocol with avatar-worker (docs/agents.md).
+_AGENTS = "agents."
 # Security: the apiKey scheme, or none where the service has no keys (/service-info says which);
 # routes answered to anyone say `[]` themselves.
 KEYED: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -105,7 +107,7 @@ def build_document(app: Flask, schema: GenerateSchema, *, version: str) -> dict[
     known = operations(schema)
     found: list[tuple[str, str, dict[str, Any]]] = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in _UNDOCUMENTED:
+        if rule.endpoint in _UNDOCUMENTED or rule.endpoint.startswith(_AGENTS):
             continue
         path = _ARGUMENT.sub(r"{\1}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

@@ -27,8 +27,8 @@ from .coordination import Solo
 from .estimates import RunTimes
 from .job import Job, JobStatus
 from .ledger import JobLedger
-from .prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked
 from .photo_source import AvatarSink, PhotoSource
+from .prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked
 from .records import JobRecords
 from .servers import ServerState
 from .sweeper import QueueSweeper

@@ -239,14 +239,15 @@ class JobRecords:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def expired(self, now: float, limit: int = 50) -> list[Job]:
-        """Unfinished jobs whose holder's lease has passed (its process is gone), oldest first."""
+    def expired(self, now: float, limit: int = 50, *, owner_prefix: str = "") -> list[Job]:
+        """Unfinished jobs whose holder's lease has passed (its process is gone), oldest first;
+        only those whose owner begins with ``owner_prefix``, if given."""
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND owner IS NOT NULL "
+                "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND owner LIKE ? "
                 "AND lease_expires IS NOT NULL AND lease_expires < ? "
                 "ORDER BY queue_order LIMIT ?",
-                (now, limit),
+                (_prefix_pattern(owner_prefix), now, limit),
             ).fetchall()
         return [from_row(row) for row in rows]
 

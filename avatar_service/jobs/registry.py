@@ -1,4 +1,4 @@
-"""The registry of live workers, for processes sharing the database (PostgreSQL).
+"""The registry of live workers: processes sharing the database (PostgreSQL), and worker agents.
 
 Each process writes one row per worker it runs (one ComfyUI server: its slots, the jobs it
 holds, whether the server is usable, the styles it withholds) and renews it with every
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,29 +97,39 @@ class WorkerRegistry:
         now = time.time() if now is None else now
         with self.database.transaction() as db:
             rows = db.execute(
-                "SELECT id, process, server, slots, jobs, usable, reason, started_at, "
-                "heartbeat_at, lease_expires, withheld FROM workers WHERE lease_expires >= ? "
-                "ORDER BY server, id",
-                (now,),
+                f"{_SELECT} WHERE lease_expires >= ? ORDER BY server, id", (now,)
             ).fetchall()
-        return [
-            WorkerEntry(
-                id=row[0],
-                process=row[1],
-                server=row[2],
-                slots=int(row[3]),
-                jobs=int(row[4]),
-                usable=bool(row[5]),
-                reason=row[6],
-                started_at=row[7],
-                heartbeat_at=row[8],
-                lease_expires=row[9],
-                withheld=json.loads(row[10]),
-            )
-            for row in rows
-        ]
+        return [_entry(row) for row in rows]
+
+    def get(self, worker_id: str) -> WorkerEntry | None:
+        """One worker's row, live or not (None: never written, left, or pruned)."""
+        with self.database.transaction() as db:
+            row = db.execute(f"{_SELECT} WHERE id = ?", (worker_id,)).fetchone()
+        return None if row is None else _entry(row)
 
     def prune(self, before: float) -> None:
         """Forget workers whose lease passed before ``before`` (their process is long gone)."""
         with self.database.transaction() as db:
             db.execute("DELETE FROM workers WHERE lease_expires < ?", (before,))
+
+
+_SELECT = (
+    "SELECT id, process, server, slots, jobs, usable, reason, started_at, heartbeat_at, "
+    "lease_expires, withheld FROM workers"
+)
+
+
+def _entry(row: Sequence[Any]) -> WorkerEntry:
+    return WorkerEntry(
+        id=row[0],
+        process=row[1],
+        server=row[2],
+        slots=int(row[3]),
+        jobs=int(row[4]),
+        usable=bool(row[5]),
+        reason=row[6],
+        started_at=row[7],
+        heartbeat_at=row[8],
+        lease_expires=row[9],
+        withheld=json.loads(row[10]),
+    )

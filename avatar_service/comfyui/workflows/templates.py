@@ -58,6 +58,17 @@ def bindings_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.bindings.json")
 
 
+def workflow_files(workflow: Workflow) -> dict[str, str | None]:
+    """A loaded style's files as stored (``graph``, ``presets``, ``bindings`` or None), for a
+    process that loads them elsewhere (a worker agent)."""
+    bindings = bindings_path(workflow.path)
+    return {
+        "graph": workflow.path.read_text(encoding="utf-8"),
+        "presets": presets_path(workflow.path).read_text(encoding="utf-8"),
+        "bindings": bindings.read_text(encoding="utf-8") if bindings.is_file() else None,
+    }
+
+
 def _read_json(path: Path, error: type[WorkflowError]) -> Any:
     """Parse a JSON file, raising `error` that names the file."""
     try:
