@@ -74,7 +74,21 @@ class Readiness:
 
     def report(self) -> dict[str, Any]:
         """GET /readyz: this process's servers, completed by the coordination (a fleet)."""
-        return self.dispatcher.coordination.readiness(self._local())
+        return self.dispatcher.coordination.readiness(self._with_agents(self._local()))
+
+    def _with_agents(self, local: dict[str, Any]) -> dict[str, Any]:
+        """Worker agents' servers count too: ready when one of them can take jobs."""
+        agents = self.dispatcher.agents
+        if agents is None:
+            return local
+        described = agents.describe()
+        local["agents"] = described
+        if not local["ready"] and any(agent["usable"] for agent in described):
+            local["ready"] = True
+            local.pop("reason", None)
+        elif not local["ready"]:
+            local["reason"] += "; no worker agent can take jobs either"
+        return local
 
     def _local(self) -> dict[str, Any]:
         """This process's own ComfyUI servers; ready when one can run the default style."""

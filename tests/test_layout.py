@@ -32,6 +32,13 @@ FORBIDDEN = {
     "avatar_service.storage": ("avatar_service.jobs", "avatar_service.http", "flask"),
     "avatar_service.errors": ("flask", "werkzeug"),
     "avatar_service.config": ("flask",),
+    # A worker agent runs the engine with no database, no HTTP face and no service registry.
+    "avatar_service.agent": (
+        "avatar_service.http",
+        "avatar_service.services",
+        "avatar_service.delivery",
+        "flask",
+    ),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -81,6 +82,7 @@ def register() -> tuple[dict[str, Any], int]:
     settings = services().settings
     return {
         "agentId": entry.id,
+        "now": time.time(),
         "server": entry.server,
         "lease": settings.worker_lease,
         "heartbeatInterval": HEARTBEAT_INTERVAL,

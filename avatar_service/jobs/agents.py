@@ -185,6 +185,10 @@ class AgentDesk:
         """Why each live agent's server cannot take jobs (None: it can)."""
         return {entry.server: None if entry.usable else entry.reason for entry in self._live()}
 
+    def describe(self) -> list[dict[str, Any]]:
+        """The live agents, as readiness reports them."""
+        return [entry.to_dict() for entry in self._live()]
+
     def _live(self) -> list[WorkerEntry]:
         return [e for e in self.registry.live(self.clock()) if e.server.startswith(SERVER_PREFIX)]
 

@@ -55,6 +55,10 @@ class AgentServers(Protocol):
         """Put back in the queue the jobs of agents whose leases passed."""
         ...
 
+    def describe(self) -> list[dict[str, Any]]:
+        """The live agents, as readiness reports them."""
+        ...
+
 
 class Dispatcher:
     """The service's queue and its workers, one per server; server health and failover."""

@@ -1,0 +1,1 @@
+"""Worker agents (``avatar-worker``): the service's engine beside a ComfyUI anywhere."""
