@@ -20,13 +20,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class Process:
     """One service process: started with its settings, stopped (or killed) by the test."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log: Path, *, cwd: Path = REPO_ROOT
+    ) -> None:
         self.name = name
         self.log = log
         self._log_file = log.open("wb")
         self.process = subprocess.Popen(
             argv,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -105,6 +107,25 @@ class Fleet:
         self.processes.append(process)
         return process
 
+    def agent(
+        self, name: str, api: str, comfyui: str, token: str, *, server: str = "", **extra: str
+    ) -> Process:
+        """Start a worker agent (``avatar-worker``) in an empty folder of its own, with nothing
+        of the service's settings: only the API's URL, its token and its ComfyUI."""
+        home = self.scratch / name
+        home.mkdir()
+        env = {
+            **{k: v for k, v in os.environ.items() if k in _AGENT_ENVIRONMENT},
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+            **extra,
+        }
+        argv = [sys.executable, "-m", "avatar_service.agent", "--api", api, "--token", token]
+        argv += ["--comfyui", comfyui, "--name", server or name]
+        process = Process(name, argv, env, self.scratch / f"{name}.log", cwd=home)
+        self.processes.append(process)
+        return process
+
     def stop(self) -> None:
         """Stop every process still running (SIGTERM, then kill)."""
         for replica in self.replicas:
@@ -163,3 +184,6 @@ class Replica:
 
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# What an agent's process inherits of the test's environment: enough to run Python, nothing of
+# the service's settings (no DATABASE_URL, no folders).
+_AGENT_ENVIRONMENT = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV"})

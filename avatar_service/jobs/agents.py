@@ -33,7 +33,7 @@ from ..errors import BadRequest, Conflict, NotFound, error_from_record
 from .job import Avatar, Job, JobProgress, JobStatus
 from .ledger import JobLedger
 from .photo_source import AvatarSink, PhotoSource
-from .records import AGENT_OWNER_PREFIX, JobRecords, LeaseLost, from_row, is_agent_owner, to_row
+from .records import AGENT_OWNER_PREFIX, JobRecords, LeaseLost, from_row, to_row
 from .registry import WorkerEntry, WorkerRegistry
 
 if TYPE_CHECKING:
@@ -379,19 +379,39 @@ class AgentDesk:
     # -- leases --------------------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Jobs of agents whose leases passed go back to the head of the queue (once each)."""
+        """Jobs of agents whose leases passed: handed to a live agent of the same server (it
+        follows the prompt by its id), else back to the head of the queue (once each)."""
         now = self.clock()
-        for job in self.records.expired(now, owner_prefix=AGENT_OWNER_PREFIX):
-            if not is_agent_owner(job.owner) or job.server is None:
+        expired = self.records.expired(now, owner_prefix=AGENT_OWNER_PREFIX)
+        if not expired:
+            return
+        heirs = {entry.server: entry for entry in self._live() if entry.usable}
+        for job in expired:
+            if job.server is None:
+                continue
+            silent = (job.owner or "").split("/")[0]
+            heir = heirs.get(job.server)
+            if heir is not None and heir.id != silent and job.prompt_id is not None:
+                owner = f"{heir.id}/adopted"
+                if self.records.take_over(job, owner, until=now + self.lease, now=now):
+                    logger.warning(
+                        "job %s: its agent %s is silent past its lease; agent %s of %s follows "
+                        "its prompt %s",
+                        job.id,
+                        silent,
+                        heir.id,
+                        job.server,
+                        job.prompt_id,
+                    )
                 continue
             taken = self.records.take_over(job, f"{job.owner}#expired", until=now + 60, now=now)
             if taken is None:
-                continue  # another process of the fleet put it back first
+                continue  # another process of the fleet took it first
             self._requeue(taken, job.server, abandon=True)
             logger.warning(
                 "job %s: its agent %s is silent past its lease; back to the head of the queue",
                 job.id,
-                (job.owner or "").split("/")[0],
+                silent,
             )
 
     def _requeue(self, job: Job, server: str, *, abandon: bool) -> Job:
