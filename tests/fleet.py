@@ -108,7 +108,15 @@ class Fleet:
         return process
 
     def agent(
-        self, name: str, api: str, comfyui: str, token: str, *, server: str = "", **extra: str
+        self,
+        name: str,
+        api: str,
+        comfyui: str,
+        token: str,
+        *,
+        server: str = "",
+        inside: Namespace | None = None,
+        **extra: str,
     ) -> Process:
         """Start a worker agent (``avatar-worker``) in an empty folder of its own, with nothing
         of the service's settings: only the API's URL, its token and its ComfyUI."""
@@ -122,6 +130,8 @@ class Fleet:
         }
         argv = [sys.executable, "-m", "avatar_service.agent", "--api", api, "--token", token]
         argv += ["--comfyui", comfyui, "--name", server or name]
+        if inside is not None:
+            argv = inside.argv(argv)
         process = Process(name, argv, env, self.scratch / f"{name}.log", cwd=home)
         self.processes.append(process)
         return process
@@ -187,3 +197,41 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 # What an agent's process inherits of the test's environment: enough to run Python, nothing of
 # the service's settings (no DATABASE_URL, no folders).
 _AGENT_ENVIRONMENT = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV"})
+
+
+class Namespace:
+    """A network namespace joined to this host by one veth pair: what runs in it reaches the
+    host only at ``host_ip`` (and nothing of the host's loopback)."""
+
+    def __init__(self, name: str, index: int) -> None:
+        self.name = name
+        self.host_ip = f"10.231.{index}.1"
+        self.inside_ip = f"10.231.{index}.2"
+        self._host_link = f"avh{index}"
+        self._inside_link = f"avn{index}"
+
+    def create(self) -> Namespace:
+        """Make the namespace and its link (``ip netns``, ``ip link``; needs root)."""
+        self._ip("netns", "add", self.name)
+        self._ip("link", "add", self._host_link, "type", "veth", "peer", "name", self._inside_link)
+        self._ip("link", "set", self._inside_link, "netns", self.name)
+        self._ip("addr", "add", f"{self.host_ip}/30", "dev", self._host_link)
+        self._ip("link", "set", self._host_link, "up")
+        inside = ["netns", "exec", self.name, "ip"]
+        self._ip(*inside, "addr", "add", f"{self.inside_ip}/30", "dev", self._inside_link)
+        self._ip(*inside, "link", "set", self._inside_link, "up")
+        self._ip(*inside, "link", "set", "lo", "up")
+        return self
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def delete(self) -> None:
+        """Remove the namespace (its end of the link goes with it, and so the other end)."""
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self._host_link], capture_output=True, check=False)
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], capture_output=True, check=True, timeout=10)
