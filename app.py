@@ -102,11 +102,18 @@ def _start(services, settings: Settings) -> None:
             "URLs are built from each request's Host header; set one of them",
             settings.host,
         )
+    servers = (
+        f"ComfyUI at {', '.join(settings.comfyui_url)}"
+        if settings.local_workers
+        else "no ComfyUI of its own (LOCAL_WORKERS=false)"
+    )
+    if settings.worker_tokens:
+        servers += "; worker agents admitted (WORKER_TOKENS)"
     logger.info(
-        "avatar service on http://%s:%d, ComfyUI at %s, styles %s",
+        "avatar service on http://%s:%d, %s, styles %s",
         settings.host,
         settings.port,
-        ", ".join(settings.comfyui_url),
+        servers,
         ", ".join(sorted(services.workflows)),
     )
     # 0.0.0.0 / :: listen everywhere but cannot be opened in a browser; this machine can.
