@@ -152,8 +152,11 @@ class Settings:
 
     def _validate_servers(self) -> None:
         """URLs, numbers, the database and the workers."""
-        if not self.comfyui_url:
-            raise ConfigError("COMFYUI_URL must name at least one ComfyUI server")
+        if not self.comfyui_url and self.local_workers:
+            raise ConfigError(
+                "COMFYUI_URL must name at least one ComfyUI server (or LOCAL_WORKERS=false: "
+                "the servers are other processes')"
+            )
         for name in ("comfyui_url", "upload_url", "webhook_url", "public_base_url"):
             value = getattr(self, name)
             for url in value if isinstance(value, tuple) else (value,) if value else ():

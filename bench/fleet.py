@@ -58,8 +58,11 @@ def start_standin(scratch: Path, name: str, *, step_delay: float, zero_cost: boo
     return Proc(url, popen)
 
 
-def start_service(scratch: Path, comfyui_urls: list[str], **settings: str) -> Proc:
-    """The service (``python app.py``, waitress) in front of the given servers."""
+def start_service(
+    scratch: Path, comfyui_urls: list[str], *, ready: bool = True, **settings: str
+) -> Proc:
+    """The service (``python app.py``, waitress) in front of the given servers; waits until it
+    is ready (``ready``) or only until it answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -79,6 +82,8 @@ def start_service(scratch: Path, comfyui_urls: list[str], **settings: str) -> Pr
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz")
+    if not ready:
+        return Proc(url, popen)
     deadline = time.monotonic() + 30
     import httpx
 

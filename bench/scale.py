@@ -31,7 +31,14 @@ import httpx
 import psycopg
 
 from bench.fleet import Proc, start_service, start_standin
-from bench.latency import ROOT, free_port, photo_bytes, update_results, wait_http
+from bench.latency import (
+    ROOT,
+    free_port,
+    photo_bytes,
+    process_cpu_seconds,
+    update_results,
+    wait_http,
+)
 from bench.throughput import STEPS
 
 MARK_START, MARK_END = "<!-- bench:scale:start -->", "<!-- bench:scale:end -->"
@@ -195,6 +202,7 @@ def _fleet_in(
                 break
             time.sleep(0.1)
         started = time.monotonic()
+        cpu_before = [process_cpu_seconds(r.popen.pid) for r in replicas]
         ids = submit(clients, jobs, photo_bytes())
         state = {"killed_at": None, "taken_over_at": None, "held": set()}
 
@@ -222,9 +230,15 @@ def _fleet_in(
                     state["taken_over_at"] = time.monotonic()
 
         records = collect(clients[1], ids, on_tick=tick)
+        cpu = sum(
+            process_cpu_seconds(r.popen.pid) - before
+            for r, before in zip(replicas, cpu_before, strict=True)
+            if r.popen.poll() is None
+        )
         for client in clients:
             client.close()
         result = summary(records, ids, [s.url for s in standins])
+        result["api_cpu_ms_per_job"] = round(cpu * 1000 / jobs, 1)
         if state["killed_at"] is not None:
             result["held_by_killed_worker"] = len(state["held"])
             result["takeover_s"] = (
