@@ -201,7 +201,7 @@ def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
             events=events,
             ledger=ledger,
             dispatcher=dispatcher,
-            photos_exist=photos.path_of,
+            photos_exist=photos.require,
             job_timeout=JOB_TIMEOUT,
             public_base_url="http://service",
             connect_wait=connect_wait,

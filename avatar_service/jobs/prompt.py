@@ -45,7 +45,6 @@ from ..comfyui import (
     Reconnected,
 )
 from ..comfyui.workflows import Workflow, patch_workflow
-from ..photos.framing import prepared_bytes
 from ..photos.store import PhotoStore
 from . import outcomes
 from .job import Job, JobStatus
@@ -210,7 +209,7 @@ class PromptRun:
         if self.withdrawal.asked:
             raise outcomes.Cancelled
         # The photo as ComfyUI should see it: cut to the job's crop (face or request), if any.
-        photo = prepared_bytes(self.photos.path_of(self.job.image_name), self.job.crop)
+        photo = self.photos.prepared(self.job.image_name, self.job.crop)
         image = self.client.upload_image(photo, self.job.image_name, subfolder=UPLOAD_SUBFOLDER)
         graph = patch_workflow(
             self.workflow,
