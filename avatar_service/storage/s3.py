@@ -92,7 +92,7 @@ class S3Objects:
         """A temporary local file, uploaded whole (managed upload) when the block ends."""
         key = self.key(area, name)
         with tempfile.TemporaryFile(prefix="avatar-service-", suffix=".part") as handle:
-            yield handle  # type: ignore[misc]  # a binary file object
+            yield handle
             handle.flush()
             handle.seek(0)
             with self._answers("upload", key):
