@@ -63,6 +63,13 @@ class Settings:
     decode_wait: float = 60.0
     upload_dir: Path = Path("uploads")
     output_dir: Path = Path("generated_avatar")
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    storage_public_reads: bool = False
+    storage_link_ttl: float = 300.0
+    storage_connect_timeout: float = 5.0
+    storage_read_timeout: float = 30.0
+    storage_max_attempts: int = 3
     strip_avatar_metadata: bool = True
     workflows_dir: Path = Path("workflows")
     instance_path: Path = Path("instance")
@@ -157,7 +164,13 @@ class Settings:
                 "COMFYUI_URL must name at least one ComfyUI server (or LOCAL_WORKERS=false: "
                 "the servers are other processes')"
             )
-        for name in ("comfyui_url", "upload_url", "webhook_url", "public_base_url"):
+        for name in (
+            "comfyui_url",
+            "upload_url",
+            "webhook_url",
+            "public_base_url",
+            "s3_endpoint_url",
+        ):
             value = getattr(self, name)
             for url in value if isinstance(value, tuple) else (value,) if value else ():
                 parts = urlsplit(url)
@@ -171,6 +184,7 @@ class Settings:
             if not math.isfinite(value) or too_small:
                 rule = "greater than 0" if name in _POSITIVE else f"at least {low}"
                 raise ConfigError(f"{name.upper()}={value!r}: must be a finite number, {rule}")
+        self._validate_storage()
         if self.database_url and not self.database_url.startswith(_DATABASE_SCHEMES):
             raise ConfigError(
                 "DATABASE_URL: empty (the SQLite file in INSTANCE_PATH), postgresql://user@host/"
@@ -182,6 +196,21 @@ class Settings:
                 "LOCAL_WORKERS=false needs a shared DATABASE_URL (postgresql://...) or "
                 "WORKER_TOKENS: without workers of its own a process only serves jobs that "
                 "workers elsewhere (database workers, or worker agents) run"
+            )
+
+    def _validate_storage(self) -> None:
+        """STORAGE_URL and the settings that only a bucket uses."""
+        if self.storage_url:
+            parts = urlsplit(self.storage_url)
+            if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+                raise ConfigError(
+                    f"STORAGE_URL={self.storage_url!r}: empty (the local folders UPLOAD_DIR and "
+                    "OUTPUT_DIR) or s3://BUCKET/PREFIX"
+                )
+        elif self.storage_public_reads:
+            raise ConfigError(
+                "STORAGE_PUBLIC_READS=true needs a bucket (STORAGE_URL=s3://...): local files "
+                "are always streamed by the service"
             )
 
     def _validate_serving(self) -> None:
@@ -290,6 +319,10 @@ _NUMBER_MINIMUMS: dict[str, float] = {
     "idempotency_ttl": 0,
     "retention_hours": 0,
     "retention_interval": 0,
+    "storage_link_ttl": 1,
+    "storage_connect_timeout": 0,
+    "storage_read_timeout": 0,
+    "storage_max_attempts": 1,
 }
 _POSITIVE = frozenset(
     {
@@ -307,6 +340,8 @@ _POSITIVE = frozenset(
         "token_ttl",
         "idempotency_ttl",
         "retention_interval",
+        "storage_connect_timeout",
+        "storage_read_timeout",
     }
 )
 

@@ -17,6 +17,7 @@ Every error a client can see is a ServiceError, answered as
     ├── TooManyRequests (429)         a rate limit (sends Retry-After)
     ├── BadGateway (502)              ComfyUI rejected the graph or failed while running it
     ├── ServiceUnavailable (503)      ComfyUI unreachable (sends Retry-After)
+    │   └── StorageUnavailable        the photo and avatar storage (STORAGE_URL) fails
     └── GatewayTimeout (504)          the job deadline passed
 
 ``ERROR_CODES`` is the one table of every code a client can receive: its status, what it
@@ -173,6 +174,15 @@ class ServiceUnavailable(ServiceError):
         self.headers.setdefault("Retry-After", str(retry_after))
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """The object storage of photos and avatars does not answer, or fails; try again later."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+
+
 class GatewayTimeout(ServiceError):
     """The job did not finish before its deadline."""
 
@@ -278,6 +288,11 @@ _RAISED: tuple[tuple[type[ServiceError], str, str], ...] = (
     (ServiceUnavailable, "service_busy", "at a limit (jobs, streams, decodes) or stopping"),
     (GatewayTimeout, "job_timeout", "the job's deadline passed"),
     (
+        StorageUnavailable,
+        "storage_unavailable",
+        "the photo and avatar storage (STORAGE_URL) does not answer or fails (sends Retry-After)",
+    ),
+    (
         ServiceUnavailable,
         "database_unavailable",
         "the service's database does not answer (sends Retry-After)",
@@ -315,5 +330,6 @@ JOB_FAILURES: tuple[str, ...] = (
     "avatar_fetch_failed",
     "comfyui_stalled",
     "comfyui_unavailable",
+    "storage_unavailable",
     "job_timeout",
 )

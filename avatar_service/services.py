@@ -1,6 +1,7 @@
 """The one registry of the service: every part built once, from the settings, by create_app.
 
-``build_services`` makes the parts in dependency order (workflows, photos, the database, the
+``build_services`` makes the parts in dependency order (workflows, the storage of photos and
+avatars, photos, the database, the
 ComfyUI clients, the deliveries, the job engine under its coordination strategy, what the HTTP
 face adds) and ``Services`` holds them, starts their background work once, and closes them.
 The routes reach the parts through ``Services.avatars`` (``http.avatars``), one method per
@@ -46,7 +47,10 @@ from .photos.faces import FaceDetector
 from .photos.framing import Framing
 from .photos.store import PhotoStore
 from .readiness import Readiness
-from .storage.avatars import AvatarStore, write_atomic
+from .storage.atomic import write_atomic
+from .storage.avatars import AvatarStore
+from .storage.base import Storage
+from .storage.choice import open_storage
 from .storage.retention import Retention
 
 logger = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Services:
 
     settings: Settings
     workflows: dict[str, Workflow]
+    files: Storage
     photos: PhotoStore
     framing: Framing
     avatar_files: AvatarStore
@@ -179,12 +184,10 @@ def build_services(
 ) -> Services:
     """Create the folders, load the workflows, open the database, build every part once."""
     workflows = _load_workflows(settings, root)
-    upload_dir = _resolve(root, settings.upload_dir)
-    output_dir = _resolve(root, settings.output_dir)
-    for directory in (upload_dir, output_dir, instance_path):
-        directory.mkdir(parents=True, exist_ok=True)
-    photos, framing = _photo_parts(settings, upload_dir)
-    avatar_files = AvatarStore(output_dir, strip_metadata=settings.strip_avatar_metadata)
+    instance_path.mkdir(parents=True, exist_ok=True)
+    files = open_storage(settings, root)
+    photos, framing = _photo_parts(settings, files)
+    avatar_files = AvatarStore(files, strip_metadata=settings.strip_avatar_metadata)
     try:
         database = open_database(
             settings.database_url,
@@ -196,7 +199,7 @@ def build_services(
     migrate(database)  # every table, before any part of the service reads one
     events = JobEvents()
     clients = _clients(settings, instance_path, client_factory)
-    forwarder, webhooks = _deliveries(settings, database)
+    forwarder, webhooks = _deliveries(settings, database, avatar_files)
     engine = _engine(
         settings,
         database=database,
@@ -204,7 +207,6 @@ def build_services(
         clients=clients,
         workflows=workflows,
         photos=photos,
-        framing=framing,
         avatar_files=avatar_files,
         deliveries=(forwarder, webhooks),
     )
@@ -214,6 +216,7 @@ def build_services(
         long_requests=threading.BoundedSemaphore(settings.threads - reserved),
         settings=settings,
         workflows=workflows,
+        files=files,
         photos=photos,
         framing=framing,
         avatar_files=avatar_files,
@@ -227,7 +230,7 @@ def build_services(
         ),
         forwarder=forwarder,
         webhooks=webhooks,
-        agents=_agents(settings, engine, database=database, framing=framing, avatars=avatar_files),
+        agents=_agents(settings, engine, database=database, photos=photos, avatars=avatar_files),
         **_http_parts(
             settings,
             database=database,
@@ -249,7 +252,6 @@ def _engine(
     clients: list[ComfyUIClient],
     workflows: dict[str, Workflow],
     photos: PhotoStore,
-    framing: Framing,
     avatar_files: AvatarStore,
     deliveries: tuple[AvatarForwarder | None, WebhookDispatcher | None],
 ) -> JobEngine:
@@ -264,7 +266,7 @@ def _engine(
     )
     ledger = JobLedger(records=records, events=events, coordination=coordination)
     if forwarder is not None:
-        ledger.on_end.append(forwarding_hook(forwarder, avatar_files))
+        ledger.on_end.append(forwarding_hook(forwarder))
     if webhooks is not None:
         ledger.on_end.append(webhook_hook(webhooks, settings.webhook_url))
     dispatcher = Dispatcher(
@@ -272,7 +274,7 @@ def _engine(
         ledger=ledger,
         clients=clients,
         workflows=workflows,
-        photos=framing,
+        photos=photos,
         avatars=avatar_files,
         settings=RunSettings(
             job_timeout=settings.job_timeout,
@@ -289,7 +291,7 @@ def _engine(
         events=events,
         ledger=ledger,
         dispatcher=dispatcher,
-        photos_exist=photos.path_of,
+        photos_exist=photos.require,
         job_timeout=settings.job_timeout,
         public_base_url=settings.public_base_url,
         max_active_jobs=settings.max_active_jobs,
@@ -302,7 +304,7 @@ def _agents(
     engine: JobEngine,
     *,
     database: Database,
-    framing: Framing,
+    photos: PhotoStore,
     avatars: AvatarStore,
 ) -> AgentDesk | None:
     """The worker agents' desk, when WORKER_TOKENS admits agents."""
@@ -313,7 +315,7 @@ def _agents(
         ledger=engine.ledger,
         registry=WorkerRegistry(database),
         dispatcher=engine.dispatcher,
-        photos=framing,
+        photos=photos,
         avatars=avatars,
         lease=settings.worker_lease,
     )
@@ -333,9 +335,9 @@ def _load_workflows(settings: Settings, root: Path) -> dict[str, Workflow]:
     return workflows
 
 
-def _photo_parts(settings: Settings, upload_dir: Path) -> tuple[PhotoStore, Framing]:
+def _photo_parts(settings: Settings, files: Storage) -> tuple[PhotoStore, Framing]:
     photos = PhotoStore(
-        upload_dir,
+        files,
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         min_side=settings.min_image_side,
@@ -370,7 +372,7 @@ def _clients(
 
 
 def _deliveries(
-    settings: Settings, database: Database
+    settings: Settings, database: Database, avatar_files: AvatarStore
 ) -> tuple[AvatarForwarder | None, WebhookDispatcher | None]:
     """The outboxes: forwarding to UPLOAD_URL and webhooks, when configured."""
     connect = settings.comfyui_connect_timeout
@@ -380,6 +382,7 @@ def _deliveries(
             database=database,
             url=settings.upload_url,
             field_name=settings.upload_field_name,
+            avatars=avatar_files,
             timeout=httpx.Timeout(settings.upload_timeout, connect=connect),
             max_attempts=settings.upload_max_attempts,
             backoff=settings.upload_backoff,
@@ -441,8 +444,7 @@ def _http_parts(
         "idempotency": IdempotencyKeys(database, ttl=settings.idempotency_ttl),
         "retention": Retention(
             database=database,
-            photo_dir=framing.photos.directory,
-            avatar_dir=avatar_files.directory,
+            files=avatar_files.files,
             max_age_hours=settings.retention_hours,
             interval=settings.retention_interval,
             in_use=lambda: [

@@ -108,6 +108,31 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         schema.drop()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (see tests/s3.py); skipped, or failed in CI, without moto."""
+    from tests.s3 import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The S3 server, with the test's AWS credentials in the environment (and no profile or
+    config file of the developer's): what boto3's standard chain finds in the service."""
+    from tests.s3 import CREDENTIALS
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return s3_server
+
+
 @pytest.fixture
 def standin(tmp_path: Path) -> Iterator[StandIn]:
     """A fresh stand-in ComfyUI on 127.0.0.1:<free port>, stopped after the test."""

@@ -25,7 +25,6 @@ from avatar_service.jobs.events import JobEvents
 from avatar_service.jobs.ledger import JobLedger
 from avatar_service.jobs.prompt import RunSettings
 from avatar_service.jobs.records import Job, JobRecords, LeaseLost
-from avatar_service.photos.framing import Framing
 from avatar_service.photos.store import PhotoStore
 from avatar_service.storage.avatars import AvatarStore
 from tests.conftest import REPO_ROOT, make_photo
@@ -184,7 +183,7 @@ def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
             ledger=ledger,
             clients=list(fakes.values()),  # type: ignore[arg-type]
             workflows=styles(load_workflows(REPO_ROOT / "workflows")),
-            photos=Framing(photos, None, policy="off"),
+            photos=photos,
             avatars=AvatarStore(folder / "avatars", strip_metadata=False),
             settings=RunSettings(
                 job_timeout=JOB_TIMEOUT, poll_interval=0.05, stall_timeout=stall_timeout
@@ -202,7 +201,7 @@ def make_engine(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
             events=events,
             ledger=ledger,
             dispatcher=dispatcher,
-            photos_exist=photos.path_of,
+            photos_exist=photos.require,
             job_timeout=JOB_TIMEOUT,
             public_base_url="http://service",
             connect_wait=connect_wait,

@@ -46,13 +46,15 @@ class Parts:
     def __init__(self, database: Database, avatar_dir: Path, *, url: str = "http://r/x") -> None:
         self.records = JobRecords(database)
         self.webhooks = WebhookDispatcher(database=database, secret=None, timeout=TIMEOUT)
-        self.forwarder = AvatarForwarder(database=database, url=url, timeout=TIMEOUT)
         self.avatars = AvatarStore(avatar_dir)
+        self.forwarder = AvatarForwarder(
+            database=database, url=url, timeout=TIMEOUT, avatars=self.avatars
+        )
         self.ledger = JobLedger(
             records=self.records, events=JobEvents(), coordination=Solo(self.records)
         )
         self.hooks = [
-            forwarding_hook(self.forwarder, self.avatars),
+            forwarding_hook(self.forwarder),
             webhook_hook(self.webhooks, url),
         ]
         self.ledger.on_end.extend(self.hooks)

@@ -24,7 +24,6 @@ from avatar_service.jobs.events import JobEvents
 from avatar_service.jobs.ledger import JobLedger
 from avatar_service.jobs.prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked
 from avatar_service.jobs.records import Job, JobRecords
-from avatar_service.photos.framing import Framing
 from avatar_service.photos.store import PhotoStore
 from tests.conftest import REPO_ROOT, make_photo
 from tests.fake_comfyui import FakeComfyUI
@@ -79,7 +78,7 @@ class World:
             workflow=self.workflow,
             records=self.records,
             ledger=self.ledger,
-            photos=Framing(self.photos, None, policy="off"),
+            photos=self.photos,
             settings=RunSettings(job_timeout=JOB_TIMEOUT, poll_interval=poll_interval),
             clock=self.clock,
         )

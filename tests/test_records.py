@@ -299,6 +299,7 @@ def check_previous_release_upgraded(database: Database, outbox: str) -> None:
     from avatar_service.delivery.webhooks import WebhookDispatcher
     from avatar_service.http.access import Access
     from avatar_service.http.idempotency import IdempotencyKeys
+    from avatar_service.storage.local import LocalFolders
     from avatar_service.storage.retention import Retention
 
     job_id = "d" * 32
@@ -312,8 +313,7 @@ def check_previous_release_upgraded(database: Database, outbox: str) -> None:
     assert (found.new, found.job_id) == (False, job_id)
     retention = Retention(
         database=database,
-        photo_dir=Path("."),
-        avatar_dir=Path("."),
+        files=LocalFolders(photos=Path("."), avatars=Path(".")),
         max_age_hours=0,
         interval=60,
         in_use=list,

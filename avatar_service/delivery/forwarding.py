@@ -2,9 +2,11 @@
 
 The service forwards avatars through the outbox (``AvatarForwarder``, kind ``avatar`` in
 outbox.py): durable, retried, bounded by its own deadline, and after the job has already
-succeeded for its caller. Delivery failures never raise: they are recorded (the delivery's
-attempts), so a failed upload never turns a good generation into an error and never touches
-the local file. Only wrong arguments raise::
+succeeded for its caller. The avatar is read when it is sent, from the storage (a local folder
+or a bucket, through ``AvatarStore``), so any process may send it. Delivery failures never
+raise: they are recorded (the delivery's attempts; a storage outage is retried like a 5xx), so
+a failed upload never turns a good generation into an error and never touches the stored
+avatar. Only wrong arguments raise::
 
     ValueError        bad url, max_attempts, backoff or backoff_max
 """
@@ -19,7 +21,12 @@ from typing import Any
 
 import httpx
 
+from ..errors import StorageUnavailable
+from ..storage.avatars import AvatarStore
+from ..storage.base import content_type_of
 from .outbox import Due, Outbox, Sent
+
+__all__ = ["AvatarForwarder", "content_type_of"]
 from .retry import is_retryable_status, parse_retry_after
 
 # How much of a non-JSON answer is kept in the outcome, and the most read of any answer.
@@ -58,31 +65,40 @@ class AvatarForwarder(Outbox):
 
     kind = "avatar"
 
-    def __init__(self, *, url: str, field_name: str = "file", **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        field_name: str = "file",
+        avatars: AvatarStore | None = None,
+        **options: Any,
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"upload url must start with http:// or https://, got {url!r}")
         super().__init__(**options)
         self.url = url
         self.field_name = field_name
+        self.avatars = avatars
 
     def enqueue(
         self,
         *,
         job_id: str,
-        path: Path,
         filename: str,
         content_type: str,
         fields: Mapping[str, str],
+        path: Path | None = None,
     ) -> str:
-        """Store the forwarding of one avatar file; its delivery id."""
-        body = json.dumps(
-            {
-                "path": str(path),
-                "filename": filename,
-                "contentType": content_type,
-                "fields": dict(fields),
-            }
-        ).encode()
+        """Store the forwarding of one avatar; its delivery id. The avatar is read from the
+        avatar store by ``filename`` when it is sent, or from a local ``path`` when given."""
+        upload: dict[str, Any] = {
+            "filename": filename,
+            "contentType": content_type,
+            "fields": dict(fields),
+        }
+        if path is not None:
+            upload["path"] = str(path)
+        body = json.dumps(upload).encode()
         return self._store(
             msg_id=f"upl_{uuid.uuid4().hex}",
             job_id=job_id,
@@ -113,11 +129,13 @@ class AvatarForwarder(Outbox):
         """One POST of the avatar file; 5xx, 408, 429 and network errors may be retried."""
         upload = json.loads(item.body)
         try:
-            content = Path(upload["path"]).read_bytes()
+            content = self._content(upload)
+        except StorageUnavailable as exc:
+            return Sent(status=None, error=f"storage: {exc.message}", retryable=True)
         except OSError as exc:
             return Sent(
                 status=None,
-                error=f"cannot read {upload['filename']}: {exc.strerror}",
+                error=f"cannot read {upload['filename']}: {exc.strerror or 'not stored'}",
                 retryable=False,
             )
         return _post_file(
@@ -130,13 +148,14 @@ class AvatarForwarder(Outbox):
             content_type=upload["contentType"],
         )
 
-
-def content_type_of(file_name: str) -> str:
-    """The content type of an avatar file, from the extension the service gave it."""
-    extension = file_name.rsplit(".", 1)[-1]
-    return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}.get(
-        extension, "image/png"
-    )
+    def _content(self, upload: Mapping[str, Any]) -> bytes:
+        """The avatar's bytes: a local file (deliveries stored by earlier releases, or given
+        a path), else the stored avatar of that name."""
+        if "path" in upload:
+            return Path(upload["path"]).read_bytes()
+        if self.avatars is None:
+            raise FileNotFoundError(upload["filename"])
+        return self.avatars.read(upload["filename"])
 
 
 def _read_answer(response: httpx.Response) -> object | None:

@@ -15,15 +15,13 @@ from .webhooks import WebhookDispatcher
 
 if TYPE_CHECKING:
     from ..jobs.job import Job
-    from ..storage.avatars import AvatarStore
 
 logger = logging.getLogger(__name__)
 
 
-def forwarding_hook(
-    forwarder: AvatarForwarder, avatars: AvatarStore
-) -> Callable[[Job, dict[str, Any]], None]:
-    """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL."""
+def forwarding_hook(forwarder: AvatarForwarder) -> Callable[[Job, dict[str, Any]], None]:
+    """Queue the forwarding of a succeeded job's avatars to UPLOAD_URL (each read from the
+    avatar store, by its file name, when it is sent)."""
 
     def forward(job: Job, _body: dict[str, Any]) -> None:
         if not job.succeeded:
@@ -31,7 +29,6 @@ def forwarding_hook(
         for avatar in job.avatars:
             forwarder.enqueue(
                 job_id=job.id,
-                path=avatars.path_of(avatar.file_name),
                 filename=avatar.file_name,
                 content_type=content_type_of(avatar.file_name),
                 fields={

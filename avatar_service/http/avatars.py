@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..comfyui import Preview
@@ -18,6 +17,7 @@ from ..errors import Conflict, Gone, ServiceUnavailable, UnprocessableContent
 from ..jobs import GenerateRequest, Job
 from ..persistence.database import DatabaseUnavailable
 from ..photos.store import image_not_found
+from ..storage.base import Download
 from ..times import iso
 from .access import Caller
 from .idempotency import request_fingerprint
@@ -200,18 +200,21 @@ class Avatars:
 
     # -- avatars and styles ------------------------------------------------------------------
 
-    def avatar_file(self, file_name: str) -> Path:
-        """The file of a generated avatar (404 unknown; 410 once retention deleted it)."""
+    def avatar_file(self, file_name: str) -> Download:
+        """A generated avatar to send (404 unknown; 410 once retention deleted it): its file,
+        its stream, or with STORAGE_PUBLIC_READS a short-lived link to its object."""
         services = self.services
         deleted_at = services.retention.deleted_at(file_name)
-        if deleted_at is not None and not (services.avatar_files.directory / file_name).is_file():
+        if deleted_at is not None and not services.avatar_files.exists(file_name):
             raise Gone(
                 "this avatar was deleted: avatars are kept for RETENTION_HOURS "
                 f"({services.settings.retention_hours:g} h)",
                 code="avatar_expired",
                 details={"fileName": file_name, "deletedAt": iso(deleted_at)},
             )
-        return services.avatar_files.path_of(file_name)
+        settings = services.settings
+        link_for = settings.storage_link_ttl if settings.storage_public_reads else None
+        return services.avatar_files.open(file_name, link_for=link_for)
 
     def styles(self) -> dict[str, Any]:
         """Every style with its parameters, and the default one."""

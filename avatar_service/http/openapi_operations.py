@@ -217,7 +217,19 @@ def _avatars_and_styles() -> dict[str, dict[str, Any]]:
         "GET /avatars/{file_name}": {
             "operationId": "getAvatar",
             "summary": "A generated avatar",
-            "responses": {"200": image("the avatar")},
+            "responses": {
+                "200": image("the avatar"),
+                "307": {
+                    "description": "with STORAGE_PUBLIC_READS (object storage): the avatar is "
+                    "read from a presigned URL of its object, valid STORAGE_LINK_TTL seconds",
+                    "headers": {
+                        "Location": {
+                            "description": "the presigned URL",
+                            "schema": {"type": "string", "format": "uri"},
+                        }
+                    },
+                },
+            },
         },
         "GET /styles": {
             "operationId": "listStyles",

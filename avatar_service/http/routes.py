@@ -22,7 +22,6 @@ from flask import (
     g,
     make_response,
     request,
-    send_file,
     send_from_directory,
     stream_with_context,
 )
@@ -38,6 +37,7 @@ from ..errors import (
 from ..services import Services
 from ..storage.avatars import AVATAR_NAME_PATTERN
 from .access import Caller
+from .downloads import download_response
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import DOCS_ASSETS, DOCS_PAGE, build_document, error_codes
 from .presentation import job_body, job_response, parse_last_event_id, service_facts, sse_stream
@@ -79,7 +79,7 @@ def services() -> Services:
 @error_codes("unauthorized", "missing_file", "empty_file", "invalid_image", "image_too_small")
 @error_codes("image_too_many_pixels", "image_aspect_ratio", "unsupported_image_type", *REFUSED)
 @error_codes("photo_too_large", "payload_too_large", "rate_limited", "service_busy")
-@error_codes("database_unavailable")
+@error_codes("database_unavailable", "storage_unavailable")
 def upload_image():
     """Store a photo (multipart field ``image``, or ``file``); 201 with its server-made name."""
     upload = request.files.get("image") or request.files.get("file")
@@ -94,7 +94,7 @@ def upload_image():
 
 @bp.get("/photos/<image_name>/framing")
 @error_codes("unauthorized", "invalid_fields", "image_not_found", *REFUSED)
-@error_codes("database_unavailable")
+@error_codes("database_unavailable", "storage_unavailable")
 def photo_framing(image_name: str):
     """A stored photo's faces and the crop generate would use for ?width=&height= (or style's)."""
     svc = services()
@@ -176,11 +176,12 @@ def job_preview(job_id: str):
 
 @bp.get("/avatars/<file_name>")
 @error_codes("unauthorized", "forbidden", "avatar_not_found", "avatar_expired")
-@error_codes("database_unavailable")
+@error_codes("database_unavailable", "storage_unavailable")
 def get_avatar(file_name: str):
-    """A generated avatar image; 410 once retention has deleted it."""
+    """A generated avatar image (or a 307 to its object, STORAGE_PUBLIC_READS); 410 once
+    retention has deleted it."""
     svc = services()
-    response = send_file(svc.avatars.avatar_file(file_name), max_age=86400)
+    response = download_response(svc.avatars.avatar_file(file_name), max_age=86400)
     if svc.access.enabled:
         # Behind a key, a shared cache must not hand the avatar to whoever asks for the path.
         response.cache_control.public = False

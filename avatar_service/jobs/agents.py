@@ -17,7 +17,6 @@ beats (``adopt``): a prompt that already ended there is not run twice.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import threading
@@ -27,13 +26,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, UnidentifiedImageError
-
-from ..errors import BadRequest, Conflict, NotFound, error_from_record
-from .job import Avatar, Job, JobProgress, JobStatus
+from ..errors import BadRequest, Conflict, NotFound
+from . import agent_reports as reports
+from .job import Avatar, Job, JobStatus
 from .ledger import JobLedger
 from .photo_source import AvatarSink, PhotoSource
-from .records import AGENT_OWNER_PREFIX, JobRecords, LeaseLost, from_row, to_row
+from .records import AGENT_OWNER_PREFIX, JobRecords, LeaseLost, to_row
 from .registry import WorkerEntry, WorkerRegistry
 
 if TYPE_CHECKING:
@@ -49,17 +47,6 @@ HEARTBEAT_INTERVAL = 0.5
 # A waiting claim looks at the queue again this often, besides being woken by new jobs.
 CLAIM_RECHECK = 0.5
 CLAIM_WAIT_MAX = 20.0
-# The record's fields an agent may change while it holds a job (the rest are the service's).
-AGENT_FIELDS = frozenset(
-    {"prompt_id", "attempts", "status", "queue_position", "progress", "timings", "stalls"}
-)
-_AGENT_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
-_END_STATUSES = {
-    "succeeded": JobStatus.SUCCEEDED,
-    "failed": JobStatus.FAILED,
-    "cancelled": JobStatus.CANCELLED,
-}
-_AVATAR_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp"})
 # How many heartbeats a job must go unreported before its agent is told to follow it.
 ADOPT_AFTER_BEATS = 2
 
@@ -258,7 +245,7 @@ class AgentDesk:
     def update(self, agent_id: str, job_id: str, changes: Mapping[str, Any]) -> Job:
         """Change the fields of a held job's record that an agent may change."""
         current = self._held(agent_id, job_id)
-        changed = self._changes(current, changes)
+        changed = reports.changes(current, changes)
         try:
             return self.records.update(current, expect_owner=current.owner, **changed)
         except LeaseLost:
@@ -267,13 +254,13 @@ class AgentDesk:
     def event(self, agent_id: str, job_id: str, kind: str, data: Mapping[str, Any]) -> Job:
         """One event of a held job's prompt, written and published by the ledger."""
         current = self._held(agent_id, job_id)
-        timings = data.get("timings")
-        if isinstance(timings, Mapping):
-            current = replace(current, timings={**current.timings, **self._timings(timings)})
+        current = replace(
+            current, timings={**current.timings, **reports.timings(data.get("timings"))}
+        )
         if kind == "running":
             return self.ledger.running(current)
         if kind == "progress":
-            progress = self._progress(data)
+            progress = reports.progress(data)
             return self.ledger.progress(
                 current,
                 node=progress.node,
@@ -343,31 +330,21 @@ class AgentDesk:
     ) -> Job:
         """End a held job as its agent says: its avatars stored here, its error as recorded."""
         current = self._held(agent_id, job_id)
-        status = _END_STATUSES.get(str(result.get("status")))
-        if status is None:
-            raise BadRequest("status: succeeded, failed or cancelled", code="invalid_agent")
-        error = None
-        if status == JobStatus.FAILED:
-            recorded = result.get("error")
-            if not isinstance(recorded, Mapping) or not isinstance(recorded.get("code"), str):
-                raise BadRequest("error: {status, code, message, details}", code="invalid_agent")
-            details = recorded.get("details")
-            error = error_from_record(
-                {
-                    "status": recorded.get("status")
-                    if isinstance(recorded.get("status"), int)
-                    else 502,
-                    "code": recorded["code"],
-                    "message": str(recorded.get("message", "")),
-                    "details": dict(details) if isinstance(details, Mapping) else {},
-                }
-            )
-        avatars = self._store_avatars(current, files) if status == JobStatus.SUCCEEDED else None
-        timings = result.get("timings")
-        if isinstance(timings, Mapping):
-            current = replace(current, timings={**current.timings, **self._timings(timings)})
+        status = reports.end_status(result.get("status"))
+        error = reports.error(result.get("error")) if status == JobStatus.FAILED else None
+        avatars = None
+        if status == JobStatus.SUCCEEDED:
+            avatars = [
+                Avatar(self.avatars.save(current.id, index, data, extension), width, height)
+                for index, (extension, data, width, height) in enumerate(
+                    reports.avatar_files(current, files)
+                )
+            ]
+        current = replace(
+            current, timings={**current.timings, **reports.timings(result.get("timings"))}
+        )
         if isinstance(result.get("progress"), Mapping):
-            current = replace(current, progress=self._progress(result["progress"]))
+            current = replace(current, progress=reports.progress(result["progress"]))
         try:
             job = self.ledger.finish(current, status, error, avatars=avatars, held_by=current.owner)
         except LeaseLost:
@@ -440,64 +417,6 @@ class AgentDesk:
             for job_id in [j for j in self._unreported if j not in keep]:
                 del self._unreported[job_id]
         return adopt
-
-    # -- checks --------------------------------------------------------------------------------
-
-    def _changes(self, current: Job, changes: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(changes) - AGENT_FIELDS)
-        if unknown:
-            raise BadRequest(
-                f"an agent may not change {', '.join(unknown)}",
-                code="invalid_agent",
-                details={"fields": unknown},
-            )
-        try:
-            merged = from_row({**to_row(current), **changes})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadRequest(f"changes: {exc}", code="invalid_agent") from None
-        if merged.status not in _AGENT_STATUSES:
-            raise BadRequest("status: an agent ends a job with finish", code="invalid_agent")
-        return {name: getattr(merged, name) for name in changes}
-
-    def _store_avatars(self, job: Job, files: Mapping[str, bytes]) -> list[Avatar]:
-        if not files:
-            raise BadRequest("a succeeded job needs its avatars", code="invalid_agent")
-        avatars = []
-        for index, (name, data) in enumerate(sorted(files.items())):
-            extension = name.rsplit(".", 1)[-1].lower()
-            if name != f"{job.id}_{index}.{extension}" or extension not in _AVATAR_EXTENSIONS:
-                raise BadRequest(
-                    f"avatar files are named {job.id}_<index>.<png|jpg|webp> from 0",
-                    code="invalid_agent",
-                    details={"fileName": name},
-                )
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    width, height = image.size
-            except (UnidentifiedImageError, OSError):
-                raise BadRequest(
-                    "an avatar is not an image", code="invalid_agent", details={"fileName": name}
-                ) from None
-            stored = self.avatars.save(job.id, index, data, extension)
-            avatars.append(Avatar(stored, width, height))
-        return avatars
-
-    @staticmethod
-    def _timings(timings: Mapping[str, Any]) -> dict[str, int]:
-        return {
-            str(name): int(value)
-            for name, value in timings.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        }
-
-    @staticmethod
-    def _progress(data: Mapping[str, Any]) -> JobProgress:
-        try:
-            return JobProgress.from_dict(data)
-        except (KeyError, TypeError):
-            raise BadRequest(
-                "progress: {node, nodeType, value, max}", code="invalid_agent"
-            ) from None
 
     def _lost(self, job_id: str) -> Conflict:
         return Conflict(

@@ -190,7 +190,7 @@ def fetch_failed(prompt_id: str | None, image: OutputImage, reason: str) -> Serv
 
 
 def save_failed(job_id: str) -> ServiceError:
-    """The avatar could not be written to OUTPUT_DIR."""
+    """The avatar could not be written to OUTPUT_DIR (a storage outage is storage_unavailable)."""
     return ServiceError(
         "the avatar could not be saved on the service",
         code="avatar_save_failed",

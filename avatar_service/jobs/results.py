@@ -64,6 +64,8 @@ def collect_avatars(
                 job.prompt_id, image, "the image cannot be decoded"
             ) from exc
         try:
+            # A storage outage (StorageUnavailable, after the backend's bounded retries) ends
+            # the job failed with its own code, storage_unavailable; nothing half-written stays.
             file_name = avatars.save(job.id, index, data, extension)
         except OSError as exc:
             logger.error("job %s: saving avatar failed: %s", job.id, exc)

@@ -1,26 +1,23 @@
 """Framing a photo for an avatar: the faces found at upload, the policy, and the crop.
 
 At upload the faces of the stored photo are detected once (``FACE_POLICY`` not ``off``) and kept
-beside it as ``<imageName>.json``. At generate the job's crop is chosen: the request's own
-``crop``, else a box of the requested aspect ratio around the largest face (head and shoulders),
-else the centre crop the workflow's ImageScale takes anyway (the photo is then sent whole, as
-before). A face or request crop is cut out of the photo just before it is uploaded to ComfyUI.
-"""
+beside it as ``<imageName>.json``, in the same storage as the photo. At generate the job's crop
+is chosen: the request's own ``crop``, else a box of the requested aspect ratio around the
+largest face (head and shoulders), else the centre crop the workflow's ImageScale takes anyway
+(the photo is then sent whole, as before). A face or request crop is cut out of the photo just
+before it is uploaded to ComfyUI (``PhotoStore.prepared``)."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
 from ..config import FACE_POLICIES, MULTIPLE_FACE_RULES
-from ..errors import ServiceError, UnprocessablePhoto
-from ..storage.avatars import write_atomic
+from ..errors import NotFound, UnprocessablePhoto
 from .faces import Face, FaceDetector
 from .geometry import Box, Crop
 from .store import PhotoStore, reduced_copy
@@ -120,18 +117,6 @@ def crop_problem(value: Any, photo_size: tuple[int, int] | None) -> str | None:
     return None
 
 
-def prepared_bytes(path: Path, crop: Crop | None) -> bytes:
-    """The photo to upload to ComfyUI: cut to a face or request crop, else the file as stored."""
-    if crop is None or crop.source == "center":
-        return path.read_bytes()
-    box = crop.box
-    with Image.open(path) as image:
-        cut = image.crop((box.x, box.y, box.right, box.bottom))
-    buffer = io.BytesIO()
-    cut.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 class Framing:
     """Detects faces at upload, applies FACE_POLICY, and chooses each job's crop."""
 
@@ -156,10 +141,6 @@ class Framing:
         self.multiple = multiple
         self.margin = margin
 
-    def prepared(self, image_name: str, crop: Crop | None) -> bytes:
-        """The stored photo ``image_name`` as ComfyUI should see it: cut to ``crop``, if any."""
-        return prepared_bytes(self.photos.path_of(image_name), crop)
-
     def save_photo(self, upload: BinaryIO | bytes) -> dict[str, Any]:
         """Store an uploaded photo, file or bytes (refused, unstored, if the policy rules it out).
 
@@ -181,22 +162,25 @@ class Framing:
     def photo_size(self, image_name: str) -> tuple[int, int] | None:
         """The stored photo's width and height, or None when there is no such photo."""
         try:
-            path = self.photos.path_of(image_name)
-        except ServiceError:
+            self.photos.require(image_name)
+        except NotFound:
             return None
-        sidecar = self._read_sidecar(path)
+        sidecar = self._read_sidecar(image_name)
         if sidecar is not None:
             return sidecar["width"], sidecar["height"]
-        with Image.open(path) as image:
-            return image.size
+        try:
+            with self.photos.local_copy(image_name) as path, Image.open(path) as image:
+                return image.size
+        except (NotFound, FileNotFoundError):
+            return None
 
     def frame(self, request: GenerateRequest) -> GenerateRequest:
         """The request with its crop chosen (NotFound for an unknown photo, 422 by policy)."""
-        path = self.photos.path_of(request.image_name)
+        image_name = self.photos.require(request.image_name)
         if request.crop is not None:
             return request
-        photo = self.photo_size(request.image_name) or (0, 0)
-        _faces, crop = self._choose(path, photo, width=request.width, height=request.height)
+        photo = self.photo_size(image_name) or (0, 0)
+        _faces, crop = self._choose(image_name, photo, width=request.width, height=request.height)
         return replace(request, crop=crop)
 
     def describe(self, image_name: str, *, width: int, height: int) -> dict[str, Any]:
@@ -205,9 +189,9 @@ class Framing:
         The same choice as ``frame`` (NotFound for an unknown photo, the same 422 by policy),
         made without a job, so a client can show it before generating.
         """
-        path = self.photos.path_of(image_name)
+        self.photos.require(image_name)
         photo = self.photo_size(image_name) or (0, 0)
-        faces, crop = self._choose(path, photo, width=width, height=height)
+        faces, crop = self._choose(image_name, photo, width=width, height=height)
         return {
             "imageName": image_name,
             "width": photo[0],
@@ -219,11 +203,11 @@ class Framing:
         }
 
     def _choose(
-        self, path: Path, photo: tuple[int, int], *, width: int, height: int
+        self, image_name: str, photo: tuple[int, int], *, width: int, height: int
     ) -> tuple[list[Face], Crop]:
         """The faces of the photo (of size ``photo``) and the crop for ``width`` x ``height``."""
         photo_width, photo_height = photo
-        faces = [] if self.policy == "off" else self._faces_of(path)
+        faces = [] if self.policy == "off" else self._faces_of(image_name)
         if self.policy != "off":
             self._check(faces, when="generate")
         if faces:
@@ -268,33 +252,35 @@ class Framing:
                 },
             )
 
-    def _faces_of(self, path: Path) -> list[Face]:
+    def _faces_of(self, image_name: str) -> list[Face]:
         """The faces kept beside the photo; detected now (and kept) for older photos."""
-        sidecar = self._read_sidecar(path)
+        sidecar = self._read_sidecar(image_name)
         if sidecar is not None:
             return [Face.from_dict(face) for face in sidecar["faces"]]
-        with self.photos.decode_slot(), Image.open(path) as image:
+        with (
+            self.photos.decode_slot(),
+            self.photos.local_copy(image_name) as path,
+            Image.open(path) as image,
+        ):
             size = image.size
             faces = self._detect(reduced_copy(image), size)
-        self._write_sidecar(path.name, size[0], size[1], faces)
+        self._write_sidecar(image_name, size[0], size[1], faces)
         logger.info(
-            "detected %d face(s) in %s, stored before face detection", len(faces), path.name
+            "detected %d face(s) in %s, stored before face detection", len(faces), image_name
         )
         return faces
 
-    def _sidecar_path(self, image_name: str) -> Path:
-        return self.photos.directory / f"{image_name}.json"
-
-    def _read_sidecar(self, path: Path) -> dict[str, Any] | None:
+    def _read_sidecar(self, image_name: str) -> dict[str, Any] | None:
         try:
-            data = json.loads(self._sidecar_path(path.name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
+            raw = self.photos.read_record(image_name)
+            if raw is None:
+                return None
+            data = json.loads(raw)
         except (OSError, ValueError) as exc:
-            logger.warning("unreadable face record of %s (%s); detecting again", path.name, exc)
+            logger.warning("unreadable face record of %s (%s); detecting again", image_name, exc)
             return None
         return data if isinstance(data, dict) and isinstance(data.get("faces"), list) else None
 
     def _write_sidecar(self, image_name: str, width: int, height: int, faces: list[Face]) -> None:
         record = {"width": width, "height": height, "faces": [face.to_dict() for face in faces]}
-        write_atomic(self._sidecar_path(image_name), json.dumps(record).encode())
+        self.photos.write_record(image_name, json.dumps(record).encode())

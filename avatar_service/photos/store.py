@@ -4,7 +4,10 @@ Memory stays bounded whatever the photo: its header is checked before anything i
 JPEG is decoded straight at the smallest scale that still covers the stored size (libjpeg's DCT
 scaling, Pillow's ``draft``); other formats are decoded once in their own mode and never copied
 at full size: the stored PNG is made and written band by band (converted, scaled, rotated and
-compressed a few rows at a time). At most ``max_concurrent_decodes`` photos are decoded at once.
+compressed a few rows at a time) to a temporary local file, published whole (renamed into the
+folder, or uploaded to the bucket) once complete. At most ``max_concurrent_decodes`` photos are
+decoded at once. Photos and their face records are read and written through the one storage
+backend (``storage.base.Storage``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +30,9 @@ from typing import BinaryIO
 from PIL import Image, ImageChops, UnidentifiedImageError
 
 from ..errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
-from ..storage.avatars import open_atomic
+from ..storage.base import Storage
+from ..storage.local import LocalFolders
+from .geometry import Crop
 from .memory import release_free_memory
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
@@ -75,7 +80,7 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class StoredPhoto:
-    """A validated photo saved in the upload folder."""
+    """A validated photo saved in the storage."""
 
     image_name: str
     width: int
@@ -87,11 +92,14 @@ class StoredPhoto:
 
 
 class PhotoStore:
-    """Validates uploaded photos and keeps them as normalised PNGs under unguessable names."""
+    """Validates uploaded photos and keeps them as normalised PNGs under unguessable names.
+
+    ``files`` is the storage backend (a Path is taken as the local folder of photos).
+    """
 
     def __init__(
         self,
-        directory: Path,
+        files: Storage | Path,
         *,
         max_bytes: int,
         max_pixels: int,
@@ -99,7 +107,9 @@ class PhotoStore:
         max_concurrent_decodes: int = 2,
         decode_wait: float = 60.0,
     ) -> None:
-        self.directory = directory
+        self.files: Storage = (
+            LocalFolders(photos=files, avatars=files) if isinstance(files, Path) else files
+        )
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.min_side = min_side
@@ -133,7 +143,7 @@ class PhotoStore:
                         box = _load(image, stored_size)
                         orientation = _orientation(image)
                     width, height = _upright_size(stored_size, orientation)
-                    with open_atomic(self.directory / name) as handle:
+                    with self.files.publish("photos", name) as handle:
                         _write_png(
                             handle,
                             width,
@@ -169,14 +179,44 @@ class PhotoStore:
         """Whether a file name has the shape of the names this store makes for photos."""
         return IMAGE_NAME_PATTERN.fullmatch(file_name) is not None
 
-    def path_of(self, image_name: object) -> Path:
-        """The stored file of an imageName; NotFound for anything this service did not make."""
+    def require(self, image_name: object) -> str:
+        """The imageName of a stored photo; NotFound for anything this service did not make
+        or does not have."""
         if not isinstance(image_name, str) or not self.made_name(image_name):
             raise image_not_found(image_name)
-        path = self.directory / image_name
-        if not path.is_file():
+        if not self.files.exists("photos", image_name):
             raise image_not_found(image_name)
-        return path
+        return image_name
+
+    def local_copy(self, image_name: str) -> AbstractContextManager[Path]:
+        """A local file of the stored photo (the file itself, or a temporary download)."""
+        return self.files.local_copy("photos", self.require(image_name))
+
+    def prepared(self, image_name: str, crop: Crop | None) -> bytes:
+        """The photo ComfyUI receives for a job: cut to a face or request crop, else the
+        photo as stored (NotFound when it is not stored)."""
+        try:
+            if crop is None or crop.source == "center":
+                return self.files.read("photos", self.require(image_name))
+            box = crop.box
+            with self.local_copy(image_name) as path, Image.open(path) as image:
+                cut = image.crop((box.x, box.y, box.right, box.bottom))
+        except FileNotFoundError:  # deleted since it was looked up
+            raise image_not_found(image_name) from None
+        buffer = io.BytesIO()
+        cut.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    def read_record(self, image_name: str) -> bytes | None:
+        """The record kept beside a photo (its faces, ``<imageName>.json``), if any."""
+        try:
+            return self.files.read("photos", f"{image_name}.json")
+        except FileNotFoundError:
+            return None
+
+    def write_record(self, image_name: str, data: bytes) -> None:
+        """Keep a record beside a photo, atomically."""
+        self.files.write("photos", f"{image_name}.json", data)
 
     @contextmanager
     def _open(self, stream: BinaryIO) -> Iterator[Image.Image]:

@@ -1,1 +1,1 @@
-"""Where files live: avatars written atomically, and retention."""
+"""Where files live: one storage interface (local folders or an S3 bucket), avatars, retention."""

@@ -1,71 +1,32 @@
-"""Files on disk: atomic writes, and the folder of generated avatars."""
+"""The generated avatars: stored (atomically) and read back through the storage backend."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import NotFound
+from .atomic import FILE_MODE, open_atomic, read_umask, write_atomic
+from .base import Download, Storage
+from .local import LocalFolders
+
+__all__ = [
+    "AVATAR_NAME_PATTERN",
+    "FILE_MODE",
+    "AvatarStore",
+    "open_atomic",
+    "read_umask",
+    "without_png_text",
+    "write_atomic",
+]
 
 # Avatar file names are made by the service: "<jobId>_<index>.<ext>".
 AVATAR_NAME_PATTERN = re.compile(r"^[a-f0-9]{32}_\d{1,3}\.(png|jpg|jpeg|webp)$")
 
 
-def read_umask() -> int:
-    """The process's umask, read without changing it where the system tells it (Linux)."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    # Elsewhere the only way is to set it and put it back: done once, at import, before the
-    # service's threads create files (the umask is the whole process's).
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# The mode of the files written here: what open() would give under the umask the process was
-# started with (mkstemp's temporary files are 0600 whatever the umask).
-FILE_MODE = 0o666 & ~read_umask()
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write a file so that readers see either nothing or all of it, even after a crash."""
-    with open_atomic(path, mode=mode) as handle:
-        handle.write(data)
-
-
-@contextmanager
-def open_atomic(path: Path, *, mode: int = FILE_MODE) -> Iterator[BinaryIO]:
-    """A file to write in pieces; it appears at ``path`` whole when the block ends without error.
-
-    The handle can also read back what was written (before it is published). The file gets
-    ``mode`` (by default the umask's, as for any file the process creates).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w+b") as handle:
-            yield handle
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 class AvatarStore:
-    """The folder of generated avatars (``generated_avatar/`` by default).
+    """The avatars of the jobs, in the ``avatars`` area of the storage (by default the folder
+    ``generated_avatar/``; a Path is taken as that folder).
 
     ComfyUI writes the whole prompt (the graph, with the stored photo's name, the checkpoint
     and the prompt texts) into the text chunks of every PNG it saves; with ``strip_metadata``
@@ -73,8 +34,10 @@ class AvatarStore:
     The pixels are not touched.
     """
 
-    def __init__(self, directory: Path, *, strip_metadata: bool = True) -> None:
-        self.directory = directory
+    def __init__(self, files: Storage | Path, *, strip_metadata: bool = True) -> None:
+        self.files: Storage = (
+            LocalFolders(photos=files, avatars=files) if isinstance(files, Path) else files
+        )
         self.strip_metadata = strip_metadata
 
     def save(self, job_id: str, index: int, data: bytes, extension: str) -> str:
@@ -82,16 +45,35 @@ class AvatarStore:
         name = f"{job_id}_{index}.{extension}"
         if self.strip_metadata:
             data = without_png_text(data)
-        write_atomic(self.directory / name, data)
+        self.files.write("avatars", name, data)
         return name
 
-    def path_of(self, file_name: str) -> Path:
-        """The file of a generated avatar; NotFound for any name this service did not make."""
+    def exists(self, file_name: str) -> bool:
+        """Whether an avatar of this name (one the service makes) is stored."""
+        return bool(AVATAR_NAME_PATTERN.fullmatch(file_name)) and self.files.exists(
+            "avatars", file_name
+        )
+
+    def open(self, file_name: str, *, link_for: float | None = None) -> Download:
+        """The avatar to send: its file or stream, or with ``link_for`` (seconds) a link to
+        the object where the backend has them; NotFound for any name this service did not
+        make or does not have."""
         if AVATAR_NAME_PATTERN.fullmatch(file_name):
-            path = self.directory / file_name
-            if path.is_file():
-                return path
+            if link_for is not None and self.files.exists("avatars", file_name):
+                link = self.files.link("avatars", file_name, expires=link_for)
+                if link is not None:
+                    return Download(name=file_name, link=link)
+            try:
+                return self.files.open("avatars", file_name)
+            except FileNotFoundError:
+                pass
         raise NotFound("no such avatar", code="avatar_not_found", details={"fileName": file_name})
+
+    def read(self, file_name: str) -> bytes:
+        """The avatar's bytes (FileNotFoundError when it is not stored)."""
+        if not AVATAR_NAME_PATTERN.fullmatch(file_name):
+            raise FileNotFoundError(file_name)
+        return self.files.read("avatars", file_name)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,9 @@ seconds in a background thread; a file that a job still in flight needs is never
 Only what the service wrote is deleted: photos under the names the photo store makes, and the
 avatars that a job's record lists; any other file in the folders is left alone.
 Deleted avatars are recorded so that ``GET /avatars/<name>`` answers 410 and the job record
-says when they were deleted.
+says when they were deleted. Files are listed and deleted through the storage backend (local
+folders or a bucket): with several processes on one bucket each may sweep; a file two of them
+delete is deleted once.
 """
 
 from __future__ import annotations
@@ -14,23 +16,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from pathlib import Path
 
 from ..persistence.database import Database
 from .avatars import AVATAR_NAME_PATTERN
+from .base import Area, Storage, StoredFile
 
 logger = logging.getLogger(__name__)
 
 
 class Retention:
-    """Sweeps old files out of the photo and avatar folders."""
+    """Sweeps old files out of the photos and avatars of the storage."""
 
     def __init__(
         self,
         *,
         database: Database,
-        photo_dir: Path,
-        avatar_dir: Path,
+        files: Storage,
         max_age_hours: float,
         interval: float,
         in_use: Callable[[], Iterable[str]],  # photo names and job ids of jobs in flight
@@ -41,8 +42,7 @@ class Retention:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = database
-        self.photo_dir = photo_dir
-        self.avatar_dir = avatar_dir
+        self.files = files
         self.max_age = max_age_hours * 3600
         self.interval = interval
         self._in_use = in_use
@@ -85,20 +85,20 @@ class Retention:
         cutoff = self._clock() - self.max_age
         keep = set(self._in_use())
         photos = 0
-        photo_files = self._older(self.photo_dir.glob("*.png"), cutoff, keep)
-        for path in self._deleted(path for path in photo_files if self._is_photo(path.name)):
+        photo_files = self._older(self.files.listing("photos"), cutoff, keep)
+        for stored in self._deleted("photos", (f for f in photo_files if self._is_photo(f.name))):
             # The record kept beside a photo (its faces, ``<imageName>.json``) goes with it.
-            path.with_name(f"{path.name}.json").unlink(missing_ok=True)
+            self.files.delete("photos", f"{stored.name}.json")
             photos += 1
         avatars = 0
-        avatar_files = self._older(self.avatar_dir.glob("*"), cutoff, keep)
-        for path in self._deleted(self._listed(avatar_files)):
+        avatar_files = self._older(self.files.listing("avatars"), cutoff, keep)
+        for stored in self._deleted("avatars", self._listed(avatar_files)):
             with self._db.transaction() as db:
                 db.execute(
                     "INSERT INTO deleted_avatars (file_name, job_id, deleted_at) "
                     "VALUES (?, ?, ?) ON CONFLICT (file_name) DO UPDATE SET "
                     "job_id = excluded.job_id, deleted_at = excluded.deleted_at",
-                    (path.name, path.name.split("_", 1)[0], self._clock()),
+                    (stored.name, stored.name.split("_", 1)[0], self._clock()),
                 )
             avatars += 1
         if photos or avatars:
@@ -111,39 +111,32 @@ class Retention:
         return photos, avatars
 
     @staticmethod
-    def _older(paths: Iterable[Path], cutoff: float, keep: set[str]) -> Iterator[Path]:
+    def _older(files: Iterable[StoredFile], cutoff: float, keep: set[str]) -> Iterator[StoredFile]:
         """The files older than the cutoff that no job in flight needs."""
-        for path in paths:
-            owner = path.name.split("_", 1)[0]  # an avatar's job id
-            if path.name.startswith(".") or keep & {path.name, owner} or not path.is_file():
+        for stored in files:
+            owner = stored.name.split("_", 1)[0]  # an avatar's job id
+            if keep & {stored.name, owner}:
                 continue
-            try:
-                if path.stat().st_mtime < cutoff:
-                    yield path
-            except FileNotFoundError:
-                continue
+            if stored.modified < cutoff:
+                yield stored
 
-    def _listed(self, paths: Iterable[Path]) -> Iterator[Path]:
+    def _listed(self, files: Iterable[StoredFile]) -> Iterator[StoredFile]:
         """The files that a job's record lists as its avatars (each job read once a sweep)."""
         listed: dict[str, Collection[str]] = {}
-        for path in paths:
-            if not AVATAR_NAME_PATTERN.fullmatch(path.name):
+        for stored in files:
+            if not AVATAR_NAME_PATTERN.fullmatch(stored.name):
                 continue
-            job_id = path.name.split("_", 1)[0]
+            job_id = stored.name.split("_", 1)[0]
             if job_id not in listed:
                 listed[job_id] = self._avatars_of(job_id)
-            if path.name in listed[job_id]:
-                yield path
+            if stored.name in listed[job_id]:
+                yield stored
 
-    @staticmethod
-    def _deleted(paths: Iterable[Path]) -> Iterator[Path]:
+    def _deleted(self, area: Area, files: Iterable[StoredFile]) -> Iterator[StoredFile]:
         """Delete each file; yield those this call deleted."""
-        for path in paths:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            yield path
+        for stored in files:
+            if self.files.delete(area, stored.name):
+                yield stored
 
     def deleted_at(self, file_name: str) -> float | None:
         """When an avatar was deleted by retention (None: it was not)."""
