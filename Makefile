@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python -m bench.throughput --update-docs
 	$(BIN)/python -m bench.failover --update-docs
 	$(BIN)/python -m bench.scale --update-docs
+	$(BIN)/python -m bench.agents --update-docs
 	$(BIN)/python -m bench.upload_memory --update-docs
 	$(BIN)/python -m bench.soak --update-docs
 	$(BIN)/python -m bench.faults --update-docs
