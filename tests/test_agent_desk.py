@@ -133,7 +133,11 @@ def test_a_job_claimed_run_and_finished_by_an_agent(app, http):
     row = claim(http, agent_id)
     assert row is not None and row["id"] == job_id
     assert row["server"] == "agent:gpu-1" and row["owner"].startswith(f"{agent_id}/")
-    photo = http.get(f"/agents/{agent_id}/jobs/{job_id}/photo", headers=AUTH)
+    photo = http.post(
+        f"/agents/{agent_id}/photo",
+        json={"imageName": row["image_name"], "crop": json.loads(row["crop"] or "null")},
+        headers=AUTH,
+    )
     assert photo.status_code == 200 and photo.data.startswith(b"\x89PNG")
     changed = http.post(
         f"/agents/{agent_id}/jobs/{job_id}/update",
@@ -183,10 +187,13 @@ def test_an_agent_sees_and_changes_only_the_jobs_it_holds(http):
     job_id = submit(http)
     assert claim(http, mine)["id"] == job_id
     assert http.get(f"/agents/{theirs}/jobs/{job_id}", headers=AUTH).status_code == 404
-    assert (
-        http.get(f"/agents/{theirs}/jobs/{job_id}/photo", headers=AUTH).json["error"]["code"]
-        == "lease_lost"
-    )
+    held = http.get(f"/agents/{mine}/jobs/{job_id}", headers=AUTH).json["job"]
+    asked = {"imageName": held["image_name"], "crop": json.loads(held["crop"] or "null")}
+    assert http.post(f"/agents/{mine}/photo", json=asked, headers=AUTH).status_code == 200
+    other = http.post(f"/agents/{theirs}/photo", json=asked, headers=AUTH)
+    assert other.status_code == 409 and other.json["error"]["code"] == "lease_lost"
+    wider = {**asked, "crop": {"x": 0, "y": 0, "width": 4096, "height": 4096, "source": "request"}}
+    assert http.post(f"/agents/{mine}/photo", json=wider, headers=AUTH).status_code == 409
     stolen = http.post(
         f"/agents/{theirs}/jobs/{job_id}/update", json={"changes": {"attempts": 3}}, headers=AUTH
     )

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 # A claim waits at the service at most this long for a job (then asks again).
-CLAIM_WAIT = 10.0
+CLAIM_WAIT = 2.0
 
 
 class AgentUnknown(RuntimeError):
@@ -120,10 +120,10 @@ class ServiceApi:
             job_id=job_id,
         )
 
-    def photo(self, job_id: str) -> bytes:
-        """A held job's photo, as ComfyUI should get it."""
-        response = self._send("GET", f"/{self.agent_id}/jobs/{job_id}/photo", job_id=job_id)
-        return response.content
+    def photo(self, image_name: str, crop: Mapping[str, Any] | None) -> bytes:
+        """The photo of a held job, as ComfyUI should get it (cut to the job's crop)."""
+        body = {"imageName": image_name, "crop": None if crop is None else dict(crop)}
+        return self._send("POST", f"/{self.agent_id}/photo", json=body).content
 
     def requeue(self, job_id: str, *, abandon_prompt: bool) -> Job:
         """Give a held job back to the head of the queue."""

@@ -23,7 +23,7 @@ from ..jobs.records import AbandonedPrompt, from_row
 from ..jobs.withdrawal import withdraw
 from ..persistence.database import DatabaseUnavailable
 from .api import AgentUnknown, ServiceApi
-from .remote import EventSender, RemoteRecords
+from .remote import EventSender, RemoteLedger
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +36,16 @@ class AgentLink(Solo):
     def __init__(
         self,
         api: ServiceApi,
-        records: RemoteRecords,
+        ledger: RemoteLedger,
         sender: EventSender,
         *,
         name: str,
         lease: float,
     ) -> None:
-        super().__init__(records)
+        super().__init__(ledger.remote)
         self.api = api
-        self.remote = records
+        self.ledger = ledger
+        self.remote = ledger.remote
         self.sender = sender
         self.name = name
         self.lease = lease
@@ -52,6 +53,7 @@ class AgentLink(Solo):
         self._lost_at: float | None = None
         self._beat_at = 0.0
         self._cancels_seen: set[str] = set()
+        self._released: dict[str, int] = {}  # job id -> beats it was kept but not followed
 
     def start(self) -> int:
         """Beat once: the service learns whether the server can take jobs."""
@@ -90,6 +92,7 @@ class AgentLink(Solo):
             self._lost_at = None
             dispatcher.notify()
         self._apply(answer, set(reported))
+        self._forget_released()
         return True
 
     def may_sweep(self) -> bool:
@@ -135,6 +138,17 @@ class AgentLink(Solo):
             AbandonedPrompt(self.name, item["promptId"], item["jobId"])
             for item in answer.get("abandoned") or []
         ]
+
+    def _forget_released(self) -> None:
+        """What is kept for jobs no longer followed here (ended, given back, taken away) is
+        dropped after two beats: nothing accumulates per job."""
+        followed = {job_id for _worker, job_id in self._dispatcher().claimed()}
+        kept = self.ledger.known() - followed
+        self._released = {job_id: self._released.get(job_id, 0) + 1 for job_id in kept}
+        for job_id, beats in list(self._released.items()):
+            if beats >= 2:
+                self.ledger.forget(job_id)
+                del self._released[job_id]
 
     def _register_again(self) -> None:
         worker = self._dispatcher().workers[0]

@@ -128,13 +128,14 @@ def _serve(
         timeout=httpx.Timeout(COMFYUI_READ_TIMEOUT, connect=COMFYUI_CONNECT_TIMEOUT),
         client_id=uuid.uuid4().hex,
     )
-    link = AgentLink(api, records, sender, name=name, lease=float(answer["lease"]))
+    ledger = RemoteLedger(records, uploads)
+    link = AgentLink(api, ledger, sender, name=name, lease=float(answer["lease"]))
     dispatcher = Dispatcher(
         records=records,
-        ledger=RemoteLedger(records, uploads),
+        ledger=ledger,
         clients=[client],
         workflows=workflows,
-        photos=RemotePhotos(api, records),
+        photos=RemotePhotos(api),
         avatars=uploads,
         settings=RunSettings(
             job_timeout=float(answer["jobTimeout"]),

@@ -201,6 +201,11 @@ class RemoteRecords(JobRecords):
             self.held.pop(job_id, None)
             self._abandon.discard(job_id)
 
+    def kept(self) -> set[str]:
+        """The jobs kept here."""
+        with self._lock:
+            return set(self.held)
+
     def prompts(self) -> list[str]:
         """The prompts of the jobs this agent holds, on its server."""
         with self._lock:
@@ -226,6 +231,17 @@ class RemoteLedger(JobLedger):
         self.on_end = []
         self._preview_sent: dict[str, float] = {}
         self._progress: dict[str, JobProgress] = {}
+
+    def known(self) -> set[str]:
+        """The jobs something is kept for here."""
+        return {*self.remote.kept(), *self._progress, *self._preview_sent, *self.uploads.jobs()}
+
+    def forget(self, job_id: str) -> None:
+        """A job no longer followed here: nothing is kept for it any more."""
+        self._progress.pop(job_id, None)
+        self._preview_sent.pop(job_id, None)
+        self.uploads.take(job_id)
+        self.remote.forget(job_id)
 
     def requeued(self, job: Job) -> None:
         """A lost prompt is queued again here (a job given back is the service's to publish)."""
@@ -300,27 +316,18 @@ class RemoteLedger(JobLedger):
             files = self.uploads.take(job.id) if status == JobStatus.SUCCEEDED else {}
             return self.api.finish(job.id, result, files)
         finally:
-            self.uploads.take(job.id)
-            self._progress.pop(job.id, None)
-            self._preview_sent.pop(job.id, None)
-            self.remote.forget(job.id)
+            self.forget(job.id)
 
 
 class RemotePhotos:
     """The photo of a job this agent holds, as the service prepares it for ComfyUI."""
 
-    def __init__(self, api: ServiceApi, records: RemoteRecords) -> None:
+    def __init__(self, api: ServiceApi) -> None:
         self.api = api
-        self.records = records
 
     def prepared(self, image_name: str, crop: Crop | None) -> bytes:
-        """The photo of the held job with this image and crop."""
-        with self.records._lock:
-            held = list(self.records.held.values())
-        job = next((j for j in held if j.image_name == image_name and j.crop == crop), None)
-        if job is None:
-            raise DatabaseUnavailable(f"no job held here uses photo {image_name}")
-        return self.api.photo(job.id)
+        """The photo, cut to the crop (those of a job this agent holds)."""
+        return self.api.photo(image_name, None if crop is None else crop.to_dict())
 
 
 class AvatarUploads:
@@ -336,6 +343,11 @@ class AvatarUploads:
         with self._lock:
             self._files.setdefault(job_id, {})[name] = data
         return name
+
+    def jobs(self) -> set[str]:
+        """The jobs whose avatars are kept here."""
+        with self._lock:
+            return set(self._files)
 
     def take(self, job_id: str) -> dict[str, bytes]:
         """A job's avatars, forgotten here."""

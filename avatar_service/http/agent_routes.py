@@ -175,10 +175,15 @@ def preview(agent_id: str, job_id: str) -> Response:
     return Response(status=204)
 
 
-@bp.get("/<agent_id>/jobs/<job_id>/photo")
-def photo(agent_id: str, job_id: str) -> Response:
-    """A held job's photo, as ComfyUI should get it."""
-    return Response(desk().photo(agent_id, job_id), mimetype="image/png")
+@bp.post("/<agent_id>/photo")
+def photo(agent_id: str) -> Response:
+    """The photo of a held job as ComfyUI should get it (``imageName``, ``crop``: the job's)."""
+    body = _body()
+    crop = body.get("crop")
+    image = desk().photo(
+        agent_id, _field(body, "imageName", str), crop if isinstance(crop, dict) else None
+    )
+    return Response(image, mimetype="image/png")
 
 
 @bp.post("/<agent_id>/jobs/<job_id>/requeue")

@@ -87,6 +87,7 @@ class AgentDesk:
         self.clock = clock
         self._lock = threading.Lock()
         self._unreported: dict[str, int] = {}  # job id -> heartbeats it went unreported
+        self._found_empty_at = -1  # the dispatcher's version when a claim last found no job
         dispatcher.agents = self
 
     # -- agents ------------------------------------------------------------------------------
@@ -138,8 +139,9 @@ class AgentDesk:
         self.registry.beat([entry])
         prefix = f"{agent_id}/"
         held = self.records.renew_leases(prefix, beat.jobs, now + self.lease)
-        cancels = self.records.cancel_requests(prefix)
-        adopt = self._to_adopt(prefix, set(beat.jobs))
+        holds = self.records.held_ids(prefix)  # job id -> its cancel was asked
+        cancels = [job_id for job_id, asked in holds.items() if asked]
+        adopt = self._to_adopt(set(holds), set(beat.jobs))
         if beat.usable and not was_usable:
             self.dispatcher.notify()  # waiting submits and claims look again
         return {
@@ -203,21 +205,30 @@ class AgentDesk:
         entry = self._entry(agent_id)
         dispatcher = self.dispatcher
         deadline = time.monotonic() + min(max(wait, 0.0), CLAIM_WAIT_MAX)
+        # One process hears of every new job (it is notified); a fleet also looks again
+        # every CLAIM_RECHECK for jobs made on other processes.
+        recheck = None if dispatcher.coordination.recheck_interval is None else CLAIM_RECHECK
+        woken = False
         while True:
             with dispatcher.changed:
                 seen = dispatcher.version
-            job = self.records.claim_next(
-                entry.server, owner, exclude_styles=exclude_styles, lease_seconds=self.lease
-            )
-            if job is not None:
-                logger.info("job %s claimed by agent %s (%s)", job.id, agent_id, entry.server)
-                return job
+            # Woken for a change another waiting claim already found no job in: not asked again.
+            if not (woken and self._found_empty_at == seen):
+                job = self.records.claim_next(
+                    entry.server, owner, exclude_styles=exclude_styles, lease_seconds=self.lease
+                )
+                if job is not None:
+                    logger.info("job %s claimed by agent %s (%s)", job.id, agent_id, entry.server)
+                    return job
+                if not exclude_styles:
+                    self._found_empty_at = seen
             remaining = deadline - time.monotonic()
             if remaining <= 0 or dispatcher.stopping.is_set():
                 return None
             with dispatcher.changed:
                 if dispatcher.version == seen:
-                    dispatcher.changed.wait(min(remaining, CLAIM_RECHECK))
+                    dispatcher.changed.wait(min(remaining, recheck or remaining))
+                woken = dispatcher.version != seen
 
     # -- the jobs an agent holds ---------------------------------------------------------------
 
@@ -253,10 +264,34 @@ class AgentDesk:
 
     def event(self, agent_id: str, job_id: str, kind: str, data: Mapping[str, Any]) -> Job:
         """One event of a held job's prompt, written and published by the ledger."""
-        current = self._held(agent_id, job_id)
-        current = replace(
-            current, timings={**current.timings, **reports.timings(data.get("timings"))}
-        )
+        return self._apply(self._held(agent_id, job_id), kind, data)
+
+    def events(self, agent_id: str, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Events of the agent's jobs, in order (each job's record read once per batch); the
+        jobs it no longer holds (their events are dropped: the agent stops following them at
+        its next heartbeat)."""
+        lost: list[str] = []
+        current: dict[str, Job] = {}
+        for item in items:
+            job_id = str(item.get("jobId"))
+            if job_id in lost:
+                continue
+            if job_id not in current:
+                try:
+                    current[job_id] = self._held(agent_id, job_id)
+                except Conflict:
+                    lost.append(job_id)
+                    continue
+            data = item.get("data")
+            current[job_id] = self._apply(
+                current[job_id], str(item.get("kind")), data if isinstance(data, Mapping) else {}
+            )
+        return lost
+
+    def _apply(self, current: Job, kind: str, data: Mapping[str, Any]) -> Job:
+        reported = reports.timings(data.get("timings"))
+        if reported:
+            current = replace(current, timings={**current.timings, **reported})
         if kind == "running":
             return self.ledger.running(current)
         if kind == "progress":
@@ -278,36 +313,23 @@ class AgentDesk:
             return current
         raise BadRequest(f"unknown event {kind!r}", code="invalid_agent")
 
-    def events(self, agent_id: str, items: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Events of the agent's jobs, in order; the jobs it no longer holds (their events are
-        dropped: the agent stops following them at its next heartbeat)."""
-        lost: list[str] = []
-        for item in items:
-            job_id = str(item.get("jobId"))
-            if job_id in lost:
-                continue
-            data = item.get("data")
-            try:
-                self.event(
-                    agent_id,
-                    job_id,
-                    str(item.get("kind")),
-                    data if isinstance(data, Mapping) else {},
-                )
-            except Conflict:
-                lost.append(job_id)
-        return lost
-
     def preview(self, agent_id: str, job_id: str, content_type: str, data: bytes) -> None:
         """The latest live preview of a held job: kept for GET /jobs/<id>/preview on any process."""
         job = self._held(agent_id, job_id)
         self.records.save_preview(job.id, content_type, data)
         self.ledger.preview(job)
 
-    def photo(self, agent_id: str, job_id: str) -> bytes:
-        """A held job's photo as ComfyUI should get it (cut to the job's crop)."""
-        job = self._held(agent_id, job_id)
-        return self.photos.prepared(job.image_name, job.crop)
+    def photo(self, agent_id: str, image_name: str, crop: Mapping[str, Any] | None) -> bytes:
+        """A photo as ComfyUI should get it, cut to ``crop``: the photo and crop of a job the
+        agent holds (its jobs with one photo and crop all send ComfyUI the same bytes)."""
+        for job in self.records.held_by(f"{agent_id}/", image_name=image_name):
+            if (None if job.crop is None else job.crop.to_dict()) == crop:
+                return self.photos.prepared(job.image_name, job.crop)
+        raise Conflict(
+            "this agent holds no job with this photo and crop",
+            code="lease_lost",
+            details={"imageName": image_name},
+        )
 
     def give_back(self, agent_id: str, job_id: str, *, abandon_prompt: bool) -> Job:
         """The agent gives a held job back: to the head of the queue (its server failed, or
@@ -400,23 +422,21 @@ class AgentDesk:
         self.dispatcher.notify()
         return requeued
 
-    def _to_adopt(self, prefix: str, reported: set[str]) -> list[Job]:
+    def _to_adopt(self, holds: set[str], reported: set[str]) -> list[Job]:
         """Jobs held under the agent's id that it has not reported for ``ADOPT_AFTER_BEATS``
-        beats (a claim whose answer it never got): it is told to follow them."""
-        held = [job for job in self.records.held_by(prefix) if job.id not in reported]
-        adopt = []
+        beats (handed to it, or a claim whose answer it never got): it is told to follow them."""
+        unreported = holds - reported
+        due = []
         with self._lock:
-            for job in held:
-                count = self._unreported.get(job.id, 0) + 1
-                self._unreported[job.id] = count
+            for job_id in unreported:
+                count = self._unreported.get(job_id, 0) + 1
+                self._unreported[job_id] = count
                 if count >= ADOPT_AFTER_BEATS:
-                    adopt.append(job)
-            for job_id in reported:
-                self._unreported.pop(job_id, None)
-            keep = {job.id for job in held}
-            for job_id in [j for j in self._unreported if j not in keep]:
+                    due.append(job_id)
+            for job_id in [j for j in self._unreported if j not in unreported]:
                 del self._unreported[job_id]
-        return adopt
+        found = (self.records.get(job_id) for job_id in due)
+        return [job for job in found if job is not None and not job.ended]
 
     def _lost(self, job_id: str) -> Conflict:
         return Conflict(

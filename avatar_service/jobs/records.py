@@ -219,15 +219,27 @@ class JobRecords:
             ).fetchall()
         return {row[0] for row in rows}
 
-    def held_by(self, owner_prefix: str) -> list[Job]:
-        """The unfinished jobs whose owner starts with ``owner_prefix``."""
+    def held_by(self, owner_prefix: str, *, image_name: str | None = None) -> list[Job]:
+        """The unfinished jobs whose owner starts with ``owner_prefix`` (of one photo, if
+        ``image_name`` is given)."""
+        image, values = ("", ()) if image_name is None else (" AND image_name = ?", (image_name,))
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT * FROM jobs WHERE owner LIKE ? AND status IN ('queued', 'running') "
-                "ORDER BY queue_order",
-                (_prefix_pattern(owner_prefix),),
+                "SELECT * FROM jobs WHERE owner LIKE ? AND status IN ('queued', 'running')"
+                f"{image} ORDER BY queue_order",
+                (_prefix_pattern(owner_prefix), *values),
             ).fetchall()
         return [from_row(row) for row in rows]
+
+    def held_ids(self, owner_prefix: str) -> dict[str, bool]:
+        """The unfinished jobs whose owner starts with ``owner_prefix``: id -> cancel asked."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, cancel_requested FROM jobs WHERE owner LIKE ? "
+                "AND status IN ('queued', 'running')",
+                (_prefix_pattern(owner_prefix),),
+            ).fetchall()
+        return {row[0]: bool(row[1]) for row in rows}
 
     def cancel_requests(self, owner_prefix: str) -> list[str]:
         """Ids of unfinished jobs held under ``owner_prefix`` whose cancel was asked."""
