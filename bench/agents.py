@@ -86,6 +86,8 @@ def agents_run(
             http = httpx.Client(base_url=api.url, timeout=httpx.Timeout(60, connect=10))
             _wait_agents(http, servers)
             agent_cpu = [process_cpu_seconds(agent.pid) for agent in agents]
+            watched = agents[-1]  # never killed: what it holds after the batch, against before
+            held_before = _resources(watched.pid)
             before = process_cpu_seconds(api.popen.pid)
             started = time.monotonic()
             ids = submit([http], jobs, photo_bytes())
@@ -109,6 +111,8 @@ def agents_run(
 
             records = collect(http, ids, on_tick=tick)
             cpu = process_cpu_seconds(api.popen.pid) - before
+            time.sleep(2 * 0.5)  # two heartbeats: what an agent keeps per job is dropped by then
+            held_after = _resources(watched.pid)
             alive = [agent for agent in agents if agent.poll() is None]
             spent = sum(
                 process_cpu_seconds(agent.pid) - agent_cpu[agents.index(agent)] for agent in alive
@@ -117,6 +121,9 @@ def agents_run(
             result = summary(records, ids, [s.url for s in standins])
             result["api_cpu_ms_per_job"] = round(cpu * 1000 / jobs, 1)
             result["agent_cpu_ms_per_job"] = round(spent * 1000 / jobs, 1)
+            result["agent_threads"] = f"{held_before[0]} → {held_after[0]}"
+            result["agent_descriptors"] = f"{held_before[1]} → {held_after[1]}"
+            result["agent_rss_mib"] = f"{held_before[2]} → {held_after[2]}"
             if kill_after is not None:
                 result["held_by_killed_agent"] = state["held"]
                 result["takeover_s"] = (
@@ -145,6 +152,16 @@ def _agent(scratch: Path, api: str, comfyui: str, name: str) -> subprocess.Popen
     return subprocess.Popen(
         argv, cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+def _resources(pid: int) -> tuple[int, int, float]:
+    """A process's threads, open descriptors and resident memory (MiB), from /proc."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    threads = int(status["Threads"])
+    rss = round(int(status["VmRSS"].split()[0]) / 1024, 1)
+    return threads, len(list(Path(f"/proc/{pid}/fd").iterdir())), rss
 
 
 def _wait_agents(http: httpx.Client, servers: int) -> None:
@@ -218,6 +235,9 @@ def as_markdown(result: dict) -> str:
             row("prompts that ran to the end twice", "ran_twice", bold=True),
             row("API processes' CPU per job, ms", "api_cpu_ms_per_job"),
             row("agents' CPU per job, ms", "agent_cpu_ms_per_job"),
+            row("one agent's threads, before → after the batch", "agent_threads"),
+            row("one agent's open descriptors, before → after", "agent_descriptors"),
+            row("one agent's resident memory, MiB, before → after", "agent_rss_mib"),
             f"| jobs held by the killed agent | - | - | - | {killed.get('held_by_killed_agent')} |",
             f"| kill to all its jobs in other hands | - | - | - | {killed.get('takeover_s')} s |",
         ]

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 # Events kept for the service while it does not answer (the oldest are dropped past this).
 MAX_PENDING_EVENTS = 10_000
 SEND_RETRY = 1.0
+# How long events wait to go out with the ones that follow them (seconds).
+LINGER = 0.1
 
 
 class EventSender:
@@ -45,18 +47,24 @@ class EventSender:
         self._changed = threading.Condition()
         self._busy = False
         self._stopping = False
+        self._flushing = 0  # callers waiting for everything to be sent: no lingering
+        self._first_at = 0.0  # when the oldest queued event was queued
         self._thread = threading.Thread(target=self._run, name="agent events", daemon=True)
         self._thread.start()
 
     def send(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         """Queue one event of a job."""
         with self._changed:
+            if not self._queue:
+                self._first_at = time.monotonic()
             self._queue.append({"jobId": job_id, "kind": kind, "data": data})
             self._changed.notify_all()
 
     def send_preview(self, job_id: str, frame: Preview) -> None:
         """Queue a live preview frame."""
         with self._changed:
+            if not self._queue:
+                self._first_at = time.monotonic()
             self._queue.append((job_id, frame))
             self._changed.notify_all()
 
@@ -64,11 +72,18 @@ class EventSender:
         """Wait until everything queued has been sent (or ``timeout`` passed)."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self._queue or self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DatabaseUnavailable("the service did not take the job's events in time")
-                self._changed.wait(remaining)
+            self._flushing += 1
+            self._changed.notify_all()
+            try:
+                while self._queue or self._busy:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise DatabaseUnavailable(
+                            "the service did not take the job's events in time"
+                        )
+                    self._changed.wait(remaining)
+            finally:
+                self._flushing -= 1
 
     def stop(self) -> None:
         """Stop sending (what is still queued is dropped)."""
@@ -82,6 +97,13 @@ class EventSender:
             with self._changed:
                 while not self._queue and not self._stopping:
                     self._changed.wait()
+                # A sampler's steps come tens of milliseconds apart: they go out together,
+                # LINGER after the first, unless a caller waits for them.
+                while not self._flushing and not self._stopping:
+                    remaining = self._first_at + LINGER - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
                 if self._stopping:
                     return
                 batch = list(self._queue)
