@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.fleet import start_service, start_standin
+from bench.fleet import Proc, start_service, start_standin
 from bench.latency import ROOT, photo_bytes, process_cpu_seconds, update_results
 from bench.scale import collect, fleet_run, server_url, submit, summary
 from bench.throughput import STEPS
@@ -84,7 +84,7 @@ def agents_run(
         ]
         try:
             http = httpx.Client(base_url=api.url, timeout=httpx.Timeout(60, connect=10))
-            _wait_agents(http, servers)
+            wait_agents(http, servers)
             agent_cpu = [process_cpu_seconds(agent.pid) for agent in agents]
             watched = agents[-1]  # never killed: what it holds after the batch, against before
             held_before = _resources(watched.pid)
@@ -142,6 +142,11 @@ def agents_run(
                 standin.stop()
 
 
+def start_agent(scratch: Path, api: str, comfyui: str, name: str) -> Proc:
+    """A worker agent process (in an empty folder of its own) as a ``Proc``."""
+    return Proc(api, _agent(scratch, api, comfyui, name))
+
+
 def _agent(scratch: Path, api: str, comfyui: str, name: str) -> subprocess.Popen:
     home = scratch / name
     home.mkdir()
@@ -164,7 +169,7 @@ def _resources(pid: int) -> tuple[int, int, float]:
     return threads, len(list(Path(f"/proc/{pid}/fd").iterdir())), rss
 
 
-def _wait_agents(http: httpx.Client, servers: int) -> None:
+def wait_agents(http: httpx.Client, servers: int) -> None:
     deadline = time.monotonic() + 60
     while True:
         agents = http.get("/readyz").json().get("agents", [])

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import httpx
 
+from bench import agents
 from bench.fleet import Proc, start_service, start_standin
 from bench.latency import ROOT, photo_bytes, update_results
 
 MARK_START, MARK_END = "<!-- bench:soak:start -->", "<!-- bench:soak:end -->"
+AGENT_LABEL = "worker agent (its own process; the API on SQLite)"
 # Where a PostgreSQL is looked for when TEST_DATABASE_URL is unset (trust auth, as in CI).
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 ENDED = {"succeeded", "failed", "cancelled"}
@@ -120,8 +122,11 @@ def postgres_schema() -> Iterator[str]:
 
 
 def soak(database: str, *, jobs: int, sample_every: int, concurrency: int) -> Soak:
-    """Run ``jobs`` jobs through one service process on ``database``; sample between rounds."""
-    result = Soak(database)
+    """Run ``jobs`` jobs through one service process on ``database``; sample between rounds.
+
+    ``agent``: the service on SQLite drives no ComfyUI; one worker agent (``avatar-worker``)
+    runs every job, and the agent's process is the one sampled."""
+    result = Soak(AGENT_LABEL if database == "agent" else database)
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         scratch_path = Path(scratch)
         settings = {"MAX_ACTIVE_JOBS": "4096", "MAX_QUEUED_JOBS": "4096"}
@@ -129,9 +134,19 @@ def soak(database: str, *, jobs: int, sample_every: int, concurrency: int) -> So
             settings["DATABASE_URL"] = stack.enter_context(postgres_schema())
         standin = start_standin(scratch_path, "comfyui", step_delay=0, zero_cost=True)
         stack.callback(standin.stop)
-        service: Proc = start_service(scratch_path, [standin.url], **settings)
-        stack.callback(service.stop)
-        pid = service.popen.pid
+        if database == "agent":
+            settings.update(LOCAL_WORKERS="false", WORKER_TOKENS=agents.TOKEN)
+            service: Proc = start_service(scratch_path, [], ready=False, **settings)
+            stack.callback(service.stop)
+            agent = agents.start_agent(scratch_path, service.url, standin.url, "soak")
+            stack.callback(agent.stop)
+            with httpx.Client(base_url=service.url, timeout=30) as http:
+                agents.wait_agents(http, 1)
+            pid = agent.popen.pid
+        else:
+            service = start_service(scratch_path, [standin.url], **settings)
+            stack.callback(service.stop)
+            pid = service.popen.pid
         http = stack.enter_context(
             httpx.Client(
                 base_url=service.url,
@@ -167,7 +182,8 @@ def soak(database: str, *, jobs: int, sample_every: int, concurrency: int) -> So
 def as_markdown(results: list[Soak], *, concurrency: int) -> str:
     """One table per database, and the verdicts."""
     lines = [
-        f"{results[0].samples[-1].jobs} jobs per database through one `python app.py`, "
+        f"{results[0].samples[-1].jobs} jobs per run through one `python app.py` (on SQLite, on "
+        "PostgreSQL, and served by one worker agent, whose process is then the one measured), "
         f"{concurrency} at a time, synchronous and asynchronous alternating, on the stand-in "
         f"with zero render time; measured on {time.strftime('%Y-%m-%d')} "
         f"({os.cpu_count()} CPUs). Each row is read from `/proc` with no job in flight; the "
@@ -198,12 +214,17 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql", "agent", "all"),
+        default="all",
+        help="where the jobs run: the service on SQLite, on PostgreSQL, or a worker agent",
+    )
     parser.add_argument(
         "--update-docs", action="store_true", help="write the table into docs/benchmarks.md"
     )
     args = parser.parse_args()
-    databases = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
+    databases = ("sqlite", "postgresql", "agent") if args.database == "all" else (args.database,)
     results = [
         soak(
             database,
