@@ -54,6 +54,7 @@ class AgentLink(Solo):
         self._beat_at = 0.0
         self._cancels_seen: set[str] = set()
         self._released: dict[str, int] = {}  # job id -> beats it was kept but not followed
+        self._elsewhere = False  # whether another server could take jobs, at the last beat
 
     def start(self) -> int:
         """Beat once: the service learns whether the server can take jobs."""
@@ -99,6 +100,10 @@ class AgentLink(Solo):
         """The service sweeps its queue; an agent never does."""
         return False
 
+    def usable_elsewhere(self) -> bool:
+        """Whether a server other than this agent's could take jobs (the last heartbeat's)."""
+        return self._elsewhere
+
     def keeps_unclaimed_cancels(self, *, claimed_here: bool) -> bool:
         """A cancel reaches the agent only for jobs it holds."""
         return claimed_here
@@ -118,6 +123,7 @@ class AgentLink(Solo):
 
     def _apply(self, answer: dict[str, Any], reported: set[str]) -> None:
         dispatcher = self._dispatcher()
+        self._elsewhere = bool(answer.get("elsewhere"))
         held = set(answer.get("held") or [])
         for _worker, job_id, run in dispatcher.runs():
             if job_id in reported and job_id not in held and not run.job.ended:

@@ -147,6 +147,7 @@ class AgentDesk:
         return {
             "held": sorted(held),
             "cancel": sorted(cancels),
+            "elsewhere": self._usable_besides(agent_id),
             "adopt": [to_row(job) for job in adopt],
             "abandoned": [
                 {"promptId": p.prompt_id, "jobId": p.job_id}
@@ -173,6 +174,13 @@ class AgentDesk:
     def reasons(self) -> dict[str, str | None]:
         """Why each live agent's server cannot take jobs (None: it can)."""
         return {entry.server: None if entry.usable else entry.reason for entry in self._live()}
+
+    def _usable_besides(self, agent_id: str) -> bool:
+        """Whether a server other than this agent's can take jobs now (the agent's engine asks,
+        e.g. before it fails a job that stalled on its own server)."""
+        if any(state.usable for state in self.dispatcher.states.values()):
+            return True
+        return any(e.usable for e in self.registry.live(self.clock()) if e.id != agent_id)
 
     def describe(self) -> list[dict[str, Any]]:
         """The live agents, as readiness reports them."""
