@@ -116,6 +116,11 @@ class ServerWorker:
                     if dispatcher.version == seen and not dispatcher.stopping.is_set():
                         dispatcher.changed.wait(IDLE_WAIT)
                 continue
+            if not self.state.usable:
+                # The server was given up or stalled while the claim waited (a worker agent's
+                # claim waits at the service): the job goes to a server that can run it.
+                self._give_back(job, "its server stopped taking jobs while the claim waited")
+                continue
             self.take(job)
 
     def take(self, job: Job) -> None:
