@@ -134,6 +134,21 @@ def s3(s3_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 @pytest.fixture
+def standins(tmp_path: Path):
+    """Start stand-in ComfyUI servers on free ports; all are stopped after the test."""
+    started: list[StandIn] = []
+
+    def start(name: str, **options) -> StandIn:
+        server = StandIn(root=tmp_path / name, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def standin(tmp_path: Path) -> Iterator[StandIn]:
     """A fresh stand-in ComfyUI on 127.0.0.1:<free port>, stopped after the test."""
     server = StandIn(root=tmp_path / "comfyui").start()

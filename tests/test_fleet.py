@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_standin import StandIn
 from tests.conftest import make_photo
 from tests.fleet import Fleet, Replica
 from tests.helpers import read_sse, start_job, wait_for
@@ -21,21 +20,6 @@ def fleet(tmp_path: Path, postgres_url: str):
         yield made
     finally:
         made.stop()
-
-
-@pytest.fixture
-def standins(tmp_path: Path):
-    """Start stand-in ComfyUI servers on free ports; all are stopped after the test."""
-    started: list[StandIn] = []
-
-    def start(name: str, **options) -> StandIn:
-        server = StandIn(root=tmp_path / name, **options).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def upload(replica: Replica, color: tuple[int, int, int]) -> str:

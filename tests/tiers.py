@@ -27,7 +27,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 # Fixtures of the conftest files that start a server or a process, or reach one (PostgreSQL):
 # a test using one, directly or through other fixtures, is `live`. A fixture defined in a test
 # module is judged by its code, as the tests are.
-LIVE_FIXTURES = frozenset({"standin", "postgres_server", "lab_standin", "s3_server"})
+LIVE_FIXTURES = frozenset({"standin", "standins", "postgres_server", "lab_standin", "s3_server"})
 
 
 def _starters() -> frozenset[tuple[str, ...]]:

@@ -303,7 +303,7 @@ class RemoteLedger(JobLedger):
         """A node started, or a sampler made a step."""
         progress = JobProgress(node, node_type, value, maximum)
         latest = self._progress.get(job.id)
-        if progress.value is None and latest is not None and latest.node == progress.node:
+        if progress.repeats(latest):
             return job
         self._progress[job.id] = progress
         self.sender.send(job.id, "progress", progress.to_dict())

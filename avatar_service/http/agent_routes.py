@@ -58,8 +58,9 @@ def _body() -> dict[str, Any]:
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """A field of the body, of type ``kind``; required unless it has a ``default``."""
     value = body.get(name, default)
-    if value is None and default is None and kind is not type(None):
+    if value is None:
         raise BadRequest(f"{name}: required", code="invalid_agent")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"{name}: must be a {kind.__name__}", code="invalid_agent")

@@ -270,10 +270,6 @@ class AgentDesk:
         except LeaseLost:
             raise self._lost(job_id) from None
 
-    def event(self, agent_id: str, job_id: str, kind: str, data: Mapping[str, Any]) -> Job:
-        """One event of a held job's prompt, written and published by the ledger."""
-        return self._apply(self._held(agent_id, job_id), kind, data)
-
     def events(self, agent_id: str, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """Events of the agent's jobs, in order (each job's record read once per batch); the
         jobs it no longer holds (their events are dropped: the agent stops following them at
@@ -297,6 +293,7 @@ class AgentDesk:
         return lost
 
     def _apply(self, current: Job, kind: str, data: Mapping[str, Any]) -> Job:
+        """One event of a held job's prompt, written and published by the ledger."""
         reported = reports.timings(data.get("timings"))
         if reported:
             current = replace(current, timings={**current.timings, **reported})

@@ -107,6 +107,11 @@ class JobProgress:
             "max": self.maximum,
         }
 
+    def repeats(self, latest: JobProgress | None) -> bool:
+        """Whether this is the start of the node the latest progress is already about (ComfyUI
+        says ``executing`` again for it): nothing new to record or send."""
+        return self.value is None and latest is not None and latest.node == self.node
+
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> JobProgress:
         """The progress read back from its stored form."""

@@ -100,7 +100,7 @@ class JobLedger:
         """A node started (``value`` None) or a sampler made a step."""
         progress = JobProgress(node, node_type, value, maximum)
         latest = self._live_progress.get(job.id) or job.progress
-        if progress.value is None and latest is not None and latest.node == progress.node:
+        if progress.repeats(latest):
             return job
         self._live_progress[job.id] = progress
         now = time.monotonic()
