@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,7 +14,14 @@ import httpx
 import pytest
 from aiohttp import WSMsgType, web
 
-from avatar_service.comfyui import ComfyUIClient, ExecutionEnded, Progress
+from avatar_service.comfyui import (
+    ComfyUIClient,
+    ComfyUIProtocolError,
+    ComfyUIUnavailable,
+    ExecutionEnded,
+    OutputImage,
+    Progress,
+)
 
 ODD_FRAMES: list[str | bytes] = [
     "not json",
@@ -31,25 +39,13 @@ NOT_UTF8 = b'{"type": "status", "data": "\xff\xfe"}'
 
 
 @contextmanager
-def websocket_server(send: Callable[[web.WebSocketResponse], Awaitable[None]]) -> Iterator[str]:
-    """A websocket server on a free port whose handler reads the client's feature_flags frame,
-    then runs ``send``; its base URL."""
+def serve(app: web.Application) -> Iterator[str]:
+    """``app`` served on a free port of 127.0.0.1 from a thread of its own; its base URL."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     state: dict = {}
 
-    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        await ws.receive()  # the client's feature_flags frame
-        await send(ws)
-        async for _ in ws:
-            pass
-        return ws
-
     async def start() -> None:
-        app = web.Application()
-        app.router.add_get("/ws", ws_handler)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -73,6 +69,26 @@ def websocket_server(send: Callable[[web.WebSocketResponse], Awaitable[None]]) -
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@contextmanager
+def websocket_server(send: Callable[[web.WebSocketResponse], Awaitable[None]]) -> Iterator[str]:
+    """A websocket server on a free port whose handler reads the client's feature_flags frame,
+    then runs ``send``; its base URL."""
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()  # the client's feature_flags frame
+        await send(ws)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -142,5 +158,70 @@ def test_messages_arriving_together_are_each_read_in_order(burst_server: str) ->
             ExecutionEnded()
         ]
         assert client.messages_received == BURST + 2
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def odd_http_server() -> Iterator[str]:
+    """ComfyUI's routes under a path prefix (as behind a proxy): /system_stats answers,
+    /queue takes 3 s, /history answers 500 with a body and /view 404."""
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"system": {}, "devices": []})
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.json_response({})
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="Traceback: something broke")
+
+    async def missing(request: web.Request) -> web.Response:
+        asked = dict(request.query) == {"filename": "a b.png", "subfolder": "sub", "type": "output"}
+        return web.Response(status=404 if asked else 400)  # 404 only for the right query
+
+    app = web.Application()
+    app.router.add_get("/comfy/system_stats", stats)
+    app.router.add_get("/comfy/queue", slow)
+    app.router.add_get("/comfy/history/{prompt_id}", broken)
+    app.router.add_get("/comfy/view", missing)
+    with serve(app) as url:
+        yield url + "/comfy"
+
+
+def test_http_answers_and_failures_map_to_the_error_tree(odd_http_server: str) -> None:
+    """Calls go under the base URL's path; a slow answer is ComfyUIUnavailable(timed_out), a
+    5xx and an unexpected status are ComfyUIProtocolError with the status and the body's start."""
+    client = ComfyUIClient(odd_http_server, timeout=httpx.Timeout(0.5, connect=2))
+    try:
+        assert client.system_stats() == {"system": {}, "devices": []}
+        with pytest.raises(ComfyUIUnavailable) as slow:
+            client.queue()
+        assert slow.value.timed_out
+        assert "did not answer GET /queue in time" in slow.value.message
+        with pytest.raises(ComfyUIProtocolError) as broken:
+            client.history("p1")
+        assert broken.value.status == 500
+        assert "Traceback: something broke" in broken.value.message
+        with pytest.raises(ComfyUIProtocolError) as missing:
+            client.view(OutputImage("a b.png", "sub", "output"))
+        assert missing.value.status == 404
+        assert missing.value.message == "/view of 'a b.png' answered 404"
+    finally:
+        client.close()
+
+
+def test_a_refused_connection_is_unavailable_not_a_timeout() -> None:
+    """Nothing listening: ComfyUIUnavailable, not timed out (the call may be retried at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the call: nothing listens there
+    client = ComfyUIClient(f"http://127.0.0.1:{port}", timeout=httpx.Timeout(5, connect=2))
+    try:
+        with pytest.raises(ComfyUIUnavailable) as refused:
+            client.system_stats()
+        assert not refused.value.timed_out
+        assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in refused.value.message
     finally:
         client.close()

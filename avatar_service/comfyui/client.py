@@ -1,5 +1,9 @@
 """ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
 
+HTTP goes through one urllib3 connection pool per server (each job makes four calls: upload,
+prompt, history, view; urllib3 spends less than half of httpx's CPU on each, which the latency
+benchmark measures).
+
 The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
 thread turns each message into a typed event (see ``events``) and routes it to the watch
 registered for its ``prompt_id`` (the service chooses the prompt_id itself, so no event can reach
@@ -19,12 +23,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import urllib3
 import websocket
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
+from . import frames
 from .errors import ComfyUIProtocolError, ComfyUIUnavailable, PromptRejected
 from .events import (
     Disconnected,
@@ -43,19 +49,18 @@ from .queue import QueueSnapshot
 logger = logging.getLogger(__name__)
 
 
-# Bytes asked of the socket per read: a job's ~150 small messages arrive a few at a time, and
-# one read then serves several frames (websocket-client alone asks for each frame's header,
-# length and payload separately: two or three system calls per message). Small enough that the
-# library's copying of what is left over stays cheap.
-READ_AHEAD = 4096
+# Connections kept open per server for the jobs' threads (more are opened when needed).
+POOL_SIZE = 20
 
 
-class _ReadAheadWebSocket(websocket.WebSocket):
-    """A websocket whose reads take what the socket holds, up to READ_AHEAD bytes at a time."""
+class Timeouts(Protocol):
+    """Seconds to connect and to wait for an answer (``httpx.Timeout`` is one)."""
 
-    def _recv(self, bufsize: int) -> bytes:
-        data: bytes = super()._recv(max(bufsize, READ_AHEAD))  # type: ignore[no-untyped-call]
-        return data
+    @property
+    def connect(self) -> float | None: ...
+
+    @property
+    def read(self) -> float | None: ...
 
 
 @dataclass
@@ -74,7 +79,7 @@ class ComfyUIClient:
         self,
         base_url: str,
         *,
-        timeout: httpx.Timeout,
+        timeout: Timeouts,
         reconnect_max: float = 10.0,
         ping_interval: float = 20.0,
         on_connect: Callable[[ComfyUIClient], None] | None = None,
@@ -86,7 +91,13 @@ class ComfyUIClient:
         self.reconnect_max = reconnect_max
         self.ping_interval = ping_interval
         self.on_connect = on_connect
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._path = urlsplit(self.base_url).path  # a prefix, behind a proxy
+        self._http = urllib3.connection_from_url(
+            self.base_url,
+            maxsize=POOL_SIZE,
+            timeout=urllib3.Timeout(connect=timeout.connect, read=timeout.read),
+            retries=False,
+        )
         self._watches: dict[str, PromptWatch] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -180,7 +191,7 @@ class ComfyUIClient:
         """GET /system_stats (optionally with a shorter timeout, for health checks)."""
         if timeout is None:
             return self._json("GET", "/system_stats")
-        return self._json("GET", "/system_stats", timeout=httpx.Timeout(timeout))
+        return self._json("GET", "/system_stats", timeout=urllib3.Timeout(timeout))
 
     def object_info(self) -> dict[str, Any]:
         """GET /object_info: every node class the server can run, with its inputs."""
@@ -191,8 +202,12 @@ class ComfyUIClient:
         answer = self._json(
             "POST",
             "/upload/image",
-            files={"image": (filename, data, "image/png")},
-            data={"type": "input", "subfolder": subfolder, "overwrite": "false"},
+            fields={
+                "image": (filename, data, "image/png"),
+                "type": "input",
+                "subfolder": subfolder,
+                "overwrite": "false",
+            },
         )
         name = answer.get("name")
         if not isinstance(name, str) or not name:
@@ -210,7 +225,7 @@ class ComfyUIClient:
         """
         body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         response = self._request("POST", "/prompt", json=body)
-        if response.status_code == 400:
+        if response.status == 400:
             answer = _json_or_empty(response)
             error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
             raise PromptRejected(
@@ -261,14 +276,14 @@ class ComfyUIClient:
     def view(self, image: OutputImage, *, timeout: float | None = None) -> tuple[bytes, str]:
         """GET /view: the bytes and content type of an image ComfyUI produced (within
         ``timeout`` seconds when given, if shorter than the client's own)."""
-        response = self._request("GET", "/view", params=image.to_dict(), **self._within(timeout))
-        if response.status_code != 200:
+        response = self._request("GET", "/view", fields=image.to_dict(), **self._within(timeout))
+        if response.status != 200:
             raise ComfyUIProtocolError(
-                f"/view of {image.filename!r} answered {response.status_code}",
+                f"/view of {image.filename!r} answered {response.status}",
                 server=self.base_url,
-                status=response.status_code,
+                status=response.status,
             )
-        return response.content, response.headers.get("content-type", "application/octet-stream")
+        return response.data, response.headers.get("content-type", "application/octet-stream")
 
     def _within(self, seconds: float | None) -> dict[str, Any]:
         """The request option that bounds a call by ``seconds`` (none when not given)."""
@@ -277,49 +292,54 @@ class ComfyUIClient:
         seconds = max(0.01, seconds)
         read, connect = self.timeout.read, self.timeout.connect
         return {
-            "timeout": httpx.Timeout(
-                seconds if read is None else min(read, seconds),
+            "timeout": urllib3.Timeout(
                 connect=seconds if connect is None else min(connect, seconds),
+                read=seconds if read is None else min(read, seconds),
             )
         }
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return self._decode(self._request(method, path, **kwargs), path)
 
-    def _decode(self, response: httpx.Response, path: str) -> dict[str, Any]:
-        if response.status_code != 200:
+    def _decode(self, response: urllib3.BaseHTTPResponse, path: str) -> dict[str, Any]:
+        if response.status != 200:
             raise ComfyUIProtocolError(
-                f"{path} answered {response.status_code}: {response.text[:300]!r}",
+                f"{path} answered {response.status}: {_text(response)!r}",
                 server=self.base_url,
-                status=response.status_code,
+                status=response.status,
             )
         answer = _json_or_empty(response)
         if not isinstance(answer, dict):
             raise ComfyUIProtocolError(f"{path} answered non-object JSON", server=self.base_url)
         return answer
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
+            response = self._http.request(method, self._path + path, **kwargs)
+        except NewConnectionError as exc:  # a kind of connect timeout to urllib3: refused first
+            raise self._unreachable(exc) from exc
+        except TimeoutError as exc:
             raise ComfyUIUnavailable(
                 f"ComfyUI at {self.base_url} did not answer {method} {path} in time ({exc})",
                 server=self.base_url,
                 timed_out=True,
             ) from exc
-        except httpx.TransportError as exc:
-            raise ComfyUIUnavailable(
-                f"cannot reach ComfyUI at {self.base_url} ({exc})", server=self.base_url
-            ) from exc
+        except (HTTPError, OSError) as exc:
+            raise self._unreachable(exc) from exc
         if not self._connected.is_set():
             self._retry_now.set()  # ComfyUI answers again: reconnect the websocket now
-        if response.status_code >= 500:
+        if response.status >= 500:
             raise ComfyUIProtocolError(
-                f"{method} {path} answered {response.status_code}: {response.text[:300]!r}",
+                f"{method} {path} answered {response.status}: {_text(response)!r}",
                 server=self.base_url,
-                status=response.status_code,
+                status=response.status,
             )
         return response
+
+    def _unreachable(self, exc: Exception) -> ComfyUIUnavailable:
+        return ComfyUIUnavailable(
+            f"cannot reach ComfyUI at {self.base_url} ({exc})", server=self.base_url
+        )
 
     # -- websocket reader ------------------------------------------------------------------
 
@@ -336,7 +356,6 @@ class ComfyUIClient:
                     # The library checks UTF-8 byte by byte in Python (about half the reader's
                     # CPU); json.loads decodes the bytes, strictly, in C instead.
                     skip_utf8_validation=True,
-                    class_=_ReadAheadWebSocket,
                 )
             except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket connect failed: {exc}"
@@ -366,8 +385,10 @@ class ComfyUIClient:
                     self._helpers = [t for t in self._helpers if t.is_alive()] + [helper]
                     helper.start()
                 self._read_socket(sock)
-            except (OSError, websocket.WebSocketException) as exc:
+            except (OSError, websocket.WebSocketException, frames.ConnectionClosed) as exc:
                 self.last_error = f"websocket dropped: {exc}"
+            except frames.FrameError as exc:
+                self.last_error = f"websocket protocol error: {exc}"
             except Exception as exc:  # a message we cannot handle must not end the reader
                 logger.exception("ComfyUI %s: websocket reader failed", self.base_url)
                 self.last_error = f"websocket reader failed: {exc!r}"
@@ -382,26 +403,33 @@ class ComfyUIClient:
                 self._broadcast(Disconnected())
 
     def _read_socket(self, sock: websocket.WebSocket) -> None:
+        # The library sends (pings, pongs, the close); frames.py decodes what arrives, several
+        # frames per read of the socket (see there why).
         sock.settimeout(self.ping_interval)
+        assert sock.sock is not None  # connected
+        reader = frames.FrameReader(sock.sock.recv)
         awaiting_pong = False
         while not self._stopping.is_set():
             try:
-                opcode, frame = sock.recv_data_frame(True)
-            except websocket.WebSocketTimeoutException:
+                opcode, data = reader.message()
+            except TimeoutError:
                 if awaiting_pong:
                     raise websocket.WebSocketException("no answer to ping") from None
                 sock.ping()
                 awaiting_pong = True
                 continue
             awaiting_pong = False
-            if opcode == websocket.ABNF.OPCODE_TEXT:
+            if opcode == frames.TEXT:
                 self.messages_received += 1
-                self._on_text(frame.data)
-            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self._on_text(data)
+            elif opcode == frames.BINARY:
                 self.messages_received += 1
-                self._on_binary(frame.data)
-            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                self._on_binary(data)
+            elif opcode == frames.PING:
+                sock.pong(data)
+            elif opcode == frames.CLOSE:
                 self.last_error = "server closed the websocket"
+                sock.send_close()
                 return
 
     def _on_text(self, raw: bytes | str) -> None:
@@ -450,11 +478,16 @@ class ComfyUIClient:
             watch.events.put(event)
 
 
-def _json_or_empty(response: httpx.Response) -> Any:
+def _json_or_empty(response: urllib3.BaseHTTPResponse) -> Any:
     """The JSON of an answer, or {} for an empty or unreadable body."""
-    if not response.content:
+    if not response.data:
         return {}
     try:
-        return response.json()
+        return json.loads(response.data)
     except ValueError:
         return {}
+
+
+def _text(response: urllib3.BaseHTTPResponse) -> str:
+    """The start of an answer's body, for an error message."""
+    return response.data[:300].decode("utf-8", "replace")
