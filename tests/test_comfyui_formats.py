@@ -24,7 +24,13 @@ from avatar_service.comfyui import (
     catalogue_size,
     runs_standin,
 )
-from avatar_service.comfyui.events import Message, read_message, read_preview, typed_event
+from avatar_service.comfyui.events import (
+    Message,
+    read_message,
+    read_preview,
+    typed_event,
+    unfollowed,
+)
 
 Recording = Callable[[str], dict[str, Any]]
 
@@ -54,6 +60,23 @@ def test_recorded_run_reads_as_typed_events(recording: Recording) -> None:
     assert started == ["1", "25", "26", "3", "2", "22", "23", "4", "15", "7"]
     assert Progress("4", 1, 1) in events
     assert all(m.prompt_id is None for m in messages if m.kind == "status")
+
+
+def test_progress_state_is_told_apart_unparsed_and_nothing_else_is(recording: Recording) -> None:
+    """Of a real run's messages, written as ComfyUI writes them (aiohttp's json.dumps), exactly
+    the progress_state ones are unfollowed, and none of those is a typed event; one written
+    another way is parsed, and still is no event."""
+    texts = [frame["text"] for frame in recording("01_success.json")["ws"] if "text" in frame]
+    for text in texts:
+        raw = json.dumps(text).encode()
+        assert unfollowed(raw) == (text["type"] == "progress_state"), text["type"]
+        if unfollowed(raw):
+            assert typed_event(Message(text["type"], text["data"])) is None
+    assert sum(text["type"] == "progress_state" for text in texts) > len(texts) / 3
+    compact = json.dumps(texts[-1] | {"type": "progress_state"}, separators=(",", ":")).encode()
+    assert not unfollowed(compact)
+    message = read_message(compact)
+    assert message is not None and typed_event(message) is None
 
 
 @pytest.mark.parametrize(

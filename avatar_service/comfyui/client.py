@@ -42,6 +42,7 @@ from .events import (
     read_message,
     read_preview,
     typed_event,
+    unfollowed,
 )
 from .history import HistoryEntry, OutputImage
 from .queue import QueueSnapshot
@@ -366,6 +367,9 @@ class ComfyUIClient:
                 continue
             delay = 0.25
             self._socket = sock
+            # The close handshake, unless the connection already ended (the server closed it,
+            # or sent its close frame, already answered).
+            handshake = True
             try:
                 sock.send(
                     json.dumps(
@@ -384,8 +388,11 @@ class ComfyUIClient:
                     )
                     self._helpers = [t for t in self._helpers if t.is_alive()] + [helper]
                     helper.start()
-                self._read_socket(sock)
-            except (OSError, websocket.WebSocketException, frames.ConnectionClosed) as exc:
+                handshake = self._read_socket(sock)
+            except frames.ConnectionClosed as exc:
+                handshake = False
+                self.last_error = f"websocket dropped: {exc}"
+            except (OSError, websocket.WebSocketException) as exc:
                 self.last_error = f"websocket dropped: {exc}"
             except frames.FrameError as exc:
                 self.last_error = f"websocket protocol error: {exc}"
@@ -396,13 +403,16 @@ class ComfyUIClient:
                 self._connected.clear()
                 self.disconnected_since = time.monotonic()
                 self._socket = None
-                sock.close(timeout=1)
-                sock.shutdown()  # close() skips the socket once the library saw it drop
+                if handshake:
+                    sock.close(timeout=1)
+                sock.shutdown()
             if not self._stopping.is_set():
                 logger.warning("ComfyUI %s: websocket lost (%s)", self.base_url, self.last_error)
                 self._broadcast(Disconnected())
 
-    def _read_socket(self, sock: websocket.WebSocket) -> None:
+    def _read_socket(self, sock: websocket.WebSocket) -> bool:
+        """Read messages until the server closes (False: its close frame was answered) or the
+        client stops (True: the close handshake is still to be made)."""
         # The library sends (pings, pongs, the close); frames.py decodes what arrives, several
         # frames per read of the socket (see there why).
         sock.settimeout(self.ping_interval)
@@ -430,9 +440,12 @@ class ComfyUIClient:
             elif opcode == frames.CLOSE:
                 self.last_error = "server closed the websocket"
                 sock.send_close()
-                return
+                return False
+        return True
 
-    def _on_text(self, raw: bytes | str) -> None:
+    def _on_text(self, raw: bytes) -> None:
+        if unfollowed(raw):
+            return
         message = read_message(raw)
         if message is None:
             logger.warning("ComfyUI %s: unreadable websocket message %.200r", self.base_url, raw)

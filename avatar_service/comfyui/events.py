@@ -127,6 +127,19 @@ class Message:
         return None if prompt_id is None else str(prompt_id)
 
 
+# ``progress_state`` (one or more per sampler step, each with the state of every node so far: half
+# of a job's messages, and the largest) says nothing the service follows that ``progress`` and
+# ``executing`` do not. ComfyUI writes each message with aiohttp's ``send_json`` (``json.dumps``,
+# ``type`` first), so these are known by their first bytes and never parsed; one written
+# otherwise is parsed, and dropped by ``typed_event``.
+_UNFOLLOWED_PREFIX = b'{"type": "progress_state", '
+
+
+def unfollowed(raw: bytes) -> bool:
+    """Whether a text message is one the service does not follow, told without parsing it."""
+    return raw.startswith(_UNFOLLOWED_PREFIX)
+
+
 def read_message(raw: bytes | str) -> Message | None:
     """A text websocket message, or None when it is not ``{"type": ..., "data": {...}}``."""
     try:
