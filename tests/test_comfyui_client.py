@@ -18,9 +18,11 @@ from avatar_service.comfyui import (
     ComfyUIClient,
     ComfyUIProtocolError,
     ComfyUIUnavailable,
+    Disconnected,
     ExecutionEnded,
     OutputImage,
     Progress,
+    Reconnected,
 )
 
 ODD_FRAMES: list[str | bytes] = [
@@ -225,3 +227,65 @@ def test_a_refused_connection_is_unavailable_not_a_timeout() -> None:
         assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in refused.value.message
     finally:
         client.close()
+
+
+CONNECTIONS = web.AppKey("connections", list)
+
+
+def quiet_server(*, answer_pings: bool) -> web.Application:
+    """A websocket server that says nothing for 1 s after the client's feature_flags frame,
+    then sends the end of prompt 'p1'; ``app[CONNECTIONS]`` lists the sockets opened."""
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        request.app[CONNECTIONS].append(request.remote)
+        ws = web.WebSocketResponse(autoping=answer_pings)
+        await ws.prepare(request)
+        await ws.receive()  # the client's feature_flags frame
+
+        async def later() -> None:
+            await asyncio.sleep(1.0)
+            end = {"type": "executing", "data": {"node": None, "prompt_id": "p1"}}
+            await ws.send_str(json.dumps(end))
+
+        sending = asyncio.ensure_future(later())
+        async for _ in ws:  # reading, as ComfyUI does: pings are answered here (autoping)
+            pass
+        sending.cancel()
+        return ws
+
+    app = web.Application()
+    app[CONNECTIONS] = []
+    app.router.add_get("/ws", ws_handler)
+    return app
+
+
+def test_a_quiet_socket_is_pinged_and_kept() -> None:
+    """A server silent for several ping intervals but answering pings keeps its one socket,
+    and what it sends after is read."""
+    app = quiet_server(answer_pings=True)
+    with serve(app) as url:
+        client = ComfyUIClient(url, timeout=httpx.Timeout(5, connect=2), ping_interval=0.2)
+        watch = client.watch("p1")
+        client.start()
+        try:
+            assert watch.events.get(timeout=5) == ExecutionEnded()
+            assert client.connected
+            assert len(app[CONNECTIONS]) == 1
+        finally:
+            client.close()
+
+
+def test_a_socket_that_answers_no_ping_is_opened_again() -> None:
+    """A socket whose server answers no ping is given up after one more interval and a new
+    one is opened (the watch hears of the reconnection)."""
+    app = quiet_server(answer_pings=False)
+    with serve(app) as url:
+        client = ComfyUIClient(url, timeout=httpx.Timeout(5, connect=2), ping_interval=0.2)
+        watch = client.watch("p1")
+        client.start()
+        try:
+            assert watch.events.get(timeout=5) == Disconnected()
+            assert watch.events.get(timeout=5) == Reconnected()
+            assert len(app[CONNECTIONS]) == 2
+        finally:
+            client.close()

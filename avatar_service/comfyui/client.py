@@ -1,8 +1,6 @@
 """ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
 
-HTTP goes through one urllib3 connection pool per server (each job makes four calls: upload,
-prompt, history, view; urllib3 spends less than half of httpx's CPU on each, which the latency
-benchmark measures).
+HTTP goes through ``transport`` (a connection pool, timeouts and errors).
 
 The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
 thread turns each message into a typed event (see ``events``) and routes it to the watch
@@ -23,15 +21,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import urllib3
 import websocket
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from . import frames
-from .errors import ComfyUIProtocolError, ComfyUIUnavailable, PromptRejected
+from .errors import ComfyUIProtocolError, PromptRejected
 from .events import (
     Disconnected,
     Preview,
@@ -46,22 +42,9 @@ from .events import (
 )
 from .history import HistoryEntry, OutputImage
 from .queue import QueueSnapshot
+from .transport import Response, Timeouts, Transport, body_start, json_or_empty
 
 logger = logging.getLogger(__name__)
-
-
-# Connections kept open per server for the jobs' threads (more are opened when needed).
-POOL_SIZE = 20
-
-
-class Timeouts(Protocol):
-    """Seconds to connect and to wait for an answer (``httpx.Timeout`` is one)."""
-
-    @property
-    def connect(self) -> float | None: ...
-
-    @property
-    def read(self) -> float | None: ...
 
 
 @dataclass
@@ -92,13 +75,7 @@ class ComfyUIClient:
         self.reconnect_max = reconnect_max
         self.ping_interval = ping_interval
         self.on_connect = on_connect
-        self._path = urlsplit(self.base_url).path  # a prefix, behind a proxy
-        self._http = urllib3.connection_from_url(
-            self.base_url,
-            maxsize=POOL_SIZE,
-            timeout=urllib3.Timeout(connect=timeout.connect, read=timeout.read),
-            retries=False,
-        )
+        self._http = Transport(self.base_url, timeout)
         self._watches: dict[str, PromptWatch] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -190,9 +167,7 @@ class ComfyUIClient:
 
     def system_stats(self, *, timeout: float | None = None) -> dict[str, Any]:
         """GET /system_stats (optionally with a shorter timeout, for health checks)."""
-        if timeout is None:
-            return self._json("GET", "/system_stats")
-        return self._json("GET", "/system_stats", timeout=urllib3.Timeout(timeout))
+        return self._json("GET", "/system_stats", within=timeout)
 
     def object_info(self) -> dict[str, Any]:
         """GET /object_info: every node class the server can run, with its inputs."""
@@ -227,7 +202,7 @@ class ComfyUIClient:
         body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
         response = self._request("POST", "/prompt", json=body)
         if response.status == 400:
-            answer = _json_or_empty(response)
+            answer = json_or_empty(response)
             error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
             raise PromptRejected(
                 error.get("message") or "ComfyUI rejected the prompt",
@@ -241,7 +216,7 @@ class ComfyUIClient:
     def history(self, prompt_id: str, *, timeout: float | None = None) -> HistoryEntry | None:
         """GET /history/{prompt_id}: the entry once the prompt has ended, else None (within
         ``timeout`` seconds when given, if shorter than the client's own)."""
-        answer = self._json("GET", f"/history/{prompt_id}", **self._within(timeout))
+        answer = self._json("GET", f"/history/{prompt_id}", within=timeout)
         return HistoryEntry.of_prompt(answer, prompt_id)
 
     def queue(self) -> dict[str, Any]:
@@ -277,7 +252,7 @@ class ComfyUIClient:
     def view(self, image: OutputImage, *, timeout: float | None = None) -> tuple[bytes, str]:
         """GET /view: the bytes and content type of an image ComfyUI produced (within
         ``timeout`` seconds when given, if shorter than the client's own)."""
-        response = self._request("GET", "/view", fields=image.to_dict(), **self._within(timeout))
+        response = self._request("GET", "/view", fields=image.to_dict(), within=timeout)
         if response.status != 200:
             raise ComfyUIProtocolError(
                 f"/view of {image.filename!r} answered {response.status}",
@@ -286,61 +261,26 @@ class ComfyUIClient:
             )
         return response.data, response.headers.get("content-type", "application/octet-stream")
 
-    def _within(self, seconds: float | None) -> dict[str, Any]:
-        """The request option that bounds a call by ``seconds`` (none when not given)."""
-        if seconds is None:
-            return {}
-        seconds = max(0.01, seconds)
-        read, connect = self.timeout.read, self.timeout.connect
-        return {
-            "timeout": urllib3.Timeout(
-                connect=seconds if connect is None else min(connect, seconds),
-                read=seconds if read is None else min(read, seconds),
-            )
-        }
-
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return self._decode(self._request(method, path, **kwargs), path)
 
-    def _decode(self, response: urllib3.BaseHTTPResponse, path: str) -> dict[str, Any]:
+    def _decode(self, response: Response, path: str) -> dict[str, Any]:
         if response.status != 200:
             raise ComfyUIProtocolError(
-                f"{path} answered {response.status}: {_text(response)!r}",
+                f"{path} answered {response.status}: {body_start(response)!r}",
                 server=self.base_url,
                 status=response.status,
             )
-        answer = _json_or_empty(response)
+        answer = json_or_empty(response)
         if not isinstance(answer, dict):
             raise ComfyUIProtocolError(f"{path} answered non-object JSON", server=self.base_url)
         return answer
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
-        try:
-            response = self._http.request(method, self._path + path, **kwargs)
-        except NewConnectionError as exc:  # a kind of connect timeout to urllib3: refused first
-            raise self._unreachable(exc) from exc
-        except TimeoutError as exc:
-            raise ComfyUIUnavailable(
-                f"ComfyUI at {self.base_url} did not answer {method} {path} in time ({exc})",
-                server=self.base_url,
-                timed_out=True,
-            ) from exc
-        except (HTTPError, OSError) as exc:
-            raise self._unreachable(exc) from exc
+    def _request(self, method: str, path: str, **options: Any) -> Response:
+        response = self._http.request(method, path, **options)
         if not self._connected.is_set():
             self._retry_now.set()  # ComfyUI answers again: reconnect the websocket now
-        if response.status >= 500:
-            raise ComfyUIProtocolError(
-                f"{method} {path} answered {response.status}: {_text(response)!r}",
-                server=self.base_url,
-                status=response.status,
-            )
         return response
-
-    def _unreachable(self, exc: Exception) -> ComfyUIUnavailable:
-        return ComfyUIUnavailable(
-            f"cannot reach ComfyUI at {self.base_url} ({exc})", server=self.base_url
-        )
 
     # -- websocket reader ------------------------------------------------------------------
 
@@ -489,18 +429,3 @@ class ComfyUIClient:
             watches = list(self._watches.values())
         for watch in watches:
             watch.events.put(event)
-
-
-def _json_or_empty(response: urllib3.BaseHTTPResponse) -> Any:
-    """The JSON of an answer, or {} for an empty or unreadable body."""
-    if not response.data:
-        return {}
-    try:
-        return json.loads(response.data)
-    except ValueError:
-        return {}
-
-
-def _text(response: urllib3.BaseHTTPResponse) -> str:
-    """The start of an answer's body, for an error message."""
-    return response.data[:300].decode("utf-8", "replace")

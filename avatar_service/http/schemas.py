@@ -11,9 +11,11 @@ with what depends on the deployment (the styles, the callback URLs allowed) left
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -56,7 +58,14 @@ class Field:
 
     def accepts(self, value: Any) -> bool:
         """Whether a value satisfies the schema."""
-        return Draft202012Validator(self.schema).is_valid(value)
+        return self._validator.is_valid(value)
+
+    @cached_property
+    def _validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.schema)
+
+
+_Fields = dict[str, Field]
 
 
 class GenerateSchema:
@@ -78,9 +87,24 @@ class GenerateSchema:
         self.callback_prefixes = tuple(callback_prefixes)
         self.callback_message = callback_message
         self.photo_size = photo_size
+        # Per style name: the workflow and styles they were made for, and the fields.
+        self._fields: dict[str | None, tuple[Workflow | None, tuple[str, ...], _Fields]] = {}
 
     def fields(self, workflow: Workflow | None) -> dict[str, Field]:
-        """Every field, with the defaults and genders of ``workflow`` (the request's style)."""
+        """Every field, with the defaults and genders of ``workflow`` (the request's style).
+
+        Made once per style (and again when the styles change: an import adds one).
+        """
+        styles = tuple(sorted(self.workflows))
+        name = workflow.name if workflow is not None else None
+        made = self._fields.get(name)
+        if made is not None and made[0] is workflow and made[1] == styles:
+            return made[2]
+        fields = self._make_fields(workflow)
+        self._fields[name] = (workflow, styles, fields)
+        return fields
+
+    def _make_fields(self, workflow: Workflow | None) -> dict[str, Field]:
         defaults: Mapping[str, Any] = workflow.presets.defaults if workflow else {}
         genders = sorted(workflow.presets.gender_text if workflow else GENDERS)
         side = f"must be an integer from {MIN_SIDE} to {MAX_SIDE} and a multiple of {SIDE_STEP}"
@@ -193,7 +217,8 @@ class GenerateSchema:
         the genders every style has, the defaults of a style that sets none, and the styles
         and callback URLs in words."""
         fields = self.fields(None)
-        schemas = {name: dict(field.schema) for name, field in fields.items()}
+        # Copies: the fields are kept for the next requests.
+        schemas = {name: copy.deepcopy(field.schema) for name, field in fields.items()}
         schemas["style"] = dict(DOCUMENTED_STYLE)
         schemas["callbackUrl"] = dict(DOCUMENTED_CALLBACK)
         return schemas

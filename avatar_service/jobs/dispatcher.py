@@ -98,6 +98,8 @@ class Dispatcher:
         self.sweeper = QueueSweeper(self, clock=clock)
         self.changed = threading.Condition()
         self.version = 0
+        # Counts the changes that may have made a job claimable (``notify(work=True)``).
+        self.work = 0
         self.stopping = threading.Event()
         self.threads: set[threading.Thread] = set()
         self._monitor: threading.Thread | None = None
@@ -135,10 +137,16 @@ class Dispatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.coordination.stop()
 
-    def notify(self) -> None:
-        """Something changed (a new job, a free slot, a server back): workers look again."""
+    def notify(self, *, work: bool = True) -> None:
+        """Something changed (a new job, a free slot, a server back): workers look again.
+
+        ``work=False``: nothing new may be claimable (a slot was freed by a job that ended),
+        so a worker that found the queue empty since need not ask it again at once.
+        """
         with self.changed:
             self.version += 1
+            if work:
+                self.work += 1
             self.changed.notify_all()
 
     # -- questions -------------------------------------------------------------------------
@@ -216,7 +224,7 @@ class Dispatcher:
             worker.runs.pop(job_id, None)
             self._cancels.discard(job_id)
         self.threads.discard(threading.current_thread())
-        self.notify()
+        self.notify(work=False)  # a job given back was announced by itself
 
     def fail(self, job: Job, exc: BaseException) -> None:
         """End a job failed, with the error its exception maps to."""

@@ -56,6 +56,8 @@ class ServerWorker:
         self._tickets: dict[str, int] = {}
         self.paused_until = 0.0
         self._thread: threading.Thread | None = None
+        # The dispatcher's ``work`` count and the time (monotonic) when a claim found nothing.
+        self._found_nothing: tuple[int, float] | None = None
 
     @property
     def client(self) -> ComfyUIClient:
@@ -97,9 +99,13 @@ class ServerWorker:
         dispatcher = self.dispatcher
         while not dispatcher.stopping.is_set():
             with dispatcher.changed:
-                seen = dispatcher.version
+                seen, work = dispatcher.version, dispatcher.work
                 if not self.has_room():
                     dispatcher.changed.wait(IDLE_WAIT)
+                    continue
+                quiet = self._nothing_new(work)
+                if quiet:
+                    dispatcher.changed.wait(quiet)
                     continue
             try:
                 job = dispatcher.records.claim_next(
@@ -111,6 +117,7 @@ class ServerWorker:
             except Exception:  # the database is locked or broken: try again shortly
                 logger.exception("worker %s could not claim a job", self.state.url)
                 job = None
+            self._found_nothing = None if job is not None else (work, time.monotonic())
             if job is None:
                 with dispatcher.changed:
                     if dispatcher.version == seen and not dispatcher.stopping.is_set():
@@ -122,6 +129,16 @@ class ServerWorker:
                 self._give_back(job, "its server stopped taking jobs while the claim waited")
                 continue
             self.take(job)
+
+    def _nothing_new(self, work: int) -> float:
+        """How long the queue need not be asked again (0: ask now): the rest of IDLE_WAIT
+        after a claim that found nothing, if nothing that may have made a job claimable
+        happened since (a slot freed by a job that ended adds none). Past IDLE_WAIT the queue
+        is asked anyway: other processes add jobs, and leases expire."""
+        found = self._found_nothing
+        if found is None or found[0] != work:
+            return 0.0
+        return max(0.0, found[1] + IDLE_WAIT - time.monotonic())
 
     def take(self, job: Job) -> None:
         """Run a claimed (or resumed) job in a slot thread."""
@@ -304,3 +321,4 @@ class ServerWorker:
         )
         requeued = records.requeue(current, front=True)
         self.dispatcher.ledger.requeued(requeued)
+        self.dispatcher.notify()
