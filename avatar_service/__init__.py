@@ -125,7 +125,11 @@ def _add_rate_limits(app: Flask, settings: Settings, *, key_func, generate_cost)
     says when ComfyUI may be back). An idempotent replay does not use up the budget, and is
     answered with its job even once the budget is spent (``generate_cost`` is 0 for it: a
     request of cost 0 passes a limit that is exactly spent).
+
+    With neither limit set there is no limiter at all: its hooks would cost every request.
     """
+    if not (settings.rate_limit_generate or settings.rate_limit_upload):
+        return
 
     # Registered before the limiter's own hook, so it runs after it (Flask runs them in
     # reverse): the counts then include this request.
@@ -153,7 +157,6 @@ def _add_rate_limits(app: Flask, settings: Settings, *, key_func, generate_cost)
         swallow_errors=True,
         in_memory_fallback_enabled=True,
     )
-    app.extensions["avatar_limiter"] = limiter
     for endpoint, rate, cost in (
         ("api.generate_avatar", settings.rate_limit_generate, generate_cost),
         ("api.upload_image", settings.rate_limit_upload, 1),

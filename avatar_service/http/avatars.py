@@ -96,7 +96,7 @@ class Avatars:
         if not wait:
             return submitted
         try:
-            return Submitted(self.wait_for_job(submitted.job.id), submitted.new)
+            return Submitted(self.wait_for_job(submitted.job), submitted.new)
         except DatabaseUnavailable:
             # The job exists: its caller gets its id (202 + Location) to poll, never an error
             # that would make it pay for a second avatar.
@@ -170,13 +170,14 @@ class Avatars:
         services = self.services
         return services.engine.cancel(job_id, wait=services.settings.comfyui_read_timeout)
 
-    def wait_for_job(self, job_id: str) -> Job:
-        """Wait up to SYNC_WAIT for a job, if a long-request slot is free; else answer now."""
+    def wait_for_job(self, job: Job) -> Job:
+        """Wait up to SYNC_WAIT for a job just submitted (``job``: its record then), if a
+        long-request slot is free; else answer now."""
         services = self.services
         if not services.long_requests.acquire(blocking=False):
-            return services.engine.get(job_id)
+            return services.engine.get(job.id)
         try:
-            return services.engine.wait(job_id, services.settings.sync_wait)
+            return services.engine.wait(job.id, services.settings.sync_wait, latest=job)
         finally:
             services.long_requests.release()
 

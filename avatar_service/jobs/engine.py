@@ -191,9 +191,13 @@ class JobEngine:
             raise NotFound("unknown job", code="job_not_found", details={"jobId": job_id})
         return job
 
-    def wait(self, job_id: str, timeout: float) -> Job:
-        """Wait up to ``timeout`` seconds for the job to end; return its record either way."""
-        job = self.get(job_id)
+    def wait(self, job_id: str, timeout: float, *, latest: Job | None = None) -> Job:
+        """Wait up to ``timeout`` seconds for the job to end; return its record either way.
+
+        ``latest``: the caller's own fresh view of the record (it just submitted the job),
+        read again only after the wait.
+        """
+        job = latest if latest is not None and latest.id == job_id else self.get(job_id)
         if job.ended or timeout <= 0:
             return job
         # With a fleet another process may run the job: its events arrive by notification, and
