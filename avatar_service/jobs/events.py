@@ -140,7 +140,8 @@ class JobEvents:
                 self._ended.append(job_id)
                 self._prune()
                 channel.finished.notify_all()
-            channel.changed.notify_all()
+            if channel.readers:
+                channel.changed.notify_all()
         if remote:
             return
         for forwarder in self._forwarders:

@@ -270,6 +270,10 @@ class PromptRun:
                 return events.get_nowait()
             except queue.Empty:
                 return None
+        try:  # the common case, events waiting: no timeout to work out
+            return events.get_nowait()
+        except queue.Empty:
+            pass
         timeout = min(self.job.deadline - self.clock(), self.settings.poll_interval)
         if self.settings.stall_timeout:
             timeout = min(timeout, self.heard_at + self.settings.stall_timeout - time.monotonic())
@@ -282,6 +286,10 @@ class PromptRun:
 
     def _step(self, event: RunEvent) -> bool:
         """Apply one event; True when the prompt has ended (``executing`` null)."""
+        if type(event) is Progress:  # most events (a step each): what the rest does for one
+            self.heard_at = time.monotonic()
+            self._progress(event.node, event.value, event.max)
+            return False
         if isinstance(event, ShutdownAsked):
             raise outcomes.Shutdown
         if isinstance(event, FailoverAsked):

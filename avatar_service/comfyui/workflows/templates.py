@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,15 @@ class Workflow:
     path: Path
 
     def graph_copy(self) -> dict[str, Any]:
-        """A fresh, mutable deep copy of the template graph."""
-        graph: dict[str, Any] = thaw(self.graph)
+        """A fresh, mutable deep copy of the template graph (every job patches one)."""
+        graph: dict[str, Any] = json.loads(self._graph_json)
         return graph
+
+    @cached_property
+    def _graph_json(self) -> str:
+        # Parsing this text is a deep copy made in C: a few times faster than thawing the
+        # frozen graph node by node (the graph came from JSON, so nothing is lost).
+        return json.dumps(thaw(self.graph))
 
 
 def is_style_name(name: str) -> bool:
