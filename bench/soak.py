@@ -5,8 +5,11 @@ own process, waitress), on the embedded SQLite and on PostgreSQL. Jobs are sent 
 ``--sample-every`` (synchronous and asynchronous mixed, ``--concurrency`` at once); after each
 round, when nothing is in flight, the service's open file descriptors, threads and resident
 memory are read from ``/proc/<pid>``. The baseline is the service's own first sample, taken in
-the same run: descriptors and threads must come back to it, and resident memory must stop
-growing (the growth over the second half of the run, per 1,000 jobs, is reported). Usage::
+the same run. Nothing may grow over the second half of the run: descriptors and threads must
+end no higher than halfway, and resident memory must stop growing (its growth over the second
+half, per 1,000 jobs, is reported). The first rounds may raise the descriptors a little, once:
+the connection pools (SQLite, ComfyUI's HTTP) grow to what the concurrency needs; a per-job
+leak keeps growing. Usage::
 
     python -m bench.soak [--jobs 5000] [--sample-every 500] [--concurrency 8]
                          [--database sqlite|postgresql|both] [--update-docs]
@@ -258,8 +261,8 @@ def main() -> int:
         update_results(markdown, MARK_START, MARK_END)
     flat = all(
         r.failed == 0
-        and r.samples[-1].fds <= r.samples[0].fds + 2
-        and r.samples[-1].threads <= r.samples[0].threads + 2
+        and r.samples[-1].fds <= r.samples[len(r.samples) // 2].fds
+        and r.samples[-1].threads <= r.samples[len(r.samples) // 2].threads
         and r.rss_growth_per_1000 < 1.0
         for r in results
     )
