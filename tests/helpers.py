@@ -108,3 +108,17 @@ def upload(
     )
     assert answer.status_code == 201, answer.get_data(as_text=True)
     return answer.get_json()["imageName"]
+
+
+def wait_for_preview(http: Any, job_id: str) -> Any:
+    """The job's live preview once ``GET /jobs/<id>/preview`` serves one (``http``: a client of
+    the service), checked to be an image."""
+
+    def served() -> Any:
+        answer = http.get(f"/jobs/{job_id}/preview")
+        return answer if answer.status_code == 200 else None
+
+    preview = wait_for(served, timeout=10, message="a live preview")
+    assert preview.headers["content-type"] in {"image/jpeg", "image/png"}
+    assert len(preview.content) > 100
+    return preview

@@ -9,6 +9,7 @@ import struct
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from avatar_service.comfyui import (
     ExecutionEnded,
     OutputImage,
     Progress,
+    PromptWatch,
     Reconnected,
 )
 
@@ -93,6 +95,18 @@ def websocket_server(send: Callable[[web.WebSocketResponse], Awaitable[None]]) -
         yield url
 
 
+@contextmanager
+def following(url: str, **options: Any) -> Iterator[tuple[ComfyUIClient, PromptWatch]]:
+    """A started client of ``url`` and its watch of prompt 'p1' (closed after the block)."""
+    client = ComfyUIClient(url, timeout=httpx.Timeout(5, connect=2), **options)
+    watch = client.watch("p1")
+    client.start()
+    try:
+        yield client, watch
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def odd_server() -> Iterator[str]:
     """A websocket server that sends ODD_FRAMES, then a real event for prompt 'p1'."""
@@ -115,14 +129,9 @@ def odd_server() -> Iterator[str]:
 def test_reader_survives_odd_frames(odd_server: str) -> None:
     """Unreadable JSON, non-object data, text that is not UTF-8 and bad binary frames are
     skipped, not fatal."""
-    client = ComfyUIClient(odd_server, timeout=httpx.Timeout(5, connect=2))
-    watch = client.watch("p1")
-    client.start()
-    try:
+    with following(odd_server) as (client, watch):
         assert watch.events.get(timeout=5) == ExecutionEnded()
         assert client.connected
-    finally:
-        client.close()
 
 
 BURST = 400  # progress messages sent back to back, so that many share one read
@@ -151,17 +160,12 @@ def burst_server() -> Iterator[str]:
 def test_messages_arriving_together_are_each_read_in_order(burst_server: str) -> None:
     """Messages that arrive in one burst (several per read, one larger than a read) each
     reach the prompt's watch, in order, none lost or merged."""
-    client = ComfyUIClient(burst_server, timeout=httpx.Timeout(5, connect=2))
-    watch = client.watch("p1")
-    client.start()
-    try:
+    with following(burst_server) as (client, watch):
         events = [watch.events.get(timeout=5) for _ in range(BURST + 1)]
         assert events == [Progress("3", value, BURST) for value in range(1, BURST + 1)] + [
             ExecutionEnded()
         ]
         assert client.messages_received == BURST + 2
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -263,29 +267,17 @@ def test_a_quiet_socket_is_pinged_and_kept() -> None:
     """A server silent for several ping intervals but answering pings keeps its one socket,
     and what it sends after is read."""
     app = quiet_server(answer_pings=True)
-    with serve(app) as url:
-        client = ComfyUIClient(url, timeout=httpx.Timeout(5, connect=2), ping_interval=0.2)
-        watch = client.watch("p1")
-        client.start()
-        try:
-            assert watch.events.get(timeout=5) == ExecutionEnded()
-            assert client.connected
-            assert len(app[CONNECTIONS]) == 1
-        finally:
-            client.close()
+    with serve(app) as url, following(url, ping_interval=0.2) as (client, watch):
+        assert watch.events.get(timeout=5) == ExecutionEnded()
+        assert client.connected
+        assert len(app[CONNECTIONS]) == 1
 
 
 def test_a_socket_that_answers_no_ping_is_opened_again() -> None:
     """A socket whose server answers no ping is given up after one more interval and a new
     one is opened (the watch hears of the reconnection)."""
     app = quiet_server(answer_pings=False)
-    with serve(app) as url:
-        client = ComfyUIClient(url, timeout=httpx.Timeout(5, connect=2), ping_interval=0.2)
-        watch = client.watch("p1")
-        client.start()
-        try:
-            assert watch.events.get(timeout=5) == Disconnected()
-            assert watch.events.get(timeout=5) == Reconnected()
-            assert len(app[CONNECTIONS]) == 2
-        finally:
-            client.close()
+    with serve(app) as url, following(url, ping_interval=0.2) as (_client, watch):
+        assert watch.events.get(timeout=5) == Disconnected()
+        assert watch.events.get(timeout=5) == Reconnected()
+        assert len(app[CONNECTIONS]) == 2

@@ -10,7 +10,7 @@ import pytest
 
 from avatar_service.delivery.webhooks import verify
 from comfyui_standin import StandIn
-from tests.helpers import read_sse, start_job, wait_for
+from tests.helpers import read_sse, start_job, wait_for, wait_for_preview
 from tests.receivers import Receiver, Reply
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -162,13 +162,7 @@ def test_preview_of_running_job(make_service, standin, tmp_path, photo):
         assert service.http.get(f"/jobs/{job_id}/preview").status_code == 404
         service.wait_job(job_id, until=lambda r: (r["progress"] or {}).get("value"))
 
-        def served():
-            answer = service.http.get(f"/jobs/{job_id}/preview")
-            return answer if answer.status_code == 200 else None
-
-        preview = wait_for(served, timeout=10, message="a preview")
-        assert preview.headers["content-type"] in {"image/jpeg", "image/png"}
-        assert len(preview.content) > 100
+        wait_for_preview(service.http, job_id)
         service.stop()
     finally:
         previewing.stop()

@@ -243,13 +243,7 @@ class JobRecords:
 
     def cancel_requests(self, owner_prefix: str) -> list[str]:
         """Ids of unfinished jobs held under ``owner_prefix`` whose cancel was asked."""
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT id FROM jobs WHERE owner LIKE ? AND cancel_requested = 1 "
-                "AND status IN ('queued', 'running')",
-                (_prefix_pattern(owner_prefix),),
-            ).fetchall()
-        return [row[0] for row in rows]
+        return [job_id for job_id, asked in self.held_ids(owner_prefix).items() if asked]
 
     def expired(self, now: float, limit: int = 50, *, owner_prefix: str = "") -> list[Job]:
         """Unfinished jobs whose holder's lease has passed (its process is gone), oldest first;
