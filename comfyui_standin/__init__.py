@@ -105,6 +105,11 @@ class StandIn:
         """How many requests arrived for ``route``, e.g. ``"GET /queue"`` (``/api`` included)."""
         return self._recorder.request_counts[route]
 
+    def requests_under(self, prefix: str) -> int:
+        """How many requests arrived for routes starting ``prefix``, e.g. ``"GET /history/"``."""
+        counts = dict(self._recorder.request_counts)
+        return sum(count for route, count in counts.items() if route.startswith(prefix))
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> StandIn:
         """Start listening; returns once the port accepts connections."""

@@ -38,7 +38,7 @@ Scripting a prompt (messages in the order recording 01_success shows)::
 up beforehand; ``autorun=True`` makes it ``finish``, so every prompt succeeds at once.
 
 History entries are read with ``HistoryEntry.from_answer`` from answers shaped like the
-recordings, and messages reach the watches through ``read_message``/``typed_event``/
+recordings, and messages reach the watches through ``read_message``, ``PromptWatch.deliver`` and
 ``read_preview``, the package's own readers: a change of format breaks the fake too.
 
 ``FakeComfyUIs`` is a client factory for ``create_app({..., "COMFYUI_CLIENT_FACTORY": ...})``
@@ -73,7 +73,8 @@ from avatar_service.comfyui import (
     QueueSnapshot,
     Reconnected,
 )
-from avatar_service.comfyui.events import read_message, read_preview, typed_event
+from avatar_service.comfyui.events import read_message, read_preview
+from avatar_service.comfyui.uploads import SentPhotos
 from tests.helpers import RECORDINGS_DIR
 
 # Node classes whose results are images ComfyUI lists in history and /view serves.
@@ -213,6 +214,7 @@ class FakeComfyUI:
         self._lock = threading.RLock()
         self._connected = threading.Event()
         self._watches: dict[str, PromptWatch] = {}
+        self.sent_photos = SentPhotos()
         self._prompts: dict[str, _Prompt] = {}
         self._number = 0
         self._down = False
@@ -302,10 +304,10 @@ class FakeComfyUI:
 
     # -- watches ---------------------------------------------------------------------------
 
-    def watch(self, prompt_id: str) -> PromptWatch:
-        """Register for the events of ``prompt_id``."""
+    def watch(self, prompt_id: str, *, new_prompt: bool = False) -> PromptWatch:
+        """Register for the events of ``prompt_id`` (``new_prompt``: not queued yet)."""
         self._record("watch", prompt_id=prompt_id)
-        watch = PromptWatch(prompt_id)
+        watch = PromptWatch(prompt_id, hears_all=new_prompt and self._hears())
         with self._lock:
             self._watches[prompt_id] = watch
         return watch
@@ -330,12 +332,18 @@ class FakeComfyUI:
             return {k: copy.deepcopy(v) for k, v in self._object_info.items()}
 
     def upload_image(self, data: bytes, filename: str, *, subfolder: str = "") -> str:
-        """POST /upload/image: kept under its own name."""
+        """POST /upload/image without overwrite: kept under its own name, or under the name of
+        the same bytes already there, else ``stem (1).ext``, ``stem (2).ext``... (as recording
+        08 shows)."""
         self._request("upload_image", filename=filename, subfolder=subfolder, size=len(data))
-        name = f"{subfolder}/{filename}" if subfolder else filename
+        stem, dot, extension = filename.rpartition(".")
+        candidates = [filename] + [f"{stem} ({n}){dot}{extension}" for n in range(1, 1000)]
         with self._lock:
-            self.uploads[name] = data
-        return name
+            for candidate in candidates:
+                name = f"{subfolder}/{candidate}" if subfolder else candidate
+                if self.uploads.setdefault(name, data) == data:
+                    return name
+        raise AssertionError("the fake keeps at most 1000 photos of one name")
 
     def queue_prompt(self, graph: Mapping[str, Any], *, prompt_id: str) -> dict[str, Any]:
         """POST /prompt: queued (or refused with the 400 a real server sends)."""
@@ -464,7 +472,7 @@ class FakeComfyUI:
             watch = self._watches.get(found[0])
             if watch is not None:
                 watch.preview = found[1]
-                watch.events.put(PreviewReady())
+                watch.put(PreviewReady())
 
     def finish(self, prompt_id: str | None = None) -> None:
         """The prompt runs to success: every node, executed, execution_success, its history
@@ -628,6 +636,7 @@ class FakeComfyUI:
         with self._lock:
             if self._down:
                 return
+            self.sent_photos.clear()  # as the client does on every connection
             self._connected.set()
             self.last_error = None
             self._send_message(
@@ -665,16 +674,15 @@ class FakeComfyUI:
         if read.kind == "status":
             self._broadcast(QueueChanged())
             return
-        event = typed_event(read)
         watch = self._watches.get(read.prompt_id or "")
-        if event is not None and watch is not None:
-            watch.events.put(event)
+        if watch is not None:
+            watch.deliver(read)
 
     def _broadcast(self, event: Any) -> None:
         with self._lock:
             watches = list(self._watches.values())
         for watch in watches:
-            watch.events.put(event)
+            watch.put(event)
 
     def _execute(self, prompt: _Prompt, node: str) -> None:
         if prompt.node is not None and prompt.node not in prompt.executed:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from avatar_service.comfyui import (
+    Disconnected,
     ExecutionEnded,
     ExecutionFailed,
     ExecutionStarted,
@@ -18,7 +19,9 @@ from avatar_service.comfyui import (
     OutputImage,
     Preview,
     Progress,
+    PromptWatch,
     QueueSnapshot,
+    Reconnected,
     SystemStats,
     catalogue_signature,
     catalogue_size,
@@ -175,6 +178,68 @@ def test_recorded_history_entries(recording: Recording) -> None:
     stopped = HistoryEntry.of_prompt(stopped_answer, stopped_id)
     assert stopped is not None and stopped.interrupted and not stopped.succeeded
     assert stopped.images(["7"]) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("01_success.json", "history of the finished prompt"),
+        ("02_cached_rerun.json", "history of the cached prompt"),
+        ("03_new_seed_rerun.json", None),
+    ],
+)
+def test_a_watch_that_heard_every_message_tells_the_history_entry(
+    recording: Recording, name: str, label: str | None
+) -> None:
+    """A real run's messages (a cached re-run's too: its output node's ``executed`` is sent
+    again) tell what its /history entry says: success and the same outputs."""
+    texts = [frame["text"] for frame in recording(name)["ws"] if "text" in frame]
+    (prompt_id,) = {text["data"]["prompt_id"] for text in texts if "prompt_id" in text["data"]}
+    watch = PromptWatch(prompt_id, hears_all=True)
+    for text in texts:
+        message = read_message(json.dumps(text))
+        assert message is not None
+        if message.prompt_id == prompt_id:
+            watch.deliver(message)
+    heard = watch.heard_entry()
+    assert heard is not None and heard.succeeded and heard.failure is None
+    assert heard.images(["7"])[0].filename.startswith("ComfyUI_temp_ytxjq_")
+    if label is not None:
+        recorded = HistoryEntry.of_prompt(answer_of(recording(name), label), prompt_id)
+        assert recorded is not None
+        assert heard.outputs == recorded.outputs
+        assert heard.images(["7"]) == recorded.images(["7"])
+    events = []
+    while not watch.events.empty():
+        events.append(watch.events.get_nowait())
+    assert events[-1] == ExecutionEnded()
+
+
+def test_a_watch_tells_no_entry_unless_it_heard_all_and_success(recording: Recording) -> None:
+    """A watch that joined late, lost its socket, or heard a failure leaves it to /history."""
+    texts = [frame["text"] for frame in recording("01_success.json")["ws"] if "text" in frame]
+    (prompt_id,) = {text["data"]["prompt_id"] for text in texts if "prompt_id" in text["data"]}
+
+    def heard(watch: PromptWatch) -> HistoryEntry | None:
+        for text in texts:
+            message = read_message(json.dumps(text))
+            if message is not None and message.prompt_id == prompt_id:
+                watch.deliver(message)
+        return watch.heard_entry()
+
+    assert heard(PromptWatch(prompt_id)) is None  # joined an already queued prompt
+    dropped = PromptWatch(prompt_id, hears_all=True)
+    dropped.put(Disconnected())
+    assert heard(dropped) is None
+    back = PromptWatch(prompt_id, hears_all=True)
+    back.put(Reconnected())
+    assert heard(back) is None
+    failed = PromptWatch(prompt_id, hears_all=True)
+    for text in recording("05_execution_error.json")["ws"]:
+        message = read_message(json.dumps(text["text"])) if "text" in text else None
+        if message is not None and message.prompt_id is not None:
+            failed.deliver(message)
+    assert failed.heard_entry() is None
 
 
 def test_history_of_a_prompt_not_ended_is_none() -> None:

@@ -7,6 +7,7 @@ while it follows its prompt runs in a thread (``Running``), and the test waits o
 
 from __future__ import annotations
 
+import io
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from avatar_service.comfyui.workflows import Workflow, load_workflows
 from avatar_service.errors import ServiceError
@@ -24,9 +26,10 @@ from avatar_service.jobs.events import JobEvents
 from avatar_service.jobs.ledger import JobLedger
 from avatar_service.jobs.prompt import FailoverAsked, PromptRun, RunSettings, ShutdownAsked
 from avatar_service.jobs.records import Job, JobRecords
+from avatar_service.photos.geometry import Box, Crop
 from avatar_service.photos.store import PhotoStore
 from tests.conftest import REPO_ROOT, make_photo
-from tests.fake_comfyui import FakeComfyUI
+from tests.fake_comfyui import FakeComfyUI, recorded_rejection
 from tests.helpers import ManualClock, wait_for
 
 SERVER = "http://gpu-1:8188"
@@ -160,8 +163,11 @@ def error_of(exc: BaseException, job: Job) -> dict[str, Any]:
 # -- success ---------------------------------------------------------------------------------
 
 
-def test_success_uploads_queues_its_own_prompt_id_then_reads_the_history(world: World):
-    """A prompt that runs to success: upload, POST /prompt under a fresh prompt_id, /history."""
+def test_success_uploads_and_queues_its_own_prompt_id_and_its_messages_tell_the_rest(
+    world: World,
+):
+    """A prompt that runs to success: upload, POST /prompt under a fresh prompt_id; every
+    message heard, ``executed`` and ``execution_success`` among them, so no /history call."""
     world.fake.on_queue = lambda prompt_id: (
         world.fake.progress(prompt_id, 1, 2),
         world.fake.finish(prompt_id),
@@ -170,7 +176,7 @@ def test_success_uploads_queues_its_own_prompt_id_then_reads_the_history(world: 
     run = world.run(job)
     entry = run.run()
     assert entry.succeeded
-    assert world.fake.names() == ["upload_image", "queue_prompt", "history"]
+    assert world.fake.names() == ["upload_image", "queue_prompt"]
     [upload] = world.fake.calls_named("upload_image")
     assert upload.args["filename"] == job.image_name
     assert upload.args["subfolder"] == "avatar_service"
@@ -178,7 +184,8 @@ def test_success_uploads_queues_its_own_prompt_id_then_reads_the_history(world: 
     prompt_id = queued.args["prompt_id"]
     assert str(uuid.UUID(prompt_id)) == prompt_id
     assert queued.args["graph"]["4"]["inputs"]["seed"] == 7
-    assert world.fake.calls_named("history")[0].args == {"prompt_id": prompt_id}
+    recorded = world.fake.history(prompt_id)
+    assert recorded is not None and entry.outputs == recorded.outputs
     stored = world.records.get(job.id)
     assert (stored.prompt_id, stored.attempts, stored.status) == (prompt_id, 1, "running")
     assert world.record(job)["startedAt"] is not None
@@ -188,6 +195,24 @@ def test_success_uploads_queues_its_own_prompt_id_then_reads_the_history(world: 
     assert set(names[1:]) == {"progress"}
     progress = [e.data for e in world.events.read(job.id, 0, 0)[0] if e.event == "progress"]
     assert {"node": "4", "nodeType": "KSampler", "value": 1, "max": 2} in progress
+
+
+def test_a_success_after_the_socket_dropped_is_read_from_the_history(world: World):
+    """Messages may have been missed while the socket was down: the entry comes from
+    /history, which says the same outputs."""
+    world.fake.on_queue = lambda prompt_id: (
+        world.fake.progress(prompt_id, 1, 2),
+        world.fake.reconnect("a blip"),
+        world.fake.finish(prompt_id),
+    )
+    job = world.job()
+    entry = world.run(job).run()
+    assert entry.succeeded
+    [queued] = world.fake.calls_named("queue_prompt")
+    prompt_id = queued.args["prompt_id"]
+    assert world.fake.names()[-1] == "history"
+    assert world.fake.calls_named("history")[-1].args == {"prompt_id": prompt_id}
+    assert entry.images(world.workflow.roles.outputs)
 
 
 def test_a_live_preview_is_kept_and_announced(world: World):
@@ -245,6 +270,82 @@ def test_an_interrupt_that_is_not_ours_is_502_comfyui_interrupted(world: World):
         "details": {"promptId": run.job.prompt_id},
     }
     assert "interrupt" not in world.fake.names()
+
+
+# -- the photo, sent to a server once --------------------------------------------------------
+
+
+def loaded_image(fake: FakeComfyUI, index: int) -> str:
+    """The LoadImage value of the ``index``-th POST /prompt the fake received."""
+    return fake.calls_named("queue_prompt")[index].args["graph"]["25"]["inputs"]["image"]
+
+
+def test_a_photo_is_sent_to_a_server_once(world: World):
+    """A second job from the same photo queues its prompt at once, naming the file ComfyUI
+    already has."""
+    world.fake.on_queue = world.fake.finish
+    assert world.run(world.job()).run().succeeded
+    assert world.run(world.job(seed=8)).run().succeeded
+    assert world.fake.names() == ["upload_image", "queue_prompt", "queue_prompt"]
+    assert loaded_image(world.fake, 1) == loaded_image(world.fake, 0)
+
+
+def test_another_crop_of_the_photo_is_sent_as_its_own_photo(world: World):
+    """What ComfyUI gets is the photo cut to the crop: another crop is another photo."""
+    world.fake.on_queue = world.fake.finish
+    assert world.run(world.job()).run().succeeded
+    crop = Crop(Box(10, 10, 64, 64), "request")
+    assert world.run(world.job(crop=crop)).run().succeeded
+    assert world.run(world.job(crop=crop, seed=9)).run().succeeded
+    assert world.fake.names() == [
+        "upload_image",
+        "queue_prompt",
+        "upload_image",
+        "queue_prompt",
+        "queue_prompt",
+    ]
+    assert loaded_image(world.fake, 1) == loaded_image(world.fake, 2) != loaded_image(world.fake, 0)
+    with Image.open(io.BytesIO(world.fake.uploads[loaded_image(world.fake, 2)])) as sent:
+        assert sent.size == (64, 64)
+
+
+def test_a_server_that_lost_the_photo_is_sent_it_again(world: World):
+    """ComfyUI refuses the prompt because the LoadImage file is gone (its input folder was
+    emptied): the photo is sent again and the prompt queued once more, under the same id."""
+    world.fake.on_queue = world.fake.finish
+    assert world.run(world.job()).run().succeeded
+    world.fake.reject_next(recorded_rejection("LoadImage names a file that does not exist"))
+    job = world.job(seed=8)
+    assert world.run(job).run().succeeded
+    assert world.fake.names() == [
+        "upload_image",
+        "queue_prompt",
+        "queue_prompt",  # refused: the file is missing
+        "upload_image",
+        "queue_prompt",
+    ]
+    _, refused, queued = world.fake.calls_named("queue_prompt")
+    assert refused.args["prompt_id"] == queued.args["prompt_id"]
+    assert world.records.get(job.id).attempts == 1
+    assert world.fake.sent_photos.get((job.image_name, None)) == loaded_image(world.fake, 2)
+
+
+def test_a_photo_just_sent_and_refused_is_not_sent_again(world: World):
+    """A missing-file refusal of a photo sent for this very job is the job's error."""
+    world.fake.reject_next(recorded_rejection("LoadImage names a file that does not exist"))
+    with pytest.raises(outcomes.PromptRejected):
+        world.run(world.job()).run()
+    assert world.fake.names() == ["upload_image", "queue_prompt"]
+
+
+def test_a_new_connection_forgets_the_photos_sent(world: World):
+    """A server whose websocket connects again may have restarted with an empty input folder:
+    the next job sends its photo again."""
+    world.fake.on_queue = world.fake.finish
+    assert world.run(world.job()).run().succeeded
+    world.fake.reconnect("the server restarted")
+    assert world.run(world.job(seed=8)).run().succeeded
+    assert world.fake.names() == ["upload_image", "queue_prompt", "upload_image", "queue_prompt"]
 
 
 def test_a_graph_the_server_refuses_is_rejected_with_comfyui_s_words(world: World):
@@ -345,10 +446,9 @@ def test_a_prompt_forgotten_once_is_queued_again_and_succeeds(world: World):
         "upload_image",
         "queue_prompt",
         "queue_state",
-        "history",
+        "history",  # absent: lost
         "upload_image",
-        "queue_prompt",
-        "history",
+        "queue_prompt",  # the second prompt is heard whole: no /history for it
     ]
     stored = world.records.get(job.id)
     assert (stored.prompt_id, stored.attempts) == (second, 2)

@@ -9,6 +9,7 @@ and typed events, history, queue and system answers) and ``workflows`` (the temp
 - ``history``  a prompt's /history entry and its output images
 - ``queue``    the /queue answer: running and pending prompts
 - ``system``   what /system_stats and /object_info answers mean (stand-in, version, catalogue)
+- ``uploads``  the photos a server already has (each sent once)
 - ``workflows`` API-format graph templates: load, roles, patch a copy, check, import
 """
 

@@ -1,6 +1,7 @@
 """ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
 
-HTTP goes through ``transport`` (a connection pool, timeouts and errors).
+HTTP goes through ``transport`` (a connection pool, timeouts and errors); ``sent_photos``
+(``uploads``) remembers the photos the server already has.
 
 The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
 thread turns each message into a typed event (see ``events``) and routes it to the watch
@@ -30,6 +31,7 @@ from . import frames
 from .errors import ComfyUIProtocolError, PromptRejected
 from .events import (
     Disconnected,
+    Message,
     Preview,
     PreviewReady,
     PromptEvent,
@@ -43,17 +45,55 @@ from .events import (
 from .history import HistoryEntry, OutputImage
 from .queue import QueueSnapshot
 from .transport import Response, Timeouts, Transport, body_start, json_or_empty
+from .uploads import SentPhotos
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class PromptWatch:
-    """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...)."""
+    """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...).
+
+    A watch registered before its prompt was queued, on a socket that was up, hears every
+    message about the prompt until the socket drops (``hears_all``). Such a watch keeps what
+    the ``executed`` messages said each output node made, and whether ``execution_success``
+    came: together, what the prompt's ``/history`` entry would say (``heard_entry``).
+    """
 
     prompt_id: str
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     preview: Preview | None = None
+    hears_all: bool = False
+    outputs: dict[str, Any] = field(default_factory=dict)
+    succeeded: bool = False
+
+    def deliver(self, message: Message) -> None:
+        """Route one message about the prompt: its typed event to the run; what ``executed``
+        and ``execution_success`` say, to ``heard_entry``."""
+        if message.kind == "executed":
+            output = message.data.get("output")
+            if isinstance(output, dict):
+                self.outputs[str(message.data.get("node"))] = output
+        elif message.kind == "execution_success":
+            self.succeeded = True
+        else:
+            event = typed_event(message)
+            if event is not None:
+                self.events.put(event)
+
+    def put(self, event: PromptEvent) -> None:
+        """Route an event that is not one message (the socket dropped or is back, the queue
+        changed, a preview came): after a drop, messages may have been missed."""
+        if isinstance(event, Disconnected | Reconnected):
+            self.hears_all = False
+        self.events.put(event)
+
+    def heard_entry(self) -> HistoryEntry | None:
+        """The prompt's success entry as its messages told it, when every one was heard and
+        ``execution_success`` among them (``/history`` would answer the same); else None."""
+        if not (self.hears_all and self.succeeded):
+            return None
+        return HistoryEntry.heard(self.outputs)
 
 
 class ComfyUIClient:
@@ -76,6 +116,8 @@ class ComfyUIClient:
         self.ping_interval = ping_interval
         self.on_connect = on_connect
         self._http = Transport(self.base_url, timeout)
+        # Photos this server has (sent since the websocket last connected).
+        self.sent_photos = SentPhotos()
         self._watches: dict[str, PromptWatch] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -151,9 +193,10 @@ class ComfyUIClient:
 
     # -- watches ---------------------------------------------------------------------------
 
-    def watch(self, prompt_id: str) -> PromptWatch:
-        """Register for the events of ``prompt_id``; do it before queueing the prompt."""
-        watch = PromptWatch(prompt_id)
+    def watch(self, prompt_id: str, *, new_prompt: bool = False) -> PromptWatch:
+        """Register for the events of ``prompt_id``; do it before queueing the prompt
+        (``new_prompt``: then, while the socket stays up, the watch hears all of them)."""
+        watch = PromptWatch(prompt_id, hears_all=new_prompt and self.connected)
         with self._lock:
             self._watches[prompt_id] = watch
         return watch
@@ -316,6 +359,8 @@ class ComfyUIClient:
                         {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
                     )
                 )
+                # A server that restarted may have an empty input folder.
+                self.sent_photos.clear()
                 self._connected.set()
                 self.last_error = None
                 logger.info("ComfyUI %s: websocket connected", self.base_url)
@@ -405,13 +450,10 @@ class ComfyUIClient:
             self._running_prompt = None
         if prompt_id is None:
             return
-        event = typed_event(message)
-        if event is None:
-            return
         with self._lock:
             watch = self._watches.get(prompt_id)
         if watch is not None:
-            watch.events.put(event)
+            watch.deliver(message)
 
     def _on_binary(self, raw: bytes) -> None:
         found = read_preview(raw, self._running_prompt)
@@ -422,10 +464,10 @@ class ComfyUIClient:
             watch = self._watches.get(prompt_id)
         if watch is not None:
             watch.preview = preview
-            watch.events.put(PreviewReady())
+            watch.put(PreviewReady())
 
     def _broadcast(self, event: PromptEvent) -> None:
         with self._lock:
             watches = list(self._watches.values())
         for watch in watches:
-            watch.events.put(event)
+            watch.put(event)

@@ -54,6 +54,17 @@ class PromptRejected(ComfyUIError):
         self.error = dict(error or {})
         self.node_errors = dict(node_errors or {})
 
+    def refuses_input(self, node: str, input_name: str) -> bool:
+        """Whether ComfyUI refused this input of this node by the node's own check (LoadImage's
+        ``image``: a file missing from its input folder)."""
+        errors = (self.node_errors.get(node) or {}).get("errors") or []
+        return any(
+            isinstance(error, dict)
+            and error.get("type") == "custom_validation_failed"
+            and (error.get("extra_info") or {}).get("input_name") == input_name
+            for error in errors
+        )
+
     @property
     def server_lacks_something(self) -> bool:
         """Whether the server, not the request, is at fault: a node class it does not have, or

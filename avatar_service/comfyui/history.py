@@ -51,6 +51,19 @@ class HistoryEntry:
         )
 
     @classmethod
+    def heard(cls, outputs: Mapping[str, Any]) -> HistoryEntry:
+        """The success entry of a prompt whose every message was heard: ``execution_success``
+        came, and ``outputs`` are what its ``executed`` messages said each node made (ComfyUI
+        writes the same outputs into its history, cached nodes included)."""
+        return cls(
+            succeeded=True,
+            failure=None,
+            interrupted=False,
+            status={"status_str": "success", "completed": True},
+            outputs=dict(outputs),
+        )
+
+    @classmethod
     def of_prompt(cls, answer: Mapping[str, Any], prompt_id: str) -> HistoryEntry | None:
         """The entry of ``prompt_id`` in a GET /history/{prompt_id} answer (None: not ended)."""
         entry = answer.get(prompt_id)

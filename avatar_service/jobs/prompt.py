@@ -1,12 +1,13 @@
 """The prompt's life on one server: submit it, follow its state to the end, read its history.
 
-A run uploads the photo, queues a patched copy of the workflow under a prompt_id of its own and
-feeds every event to the prompt's state (``prompt_state``: WAITING -> RUNNING -> ENDED), acting
-on each: the job's record and events (``ledger``), and asking ComfyUI itself on a ``Check``, a
-reconnect or a cancel (the shared ``/queue`` view and, for a prompt no longer in it,
-``/history``): that is how a missed message, a dropped socket or a server that forgot the
-prompt is noticed. The run ends with the prompt's success entry; every other ending is an
-exception that ``outcomes`` maps to the job's result.
+A run sends the photo (once per server: ``photo_source.photo_on_server``), queues a patched copy
+of the workflow under a prompt_id of its own and feeds every event to the prompt's state
+(``prompt_state``: WAITING -> RUNNING -> ENDED), acting on each: the job's record and events
+(``ledger``), and asking ComfyUI itself on a ``Check``, a reconnect or a cancel (the shared
+``/queue`` view and, for a prompt no longer in it, ``/history``): that is how a missed message,
+a dropped socket or a server that forgot the prompt is noticed. The run ends with the prompt's
+success entry (told by its messages when every one was heard, else read from ``/history``);
+every other ending is an exception that ``outcomes`` maps to the job's result.
 
 Besides the state, a run keeps three small things of its own: its ``Submission`` (when the
 prompt was queued, for the socket check), its ``Withdrawal`` (a cancel to send to ComfyUI, again
@@ -22,9 +23,9 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..comfyui import (
     ComfyUIClient,
@@ -48,7 +49,7 @@ from ..comfyui.workflows import Workflow, patch_workflow
 from . import outcomes
 from .job import Job, JobStatus
 from .ledger import JobLedger, ms
-from .photo_source import PhotoSource
+from .photo_source import PhotoSource, photo_on_server
 from .prompt_state import (
     ABSENT,
     ENDED,
@@ -60,6 +61,7 @@ from .prompt_state import (
     Phase,
     PromptState,
     RunEvent,
+    RunSettings,
     ShutdownAsked,
     Submission,
     Where,
@@ -73,7 +75,6 @@ __all__ = ["FailoverAsked", "Phase", "PromptRun", "RunSettings", "ShutdownAsked"
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-UPLOAD_SUBFOLDER = "avatar_service"
 # A prompt that vanished from ComfyUI (restart) is queued again this many times.
 MAX_RESUBMITS = 1
 # How old the shared view of ComfyUI's queue may be when a run consults it.
@@ -89,17 +90,6 @@ WITHDRAW_RETRY = 1.0
 _ASKS = (Check, Reconnected, Disconnected, CancelAsked)
 # Events that are no sign of life from ComfyUI (for the stall timer).
 _NOT_FROM_COMFYUI = (Check, CancelAsked, ShutdownAsked, FailoverAsked, Disconnected)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """The timing settings a run needs."""
-
-    job_timeout: float
-    poll_interval: float
-    # Seconds a prompt may go without a message for it or a change of ComfyUI's queue before
-    # it counts as stalled (0: never).
-    stall_timeout: float = 0.0
 
 
 class PromptRun:
@@ -205,31 +195,35 @@ class PromptRun:
         return self.watch.prompt_id
 
     def _submit(self) -> None:
-        """Upload the photo, patch the workflow copy and queue it under a prompt_id of ours."""
+        """Send the photo (unless the server has it), patch the workflow copy and queue it
+        under a prompt_id of ours."""
         if self.withdrawal.asked:
             raise outcomes.Cancelled
-        # The photo as ComfyUI should see it: cut to the job's crop (face or request), if any.
-        photo = self.photos.prepared(self.job.image_name, self.job.crop)
-        image = self.client.upload_image(photo, self.job.image_name, subfolder=UPLOAD_SUBFOLDER)
-        graph = patch_workflow(
-            self.workflow,
-            image=image,
-            gender=self.job.gender,
-            seed=self.job.seed,
-            width=self.job.width,
-            height=self.job.height,
-        )
+        job = self.job
+        image, sent_before = photo_on_server(self.client, self.photos, job.image_name, job.crop)
+        graph = self._graph(image)
         prompt_id = str(uuid.uuid4())
         # Stored before queueing, so a restart can always find the prompt again.
         self.job = self.records.update(
             self.job, prompt_id=prompt_id, attempts=self.job.attempts + 1
         )
-        self.watch = self.client.watch(prompt_id)
+        self.watch = self.client.watch(prompt_id, new_prompt=True)
         turn, self._turn = self._turn or nullcontext, None
         with turn():
             # ComfyUI broadcasts a status message to every registered socket when it queues.
             self.submission.messages_at_queue = self.client.messages_received
-            node_errors = self.client.queue_prompt(graph, prompt_id=prompt_id)
+            try:
+                node_errors = self.client.queue_prompt(graph, prompt_id=prompt_id)
+            except PromptRejected as exc:
+                if not (sent_before and exc.refuses_input(self.workflow.roles.image, "image")):
+                    raise
+                # The server lost the photo sent for an earlier job (an emptied input folder):
+                # it is sent again, and the refused prompt (never queued) queued once more.
+                image, _ = photo_on_server(
+                    self.client, self.photos, job.image_name, job.crop, resend=True
+                )
+                graph = self._graph(image)
+                node_errors = self.client.queue_prompt(graph, prompt_id=prompt_id)
         self.submission.queued_at = time.monotonic()
         if node_errors:
             # Accepted with only some outputs valid: not the avatar that was asked for.
@@ -241,6 +235,17 @@ class PromptRun:
             )
         if self.withdrawal.asked:
             withdraw(self.client, prompt_id)
+
+    def _graph(self, image: str) -> dict[str, Any]:
+        """The job's copy of the workflow, patched with its photo, text, seed and size."""
+        return patch_workflow(
+            self.workflow,
+            image=image,
+            gender=self.job.gender,
+            seed=self.job.seed,
+            width=self.job.width,
+            height=self.job.height,
+        )
 
     def _follow(self, *, check_first: bool) -> None:
         """Feed events to the state until the prompt has ended."""
@@ -420,7 +425,12 @@ class PromptRun:
             )
 
     def _history(self) -> HistoryEntry | None:
-        """The history entry (written before ``executing`` null; a lagging server gets a moment)."""
+        """The history entry: as the prompt's messages told it when every one was heard (no
+        call), else from ``/history`` (written before ``executing`` null; a lagging server gets
+        a moment)."""
+        heard = self.watch.heard_entry() if self.watch is not None else None
+        if heard is not None:
+            return heard
         for delay in HISTORY_RETRY_DELAYS:
             time.sleep(delay)
             entry = self.patiently(partial(self.client.history, self._prompt_id), finished=True)

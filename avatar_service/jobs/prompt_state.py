@@ -123,6 +123,17 @@ FIRST_POSITION_CHECK_SECONDS = 0.3
 POSITION_REFRESH_SECONDS = 1.0
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """The timing settings a run needs."""
+
+    job_timeout: float
+    poll_interval: float
+    # Seconds a prompt may go without a message for it or a change of ComfyUI's queue before
+    # it counts as stalled (0: never).
+    stall_timeout: float = 0.0
+
+
 @dataclass
 class Submission:
     """When the prompt was queued (monotonic), and the socket's message count then."""
