@@ -56,6 +56,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m bench.latency --runs 200 --update-docs
+	$(BIN)/python -m bench.latency --runs 200 --fresh-photos --update-docs
 	$(BIN)/python -m bench.throughput --update-docs
 	$(BIN)/python -m bench.failover --update-docs
 	$(BIN)/python -m bench.scale --update-docs
