@@ -201,7 +201,7 @@ def test_a_watch_that_heard_every_message_tells_the_history_entry(
         assert message is not None
         if message.prompt_id == prompt_id:
             watch.deliver(message)
-    heard = watch.heard_entry()
+    heard = watch.heard_entry(["7"])
     assert heard is not None and heard.succeeded and heard.failure is None
     assert heard.images(["7"])[0].filename.startswith("ComfyUI_temp_ytxjq_")
     if label is not None:
@@ -225,7 +225,7 @@ def test_a_watch_tells_no_entry_unless_it_heard_all_and_success(recording: Recor
             message = read_message(json.dumps(text))
             if message is not None and message.prompt_id == prompt_id:
                 watch.deliver(message)
-        return watch.heard_entry()
+        return watch.heard_entry(["7"])
 
     assert heard(PromptWatch(prompt_id)) is None  # joined an already queued prompt
     dropped = PromptWatch(prompt_id, hears_all=True)
@@ -234,12 +234,15 @@ def test_a_watch_tells_no_entry_unless_it_heard_all_and_success(recording: Recor
     back = PromptWatch(prompt_id, hears_all=True)
     back.put(Reconnected())
     assert heard(back) is None
+    whole = PromptWatch(prompt_id, hears_all=True)
+    assert heard(whole) is not None
+    assert whole.heard_entry(["7", "9"]) is None  # no executed message from node 9
     failed = PromptWatch(prompt_id, hears_all=True)
     for text in recording("05_execution_error.json")["ws"]:
         message = read_message(json.dumps(text["text"])) if "text" in text else None
         if message is not None and message.prompt_id is not None:
             failed.deliver(message)
-    assert failed.heard_entry() is None
+    assert failed.heard_entry(["7"]) is None
 
 
 def test_history_of_a_prompt_not_ended_is_none() -> None:

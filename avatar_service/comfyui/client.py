@@ -88,10 +88,13 @@ class PromptWatch:
             self.hears_all = False
         self.events.put(event)
 
-    def heard_entry(self) -> HistoryEntry | None:
-        """The prompt's success entry as its messages told it, when every one was heard and
-        ``execution_success`` among them (``/history`` would answer the same); else None."""
+    def heard_entry(self, output_nodes: Sequence[str]) -> HistoryEntry | None:
+        """The prompt's success entry as its messages told it, when every one was heard,
+        ``execution_success`` among them, and an ``executed`` message from each of
+        ``output_nodes`` (``/history`` would answer the same); else None."""
         if not (self.hears_all and self.succeeded):
+            return None
+        if not all(node in self.outputs for node in output_nodes):
             return None
         return HistoryEntry.heard(self.outputs)
 

@@ -428,7 +428,8 @@ class PromptRun:
         """The history entry: as the prompt's messages told it when every one was heard (no
         call), else from ``/history`` (written before ``executing`` null; a lagging server gets
         a moment)."""
-        heard = self.watch.heard_entry() if self.watch is not None else None
+        outputs = self.workflow.roles.outputs
+        heard = self.watch.heard_entry(outputs) if self.watch is not None else None
         if heard is not None:
             return heard
         for delay in HISTORY_RETRY_DELAYS:
