@@ -61,7 +61,8 @@ class PromptWatch:
     """
 
     prompt_id: str
-    events: queue.Queue[Any] = field(default_factory=queue.Queue)
+    # SimpleQueue: put and get in C (about 80 events per job go through it).
+    events: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     preview: Preview | None = None
     hears_all: bool = False
     outputs: dict[str, Any] = field(default_factory=dict)

@@ -143,7 +143,8 @@ def unfollowed(raw: bytes) -> bool:
 def read_message(raw: bytes | str) -> Message | None:
     """A text websocket message, or None when it is not ``{"type": ..., "data": {...}}``."""
     try:
-        message = json.loads(raw)
+        # Bytes decoded here, strictly: json.loads would first guess their encoding in Python.
+        message = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         kind = message["type"]
         data = message.get("data") or {}
     except (ValueError, KeyError, TypeError, AttributeError):

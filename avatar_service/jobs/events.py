@@ -52,7 +52,9 @@ class _Channel:
     # Events up to ``packed_upto`` (of an ended job), compressed JSON.
     packed: bytes | None = None
     packed_upto: int = 0
+    # Readers in ``read`` or ``wait_ended``; of them, those in ``read`` (woken by every event).
     readers: int = 0
+    streams: int = 0
 
     def after(self, after: int) -> list[JobEvent]:
         """The events with an id above ``after`` (every one when ``after`` is negative)."""
@@ -140,7 +142,7 @@ class JobEvents:
                 self._ended.append(job_id)
                 self._prune()
                 channel.finished.notify_all()
-            if channel.readers:
+            if channel.streams:
                 channel.changed.notify_all()
         if remote:
             return
@@ -158,7 +160,7 @@ class JobEvents:
     def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
         """Events with id > ``after`` (waiting up to ``timeout``), and whether the log has ended."""
         deadline = time.monotonic() + timeout
-        with self._lock, self._reading(job_id) as channel:
+        with self._lock, self._reading(job_id, stream=True) as channel:
             while True:
                 fresh = channel.after(after)
                 if fresh or channel.ended_at is not None:
@@ -213,15 +215,18 @@ class JobEvents:
         return channel
 
     @contextlib.contextmanager
-    def _reading(self, job_id: str) -> Iterator[_Channel]:
-        """The job's channel for one reader; the caller holds the lock. A channel that is still
-        empty when its last reader leaves is dropped (nothing was published for that job)."""
+    def _reading(self, job_id: str, *, stream: bool = False) -> Iterator[_Channel]:
+        """The job's channel for one reader (``stream``: one woken by every event); the caller
+        holds the lock. A channel that is still empty when its last reader leaves is dropped
+        (nothing was published for that job)."""
         channel = self._channel(job_id)
         channel.readers += 1
+        channel.streams += stream
         try:
             yield channel
         finally:
             channel.readers -= 1
+            channel.streams -= stream
             unused = not channel.readers and not channel.count and channel.ended_at is None
             if unused and self._channels.get(job_id) is channel:
                 del self._channels[job_id]

@@ -266,7 +266,7 @@ class PromptRun:
         """
         assert self.watch is not None
         # The client's queue also carries this run's own events (``_post``).
-        events: queue.Queue[RunEvent] = self.watch.events
+        events: queue.SimpleQueue[RunEvent] = self.watch.events
         if self.checks.pending:
             self.checks.pending = False
             return Check()
