@@ -140,11 +140,18 @@ def unfollowed(raw: bytes) -> bool:
     return raw.startswith(_UNFOLLOWED_PREFIX)
 
 
+_DECODER = json.JSONDecoder()
+
+
 def read_message(raw: bytes | str) -> Message | None:
     """A text websocket message, or None when it is not ``{"type": ..., "data": {...}}``."""
     try:
-        # Bytes decoded here, strictly: json.loads would first guess their encoding in Python.
-        message = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        # Decoded strictly here, and parsed in C: ``json.loads`` would first guess the bytes'
+        # encoding and match whitespace around the document in Python (ComfyUI sends none).
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        message, end = _DECODER.raw_decode(text)
+        if end != len(text):
+            message = json.loads(text)  # whitespace after it (or more: then ValueError)
         kind = message["type"]
         data = message.get("data") or {}
     except (ValueError, KeyError, TypeError, AttributeError):

@@ -64,14 +64,19 @@ class _Channel:
             return older + self.events
         return [event for event in self.events if event.id > after]
 
-    def pack(self) -> None:
-        """Compress every event but the last (the job has ended)."""
+    def pack(self, lock: threading.Lock) -> None:
+        """Compress every event but the last (the job has ended: none is added any more).
+
+        Called without ``lock``, which is taken only to swap the events for the block: the
+        job's waiters, woken by its end, need not wait for the compression."""
         older = self.events[:-1]
-        if older:
-            rows = [[event.id, event.event, event.data] for event in older]
-            self.packed = zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 1)
-            self.packed_upto = older[-1].id
-            self.events = self.events[-1:]
+        if not older:
+            return
+        rows = [[event.id, event.event, event.data] for event in older]
+        packed = zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 1)
+        with lock:
+            self.packed, self.packed_upto = packed, older[-1].id
+            self.events = self.events[len(older) :]
 
 
 class JobEvents:
@@ -130,6 +135,7 @@ class JobEvents:
         ``remote``: the event comes from another process (listeners and forwarders, which
         observe this process's own events, are not called).
         """
+        ended = None
         with self._lock:
             channel = self._channel(job_id)
             if remote and channel.ended_at is not None:
@@ -138,12 +144,14 @@ class JobEvents:
             channel.events.append(JobEvent(channel.count, event, data))
             if final and channel.ended_at is None:
                 channel.ended_at = time.monotonic()
-                channel.pack()
+                ended = channel
                 self._ended.append(job_id)
                 self._prune()
                 channel.finished.notify_all()
             if channel.streams:
                 channel.changed.notify_all()
+        if ended is not None:
+            ended.pack(self._lock)
         if remote:
             return
         for forwarder in self._forwarders:
