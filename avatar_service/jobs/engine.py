@@ -140,13 +140,12 @@ class JobEngine:
 
     def _admit(self) -> None:
         """Refuse a new job when the service holds too many (503 service_busy)."""
-        unfinished = self.records.count_unfinished()
+        unfinished, waiting = self.records.count_unfinished()
         if unfinished >= self.max_active_jobs:
             raise self._busy(
                 f"{unfinished} jobs are in flight (MAX_ACTIVE_JOBS); try again shortly",
                 {"maxActiveJobs": self.max_active_jobs},
             )
-        waiting = self.records.count_waiting()
         if waiting >= self.max_queued_jobs:
             raise self._busy(
                 f"{waiting} jobs are waiting (MAX_QUEUED_JOBS); try again shortly",

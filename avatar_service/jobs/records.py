@@ -146,22 +146,20 @@ class JobRecords:
             ).fetchall()
         return [Waiting(row[0], row[1], row[2], bool(row[3])) for row in rows]
 
-    def count_unfinished(self) -> int:
-        """How many jobs have not ended (waiting, or held by a server)."""
+    def count_unfinished(self) -> tuple[int, int]:
+        """How many jobs have not ended (waiting, or held by a server), and how many of them
+        wait in the service's queue: one query."""
         with self._transaction() as db:
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+            unfinished, waiting = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'queued' AND server IS NULL "
+                "AND owner IS NULL THEN 1 ELSE 0 END), 0) FROM jobs "
+                "WHERE status IN ('queued', 'running')"
             ).fetchone()
-        return int(count)
+        return int(unfinished), int(waiting)
 
     def count_waiting(self) -> int:
         """How many jobs wait in the service's queue."""
-        with self._transaction() as db:
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND server IS NULL "
-                "AND owner IS NULL"
-            ).fetchone()
-        return int(count)
+        return self.count_unfinished()[1]
 
     def claim_next(
         self,

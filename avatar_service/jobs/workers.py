@@ -56,8 +56,9 @@ class ServerWorker:
         self._tickets: dict[str, int] = {}
         self.paused_until = 0.0
         self._thread: threading.Thread | None = None
-        # The dispatcher's ``work`` count and the time (monotonic) when a claim found nothing.
-        self._found_nothing: tuple[int, float] | None = None
+        # When a claim last found nothing: the dispatcher's ``work`` count then, the jobs this
+        # worker claimed since, and the time (monotonic).
+        self._found_nothing: tuple[int, int, float] | None = None
 
     @property
     def client(self) -> ComfyUIClient:
@@ -117,7 +118,7 @@ class ServerWorker:
             except Exception:  # the database is locked or broken: try again shortly
                 logger.exception("worker %s could not claim a job", self.state.url)
                 job = None
-            self._found_nothing = None if job is not None else (work, time.monotonic())
+            self._found_nothing = self._after_claim(job is not None, work)
             if job is None:
                 with dispatcher.changed:
                     if dispatcher.version == seen and not dispatcher.stopping.is_set():
@@ -132,13 +133,24 @@ class ServerWorker:
 
     def _nothing_new(self, work: int) -> float:
         """How long the queue need not be asked again (0: ask now): the rest of IDLE_WAIT
-        after a claim that found nothing, if nothing that may have made a job claimable
-        happened since (a slot freed by a job that ended adds none). Past IDLE_WAIT the queue
-        is asked anyway: other processes add jobs, and leases expire."""
+        after a claim that found nothing, if what may have made jobs claimable since (a slot
+        freed by a job that ended adds none) made no more than this worker has claimed since.
+        Past IDLE_WAIT the queue is asked anyway: other processes add jobs, and leases expire."""
         found = self._found_nothing
-        if found is None or found[0] != work:
+        if found is None or work - found[0] > found[1]:
             return 0.0
-        return max(0.0, found[1] + IDLE_WAIT - time.monotonic())
+        return max(0.0, found[2] + IDLE_WAIT - time.monotonic())
+
+    def _after_claim(self, claimed: bool, work: int) -> tuple[int, int, float] | None:
+        """What ``_nothing_new`` goes by after a claim: a claim that found nothing starts it
+        anew; one that found a job counts it (each new job is one notification: once this
+        worker has claimed as many as were announced, asking again would find nothing)."""
+        found = self._found_nothing
+        if not claimed:
+            return (work, 0, time.monotonic())
+        if found is None:
+            return None
+        return (found[0], found[1] + 1, found[2])
 
     def take(self, job: Job) -> None:
         """Run a claimed (or resumed) job in a slot thread."""
