@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, SecurityError
 
 from ..errors import BadRequest, PayloadTooLarge, ServiceError, ServiceUnavailable, TooManyRequests
@@ -30,6 +30,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def _service_error(error: ServiceError):
+        job_id = error.details.get("jobId")
+        if isinstance(job_id, str):
+            g.job_id = job_id  # for the request's log line
         return error_response(error)
 
     @app.errorhandler(DatabaseUnavailable)

@@ -124,6 +124,7 @@ def generate_avatar():
         idempotency_key=_idempotency_key(),
         asked_async=asked_async,
     )
+    g.job_id = submitted.job.id
     response = make_response(job_response(submitted.job, svc))
     if not submitted.new:
         response.headers["Idempotent-Replayed"] = "true"
@@ -308,7 +309,8 @@ def finish_request(response: Response) -> Response:
             api.metrics.rate_limited.labels(route).inc()
         if request.endpoint == "api.upload_image":
             api.metrics.uploads.labels(_outcome(response)).inc()
-    job_id = (request.view_args or {}).get("job_id") or _job_id_of(response)
+    # The job of the request: its route's, or the one its view or error named (g.job_id).
+    job_id = (request.view_args or {}).get("job_id") or g.get("job_id")
     caller: Caller | None = g.get("caller")
     request_logger.info(
         "%s %s %d %.1fms request_id=%s job_id=%s key=%s",
@@ -393,16 +395,6 @@ def _outcome(response: Response) -> str:
     body = response.get_json(silent=True) if response.is_json else None
     error = body.get("error") if isinstance(body, dict) else None
     return str(error.get("code")) if isinstance(error, dict) else str(response.status_code)
-
-
-def _job_id_of(response: Response) -> str | None:
-    if response.is_streamed or not response.is_json or response.direct_passthrough:
-        return None
-    body = response.get_json(silent=True)
-    if isinstance(body, dict):
-        job_id = body.get("jobId") or ((body.get("error") or {}).get("details") or {}).get("jobId")
-        return job_id if isinstance(job_id, str) else None
-    return None
 
 
 def _base_url(svc: Services) -> str:
