@@ -103,6 +103,26 @@ def test_new_database_starts_at_the_newest_version(tmp_path: Path):
     assert {"jobs", "abandoned_prompts"} <= tables
 
 
+def test_jobs_are_queried_by_status_through_one_index(tmp_path: Path):
+    """The index on status alone is gone (version 9): jobs_waiting, which begins with status,
+    serves the queries by status, and a change of status writes one index less."""
+    path = tmp_path / "new.sqlite3"
+    JobRecords(path).close()
+    connection = sqlite3.connect(path)
+    indexes = {
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' "
+            "AND sql IS NOT NULL"
+        )
+    }
+    assert indexes == {"jobs_waiting", "jobs_owner"}
+    plan = connection.execute(
+        "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+    ).fetchall()
+    assert "jobs_waiting" in plan[0][3]
+
+
 def test_claim_takes_the_oldest_waiting_job_once(records: JobRecords):
     """Claims come in queue order, each job once, and name the worker that holds it."""
     for index, job_id in enumerate(["a" * 32, "b" * 32, "c" * 32]):

@@ -218,6 +218,12 @@ CREATE TABLE IF NOT EXISTS photo_owners (
 );
 """
 
+# Version 9: the index on jobs(status) alone goes; jobs_waiting (status, server, queue_order)
+# serves every query by status, and each change of a job's status wrote both.
+V9_SCHEMA = """
+DROP INDEX IF EXISTS jobs_status;
+"""
+
 MIGRATIONS: tuple[Step, ...] = (
     V1_SCHEMA,
     V2_SCHEMA,
@@ -227,6 +233,7 @@ MIGRATIONS: tuple[Step, ...] = (
     V6_SCHEMA,
     V7_SCHEMA,
     V8_SCHEMA,
+    V9_SCHEMA,
 )
 
 
