@@ -28,7 +28,7 @@ def test_metrics_show_a_finished_job(service, standin, photo):
     assert job["status"] == "succeeded"
     answer = service.http.get("/metrics")
     assert answer.status_code == 200
-    assert answer.headers["content-type"].startswith("text/plain")
+    assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     found = samples(answer.text)
     assert (
         found[

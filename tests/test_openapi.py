@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -99,6 +100,9 @@ def test_docs_page_and_assets_are_served_locally(service):
         assert len(answer.content) > 100
     missing = service.http.get("/docs/..%2Fapi.py")
     assert missing.status_code == 404
+    slash = service.http.get("/docs/")  # its relative links would miss from there
+    assert slash.status_code == 308
+    assert httpx.URL(service.url + "/docs/").join(slash.headers["location"]).path == "/docs"
 
 
 def seeded_config(service, headers: dict, photo: bytes, tmp_path: Path) -> Path:

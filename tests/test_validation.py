@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import threading
+from urllib.parse import urljoin
 
 import pytest
 from PIL import Image
@@ -180,6 +181,31 @@ def test_generate_body_must_be_a_json_object(app_client, body):
     )
     assert answer.status_code == 400
     assert answer.get_json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b'{"imageName": "x",', "application/json", "the body is not valid JSON: Expecting"),
+        (b"[1, 2]", "application/json", "the body must be a JSON object, not an array"),
+        (b'"x"', "application/json", "the body must be a JSON object, not a string"),
+        (b'{"imageName": "x"}', "text/plain", "sent with Content-Type: application/json"),
+        (b"\xff", "application/json", "the body is not valid JSON"),
+    ],
+    ids=["truncated", "array", "string", "wrong-content-type", "not-utf8"],
+)
+def test_an_unreadable_body_is_told_apart(app_client, body, content_type, message):
+    """The invalid_json message says what is wrong: where the JSON breaks, what came instead
+    of an object, or the Content-Type."""
+    answer = app_client.post(
+        "/generate-avatar-by-image", data=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == 400
+    error = answer.get_json()["error"]
+    assert error["code"] == "invalid_json"
+    assert message in error["message"]
+    if content_type == "application/json" and body.startswith(b"{"):
+        assert error["details"] == {"line": 1, "column": 19}
 
 
 @pytest.mark.parametrize("field", ["width", "height", "seed"])
@@ -384,8 +410,14 @@ def test_huge_values_are_not_echoed_back_whole(app_client):
 
 
 def test_docs_answer_with_a_trailing_slash(app_client):
-    """/docs/ is the docs page too, not a 404."""
-    answer = app_client.get("/docs/")
+    """/docs/ leads to the docs page, not a 404, and not a copy of the page whose relative
+    links would miss (docs/swagger-ui.css from /docs/ is /docs/docs/swagger-ui.css)."""
+    redirect = app_client.get("/docs/")
+    assert redirect.status_code == 308
+    # Relative (a prefix in front of the service stays), as a browser resolves it.
+    target = urljoin("http://localhost/docs/", redirect.headers["Location"])
+    assert target == "http://localhost/docs"
+    answer = app_client.get(target)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/html")
 

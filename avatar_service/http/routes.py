@@ -21,6 +21,7 @@ from flask import (
     current_app,
     g,
     make_response,
+    redirect,
     request,
     send_from_directory,
     stream_with_context,
@@ -225,6 +226,10 @@ def openapi_document():
 @bp.get("/docs", strict_slashes=False)
 def docs():
     """Interactive documentation (Swagger UI, served from this service)."""
+    if request.path.endswith("/"):
+        # The page's links are relative (the service may sit under a path prefix): from
+        # /docs/ they would point into /docs/docs/. Back to /docs, relatively for that reason.
+        return redirect("../docs", code=308)
     return Response(DOCS_PAGE, mimetype="text/html")
 
 
@@ -246,7 +251,8 @@ def metrics():
     svc = services()
     if svc.settings.metrics_key and not _bearer_matches(svc.settings.metrics_key):
         raise Unauthorized("send METRICS_KEY as Authorization: Bearer <key>")
-    return Response(svc.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
+    # The whole Content-Type as Prometheus names it (``mimetype`` would add a second charset).
+    return Response(svc.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
 
 # -- hooks: keys and ownership, request ids, the request log, metrics ---------------------------
@@ -410,7 +416,8 @@ def _base_url(svc: Services) -> str:
 
 
 def _json_body() -> Any:
-    """The request's JSON, or None when it is missing or not JSON as RFC 8259 defines it.
+    """The request's JSON (None when it is not sent as JSON); 400 ``invalid_json`` saying where
+    a body sent as JSON stops being JSON as RFC 8259 defines it.
 
     Python's parser also takes ``NaN`` and ``Infinity``, which no JSON sender may write; they
     are refused here like any other unreadable body (even an absurdly nested one).
@@ -419,8 +426,15 @@ def _json_body() -> Any:
         return None
     try:
         return json.loads(request.get_data(), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        return None
+    except json.JSONDecodeError as exc:
+        where = {"line": exc.lineno, "column": exc.colno}
+        message = f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        raise BadRequest(message, code="invalid_json", details=where) from None
+    except ValueError as exc:  # NaN, Infinity, or bytes that are not UTF-8
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        message = "the body is not valid JSON: nested too deeply"
+        raise BadRequest(message, code="invalid_json") from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -245,10 +245,14 @@ class GenerateSchema:
         ``may_use_photo``: whether the caller may see the photo, whose size bounds a crop (a
         photo it may not see is checked as an unknown one: nothing of it is told).
         """
+        if body is None:
+            raise BadRequest(
+                "the body must be a JSON object sent with Content-Type: application/json",
+                code="invalid_json",
+            )
         if not isinstance(body, dict):
             raise BadRequest(
-                "the body must be a JSON object (send Content-Type: application/json)",
-                code="invalid_json",
+                f"the body must be a JSON object, not {_json_kind(body)}", code="invalid_json"
             )
         style = body.get("style", self.default_style)
         workflow = self.workflows.get(style) if isinstance(style, str) else None
@@ -338,3 +342,14 @@ def invalid_fields(problems: Mapping[str, str]) -> BadRequest:
 def _query_value(text: str) -> Any:
     """A query parameter as its JSON value: plain ASCII digits are an integer, else the text."""
     return int(text) if _DIGITS.fullmatch(text) else text
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (an array, a string...)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "null"
