@@ -206,10 +206,12 @@ class JobEngine:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            self.events.wait_ended(
+            ended, outcome = self.events.wait_ended(
                 job_id, remaining if recheck is None else min(remaining, recheck)
             )
-            job = self.get(job_id)
+            # The record the job's end was written with, handed over by this process's ledger
+            # (read again when the end came from elsewhere).
+            job = outcome if ended and isinstance(outcome, Job) else self.get(job_id)
             if job.ended or self.events.closing or recheck is None:
                 return job
             if deadline - time.monotonic() <= 0:

@@ -3,8 +3,11 @@
 What is kept per job is bounded: the events of a job that has ended are packed into one
 compressed block (all but the final event, which late readers ask for most), and kept for
 ``RETENTION_SECONDS`` after the end, for at most ``RETENTION_JOBS`` ended jobs, so that a
-client resuming with ``Last-Event-ID`` still gets what it missed. A channel a reader opened for
-a job that never published here is dropped when its last reader leaves.
+client resuming with ``Last-Event-ID`` still gets what it missed. The packing is left to
+``pack_ended`` (the dispatcher's monitor calls it four times a second), not done by the thread
+that ended the job: that thread would hold the GIL the job's waiters need to answer; more than
+``PACK_BACKLOG`` ended jobs waiting to be packed are packed at once. A channel a reader opened
+for a job that never published here is dropped when its last reader leaves.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ logger = logging.getLogger(__name__)
 # Events of ended jobs are kept this long for late SSE clients resuming with Last-Event-ID.
 RETENTION_SECONDS = 600.0
 RETENTION_JOBS = 2000
+# Ended jobs whose events wait for ``pack_ended`` at most; past it they are packed at once.
+PACK_BACKLOG = 64
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class _Channel:
     # Events up to ``packed_upto`` (of an ended job), compressed JSON.
     packed: bytes | None = None
     packed_upto: int = 0
+    # What the final event's publisher handed its waiters (the job's record), until packed.
+    outcome: Any = None
     # Readers in ``read`` or ``wait_ended``; of them, those in ``read`` (woken by every event).
     readers: int = 0
     streams: int = 0
@@ -67,8 +74,7 @@ class _Channel:
     def pack(self, lock: threading.Lock) -> None:
         """Compress every event but the last (the job has ended: none is added any more).
 
-        Called without ``lock``, which is taken only to swap the events for the block: the
-        job's waiters, woken by its end, need not wait for the compression."""
+        Called without ``lock``, which is taken only to swap the events for the block."""
         older = self.events[:-1]
         if not older:
             return
@@ -77,6 +83,7 @@ class _Channel:
         with lock:
             self.packed, self.packed_upto = packed, older[-1].id
             self.events = self.events[len(older) :]
+            self.outcome = None
 
 
 class JobEvents:
@@ -95,6 +102,7 @@ class JobEvents:
         self._lock = threading.Lock()
         self._channels: dict[str, _Channel] = {}
         self._ended: deque[str] = deque()
+        self._unpacked: deque[_Channel] = deque()  # ended, their events not packed yet
         self._closing = False
         self._listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
         self._forwarders: list[Callable[[str, str, dict[str, Any], bool], None]] = []
@@ -129,13 +137,14 @@ class JobEvents:
         *,
         final: bool = False,
         remote: bool = False,
+        outcome: Any = None,
     ) -> None:
         """Append an event for a job and wake every reader; ``final`` marks the job's last event.
 
         ``remote``: the event comes from another process (listeners and forwarders, which
-        observe this process's own events, are not called).
+        observe this process's own events, are not called). ``outcome``: what a final event's
+        waiters get from ``wait_ended`` (the job's record: none needs to read it again).
         """
-        ended = None
         with self._lock:
             channel = self._channel(job_id)
             if remote and channel.ended_at is not None:
@@ -144,14 +153,16 @@ class JobEvents:
             channel.events.append(JobEvent(channel.count, event, data))
             if final and channel.ended_at is None:
                 channel.ended_at = time.monotonic()
-                ended = channel
+                channel.outcome = outcome
+                self._unpacked.append(channel)
                 self._ended.append(job_id)
                 self._prune()
                 channel.finished.notify_all()
             if channel.streams:
                 channel.changed.notify_all()
-        if ended is not None:
-            ended.pack(self._lock)
+            backlog = len(self._unpacked) > PACK_BACKLOG
+        if backlog:
+            self.pack_ended()
         if remote:
             return
         for forwarder in self._forwarders:
@@ -164,6 +175,13 @@ class JobEvents:
                 listener(job_id, event, data)
             except Exception:  # an observer must never change a job's course
                 logger.exception("event listener failed on %s of job %s", event, job_id)
+
+    def pack_ended(self) -> None:
+        """Compress the events of the jobs that ended since the last call."""
+        with self._lock:
+            channels, self._unpacked = self._unpacked, deque()
+        for channel in channels:
+            channel.pack(self._lock)
 
     def read(self, job_id: str, after: int, timeout: float) -> tuple[list[JobEvent], bool]:
         """Events with id > ``after`` (waiting up to ``timeout``), and whether the log has ended."""
@@ -199,18 +217,19 @@ class JobEvents:
             channel = self._channels.get(job_id)
             return channel is not None and channel.count > 0
 
-    def wait_ended(self, job_id: str, timeout: float) -> bool:
-        """Block until the job's final event or the timeout; True when it ended."""
+    def wait_ended(self, job_id: str, timeout: float) -> tuple[bool, Any]:
+        """Block until the job's final event or the timeout: whether it ended, and the outcome
+        its publisher handed over (None when there is none, or it was packed since)."""
         deadline = time.monotonic() + timeout
         with self._lock, self._reading(job_id) as channel:
             while True:
                 if channel.ended_at is not None:
-                    return True
+                    return True, channel.outcome
                 if self._closing:
-                    return False
+                    return False, None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    return False, None
                 channel.finished.wait(remaining)
 
     def _channel(self, job_id: str) -> _Channel:

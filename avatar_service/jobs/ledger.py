@@ -176,7 +176,7 @@ class JobLedger:
                 self.records.forget_preview(job.id)
             except Exception:  # the row is small; the next retention sweep may not even need it
                 logger.exception("job %s: could not drop its preview", job.id)
-        self.events.publish(job.id, status, body, final=True)
+        self.events.publish(job.id, status, body, final=True, outcome=job)
         return job
 
 
