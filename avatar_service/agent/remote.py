@@ -254,6 +254,9 @@ class RemoteLedger(JobLedger):
         self._preview_sent: dict[str, float] = {}
         self._progress: dict[str, JobProgress] = {}
 
+    def pack_ended(self) -> None:
+        """Nothing to pack: the service keeps the events of an agent's jobs."""
+
     def known(self) -> set[str]:
         """The jobs something is kept for here."""
         return {*self.remote.kept(), *self._progress, *self._preview_sent, *self.uploads.jobs()}

@@ -240,7 +240,7 @@ class Dispatcher:
     def _watch(self) -> None:
         while not self.stopping.wait(MONITOR_INTERVAL):
             try:
-                self.ledger.events.pack_ended()  # off the threads that end jobs
+                self.ledger.pack_ended()  # off the threads that end jobs
                 if not self.coordination.round():
                     continue  # nothing else can be done without the database
                 if self.agents is not None:

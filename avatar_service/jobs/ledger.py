@@ -43,6 +43,11 @@ class JobLedger:
         # The latest progress of each running job, which the record may not have yet.
         self._live_progress: dict[str, JobProgress] = {}
 
+    def pack_ended(self) -> None:
+        """Compress the events of the jobs that ended lately (see ``events``): for a thread
+        that ends no job (the dispatcher's monitor)."""
+        self.events.pack_ended()
+
     def created(self, job: Job) -> None:
         """A new job is in the service's queue."""
         self.events.publish(job.id, JobStatus.QUEUED, job.to_dict())
