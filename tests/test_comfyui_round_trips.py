@@ -51,8 +51,14 @@ def test_a_restarted_server_is_sent_the_photo_again(service, standin: StandIn, p
     again, the next job sends the photo first."""
     name = service.upload(photo)
     generate(service, name, 1)
+    client = service.services.clients[0]
+    dropped_before = client.disconnected_since
     standin.restart()
-    wait_for(lambda: service.http.get("/readyz").status_code == 200, message="the server is back")
+    # The service saw its socket drop, and connected again.
+    wait_for(
+        lambda: client.connected and client.disconnected_since > dropped_before,
+        message="the websocket connected again",
+    )
     generate(service, name, 2)
     assert standin.request_count("POST /upload/image") == 2
     assert standin.request_count("POST /prompt") == 2

@@ -140,7 +140,7 @@ class JobEngine:
 
     def _admit(self) -> None:
         """Refuse a new job when the service holds too many (503 service_busy)."""
-        unfinished, waiting = self.records.count_unfinished()
+        unfinished, waiting = self.records.unfinished_counts()
         if unfinished >= self.max_active_jobs:
             raise self._busy(
                 f"{unfinished} jobs are in flight (MAX_ACTIVE_JOBS); try again shortly",

@@ -146,7 +146,7 @@ class JobRecords:
             ).fetchall()
         return [Waiting(row[0], row[1], row[2], bool(row[3])) for row in rows]
 
-    def count_unfinished(self) -> tuple[int, int]:
+    def unfinished_counts(self) -> tuple[int, int]:
         """How many jobs have not ended (waiting, or held by a server), and how many of them
         wait in the service's queue: one query."""
         with self._transaction() as db:
@@ -159,7 +159,7 @@ class JobRecords:
 
     def count_waiting(self) -> int:
         """How many jobs wait in the service's queue."""
-        return self.count_unfinished()[1]
+        return self.unfinished_counts()[1]
 
     def claim_next(
         self,
