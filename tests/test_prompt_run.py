@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from avatar_service.comfyui import Progress
 from avatar_service.comfyui.workflows import Workflow, load_workflows
 from avatar_service.errors import ServiceError
 from avatar_service.jobs import outcomes
@@ -227,6 +228,73 @@ def test_a_live_preview_is_kept_and_announced(world: World):
     assert run.preview.content_type == "image/jpeg"
     assert run.preview.data == b"\xff\xd8fake-jpeg"
     assert "preview" in world.event_names(job)
+
+
+# -- steps of a running prompt, published from the thread that hears them ------------------
+
+
+def progress_values(world: World, job: Job) -> list[Any]:
+    """The ``value`` of each progress event published for the job, in order."""
+    return [e.data["value"] for e in world.events.read(job.id, 0, 0)[0] if e.event == "progress"]
+
+
+def test_once_running_its_steps_are_published_by_the_thread_that_hears_them(world: World):
+    """Once the record says running, each step is published before the delivering thread
+    (the client's reader) goes on: the run's own thread is not woken for it. Order is kept."""
+    job = world.job()
+    run = world.run(job, poll_interval=5.0)
+    running = Running(run)
+    prompt_id = queued_prompt(world.fake)
+    world.fake.begin(prompt_id)
+    wait_for(lambda: run.relay.active, message="the steps relayed")
+    assert world.record(job)["status"] == "running"
+    for step in range(1, 6):
+        world.fake.progress(prompt_id, step, 5)
+        assert progress_values(world, job)[-1] == step  # published already, in this thread
+    assert run.watch.events.empty()
+    world.fake.finish(prompt_id)
+    assert running.outcome().succeeded
+    assert not run.relay.active
+    names = world.event_names(job)
+    assert names[0] == "running" and set(names[1:]) == {"progress"}
+    assert [v for v in progress_values(world, job) if v is not None] == [1, 2, 3, 4, 5]
+
+
+def test_relayed_steps_reach_the_record_through_the_run_s_thread(world: World, monkeypatch):
+    """The record is written by the run's thread only, when the relay says a write is due."""
+    monkeypatch.setattr("avatar_service.jobs.ledger.PROGRESS_WRITE_INTERVAL", 0.0)
+    job = world.job()
+    run = world.run(job, poll_interval=5.0)
+    running = Running(run)
+    prompt_id = queued_prompt(world.fake)
+    world.fake.begin(prompt_id)
+    wait_for(lambda: run.relay.active, message="the steps relayed")
+    world.fake.progress(prompt_id, 3, 5)
+    wait_for(
+        lambda: (world.record(job)["progress"] or {}).get("value") == 3,
+        message="the step in the record",
+    )
+    assert run.job.progress is not None and run.job.progress.value == 3
+    world.fake.finish(prompt_id)
+    assert running.outcome().succeeded
+
+
+def test_a_run_that_ended_publishes_no_step_heard_after(world: World):
+    """A run stopped while its prompt still runs: later steps are neither published nor
+    written (the job's end may already be)."""
+    job = world.job()
+    run = world.run(job, poll_interval=5.0)
+    running = Running(run)
+    prompt_id = queued_prompt(world.fake)
+    world.fake.begin(prompt_id)
+    wait_for(lambda: run.relay.active, message="the steps relayed")
+    world.fake.progress(prompt_id, 1, 5)
+    run.stop(ShutdownAsked())
+    with pytest.raises(outcomes.Shutdown):
+        running.outcome()
+    world.fake.progress(prompt_id, 2, 5)
+    assert progress_values(world, job)[-1] == 1
+    assert run.watch.events.get_nowait() == Progress("4", 2, 5)  # queued, for nobody
 
 
 # -- endings that fail the job ---------------------------------------------------------------

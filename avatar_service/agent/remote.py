@@ -294,7 +294,7 @@ class RemoteLedger(JobLedger):
         self.sender.send(job.id, "running", {"timings": job.timings})
         return job
 
-    def progress(
+    def note_progress(
         self,
         job: Job,
         *,
@@ -302,14 +302,19 @@ class RemoteLedger(JobLedger):
         node_type: str | None,
         value: float | None = None,
         maximum: float | None = None,
-    ) -> Job:
-        """A node started, or a sampler made a step."""
+    ) -> bool:
+        """A node started, or a sampler made a step: sent to the service (which writes the
+        record), so never due a write here."""
         progress = JobProgress(node, node_type, value, maximum)
         latest = self._progress.get(job.id)
         if progress.repeats(latest):
-            return job
+            return False
         self._progress[job.id] = progress
         self.sender.send(job.id, "progress", progress.to_dict())
+        return False
+
+    def write_progress(self, job: Job) -> Job:
+        """Nothing to write here: the service keeps the record."""
         return job
 
     def preview(self, job: Job, frame: Preview | None = None) -> None:

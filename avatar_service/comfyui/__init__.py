@@ -10,12 +10,13 @@ and typed events, history, queue and system answers) and ``workflows`` (the temp
 - ``queue``    the /queue answer: running and pending prompts
 - ``system``   what /system_stats and /object_info answers mean (stand-in, version, catalogue)
 - ``uploads``  the photos a server already has (each sent once)
+- ``watch``    PromptWatch: one prompt's events, queued or relayed on the reader thread
 - ``workflows`` API-format graph templates: load, roles, patch a copy, check, import
 """
 
 from __future__ import annotations
 
-from .client import ComfyUIClient, PromptWatch
+from .client import ComfyUIClient
 from .errors import ComfyUIError, ComfyUIProtocolError, ComfyUIUnavailable, PromptRejected
 from .events import (
     Disconnected,
@@ -40,6 +41,7 @@ from .system import (
     catalogue_size,
     runs_standin,
 )
+from .watch import PromptWatch
 
 __all__ = [
     "STANDIN_MARKER",

@@ -1,7 +1,8 @@
 """ComfyUIClient: the HTTP calls and the one long-lived websocket per ComfyUI server.
 
 HTTP goes through ``transport`` (a connection pool, timeouts and errors); ``sent_photos``
-(``uploads``) remembers the photos the server already has.
+(``uploads``) remembers the photos the server already has; each prompt's events go to its
+``PromptWatch`` (``watch``).
 
 The websocket is opened once, with a clientId of its own, before any prompt is queued. A reader
 thread turns each message into a typed event (see ``events``) and routes it to the watch
@@ -16,12 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,73 +30,21 @@ from . import frames
 from .errors import ComfyUIProtocolError, PromptRejected
 from .events import (
     Disconnected,
-    Message,
-    Preview,
     PreviewReady,
     PromptEvent,
     QueueChanged,
     Reconnected,
     read_message,
     read_preview,
-    typed_event,
     unfollowed,
 )
 from .history import HistoryEntry, OutputImage
 from .queue import QueueSnapshot
 from .transport import Response, Timeouts, Transport, body_start, json_or_empty
 from .uploads import SentPhotos
+from .watch import PromptWatch
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PromptWatch:
-    """Events of one prompt as the reader thread routes them (plus synthetic ``reconnected``...).
-
-    A watch registered before its prompt was queued, on a socket that was up, hears every
-    message about the prompt until the socket drops (``hears_all``). Such a watch keeps what
-    the ``executed`` messages said each output node made, and whether ``execution_success``
-    came: together, what the prompt's ``/history`` entry would say (``heard_entry``).
-    """
-
-    prompt_id: str
-    # SimpleQueue: put and get in C (about 80 events per job go through it).
-    events: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
-    preview: Preview | None = None
-    hears_all: bool = False
-    outputs: dict[str, Any] = field(default_factory=dict)
-    succeeded: bool = False
-
-    def deliver(self, message: Message) -> None:
-        """Route one message about the prompt: its typed event to the run; what ``executed``
-        and ``execution_success`` say, to ``heard_entry``."""
-        if message.kind == "executed":
-            output = message.data.get("output")
-            if isinstance(output, dict):
-                self.outputs[str(message.data.get("node"))] = output
-        elif message.kind == "execution_success":
-            self.succeeded = True
-        else:
-            event = typed_event(message)
-            if event is not None:
-                self.events.put(event)
-
-    def put(self, event: PromptEvent) -> None:
-        """Route an event that is not one message (the socket dropped or is back, the queue
-        changed, a preview came): after a drop, messages may have been missed."""
-        if isinstance(event, Disconnected | Reconnected):
-            self.hears_all = False
-        self.events.put(event)
-
-    def heard_entry(self, output_nodes: Sequence[str]) -> HistoryEntry | None:
-        """The prompt's success entry as its messages told it, when every one was heard,
-        ``execution_success`` among them, and an ``executed`` message from each of
-        ``output_nodes`` (``/history`` would answer the same); else None."""
-        if not (self.hears_all and self.succeeded):
-            return None
-        if not all(node in self.outputs for node in output_nodes):
-            return None
-        return HistoryEntry.heard(self.outputs)
 
 
 class ComfyUIClient:

@@ -102,18 +102,39 @@ class JobLedger:
         value: float | None = None,
         maximum: float | None = None,
     ) -> Job:
-        """A node started (``value`` None) or a sampler made a step."""
+        """A node started (``value`` None) or a sampler made a step: published, and written to
+        the record when one is due."""
+        if self.note_progress(job, node=node, node_type=node_type, value=value, maximum=maximum):
+            job = self.write_progress(job)
+        return job
+
+    def note_progress(
+        self,
+        job: Job,
+        *,
+        node: str,
+        node_type: str | None,
+        value: float | None = None,
+        maximum: float | None = None,
+    ) -> bool:
+        """Publish a node start or a step at once, from any thread; True when the record is
+        due a write of it (``write_progress``, by the thread that holds the job's record)."""
         progress = JobProgress(node, node_type, value, maximum)
         latest = self._live_progress.get(job.id) or job.progress
         if progress.repeats(latest):
-            return job
+            return False
         self._live_progress[job.id] = progress
-        now = time.monotonic()
-        if now - self._progress_written.get(job.id, 0.0) >= PROGRESS_WRITE_INTERVAL:
-            self._progress_written[job.id] = now
-            job = self.records.update(job, progress=progress)
         self.events.publish(job.id, "progress", progress.to_dict())
-        return job
+        written = self._progress_written.get(job.id, 0.0)
+        return time.monotonic() - written >= PROGRESS_WRITE_INTERVAL
+
+    def write_progress(self, job: Job) -> Job:
+        """Write the job's latest progress to its record."""
+        self._progress_written[job.id] = time.monotonic()
+        progress = self._live_progress.get(job.id)
+        if progress is None or progress == job.progress:
+            return job
+        return self.records.update(job, progress=progress)
 
     def preview(self, job: Job, frame: Preview | None = None) -> None:
         """A new preview frame is available (kept in the database, at most twice a second,

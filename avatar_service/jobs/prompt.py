@@ -9,6 +9,9 @@ a dropped socket or a server that forgot the prompt is noticed. The run ends wit
 success entry (told by its messages when every one was heard, else read from ``/history``);
 every other ending is an exception that ``outcomes`` maps to the job's result.
 
+Once the prompt runs, its steps are published from the client's reader thread
+(``step_relay``): the run's own thread sleeps until something it must act on comes.
+
 Besides the state, a run keeps three small things of its own: its ``Submission`` (when the
 prompt was queued, for the socket check), its ``Withdrawal`` (a cancel to send to ComfyUI, again
 while unreachable) and its ``CheckTimer`` (when to ask ComfyUI next).
@@ -30,7 +33,6 @@ from typing import Any, TypeVar
 from ..comfyui import (
     ComfyUIClient,
     ComfyUIError,
-    ComfyUIProtocolError,
     ComfyUIUnavailable,
     Disconnected,
     ExecutionEnded,
@@ -49,6 +51,7 @@ from ..comfyui.workflows import Workflow, patch_workflow
 from . import outcomes
 from .job import Job, JobStatus
 from .ledger import JobLedger, ms
+from .patience import patiently
 from .photo_source import PhotoSource, photo_on_server
 from .prompt_state import (
     ABSENT,
@@ -59,15 +62,18 @@ from .prompt_state import (
     CheckTimer,
     FailoverAsked,
     Phase,
+    ProgressDue,
     PromptState,
     RunEvent,
     RunSettings,
     ShutdownAsked,
+    StepsHeard,
     Submission,
     Where,
     Withdrawal,
 )
 from .records import JobRecords
+from .step_relay import StepRelay, step_of
 from .withdrawal import withdraw
 
 __all__ = ["FailoverAsked", "Phase", "PromptRun", "RunSettings", "ShutdownAsked", "withdraw"]
@@ -81,15 +87,14 @@ MAX_RESUBMITS = 1
 QUEUE_VIEW_MAX_AGE = 1.0
 # Waits for the history entry ComfyUI writes just before ``executing`` null (a lagging server).
 HISTORY_RETRY_DELAYS = (0.0, 0.1, 0.3, 0.6, 1.0)
-# A prompt that ended by its deadline may still have its images fetched this long after it.
-COLLECT_GRACE = 2.0
 # A withdrawal ComfyUI did not receive is sent again at most this often (seconds).
 WITHDRAW_RETRY = 1.0
 
 # Events after which the run asks ComfyUI itself where its prompt is.
 _ASKS = (Check, Reconnected, Disconnected, CancelAsked)
-# Events that are no sign of life from ComfyUI (for the stall timer).
-_NOT_FROM_COMFYUI = (Check, CancelAsked, ShutdownAsked, FailoverAsked, Disconnected)
+# Events that are no sign of life from ComfyUI (for the stall timer; relayed ones set it).
+_OWN = (Check, CancelAsked, ShutdownAsked, FailoverAsked, ProgressDue, StepsHeard)
+_NOT_FROM_COMFYUI = (*_OWN, Disconnected)
 
 
 class PromptRun:
@@ -128,6 +133,7 @@ class PromptRun:
         self.heard_at = time.monotonic()
         self._stopped = threading.Event()  # shutdown or failover: end the run at once
         self._stop_reason: ShutdownAsked | FailoverAsked | None = None
+        self.relay = StepRelay(self)
 
     # -- asked from other threads ----------------------------------------------------------
 
@@ -139,13 +145,13 @@ class PromptRun:
             self.withdrawal.pending = not withdraw(self.client, prompt_id)
             if not self.withdrawal.pending:
                 self.withdrawal.sent_at = time.monotonic()
-        self._post(CancelAsked())
+        self.watch_post(CancelAsked())
 
     def stop(self, event: ShutdownAsked | FailoverAsked) -> None:
         """End the run as soon as it can (the service stops, or the server was given up)."""
         self._stop_reason = event
         self._stopped.set()
-        self._post(event)
+        self.watch_post(event)
 
     @property
     def phase(self) -> Phase:
@@ -174,7 +180,10 @@ class PromptRun:
                 timings["waitMs"] = ms(self.job.dispatched_at - self.job.created_at)
             # Written with the job's next change (running, or its end).
             self.job = replace(self.job, timings={**self.job.timings, **timings})
-        self._follow(check_first=resumed)
+        try:
+            self._follow(check_first=resumed)
+        finally:
+            self.relay.stop()
         if "executionMs" not in self.job.timings and self.job.started_at:
             self._set_timing("executionMs", self.clock() - self.job.started_at)
         return outcomes.judge(
@@ -187,6 +196,7 @@ class PromptRun:
     def close(self) -> None:
         """Stop routing the prompt's events."""
         if self.watch is not None:
+            self.relay.stop()
             self.client.unwatch(self.watch.prompt_id)
 
     @property
@@ -258,6 +268,8 @@ class PromptRun:
             event = self._next_event()
             if event is None or self._step(event):
                 return
+            if not self.relay.active:
+                self.relay.start()
 
     def _next_event(self) -> RunEvent | None:
         """The next event: a pending check, a queued one, or a ``Check`` when none comes in time.
@@ -287,13 +299,20 @@ class PromptRun:
         try:
             return events.get(timeout=max(0.0, timeout))
         except queue.Empty:
-            return Check()
+            pass
+        if self.relay.active and time.monotonic() - self.heard_at < self.settings.poll_interval:
+            return StepsHeard()
+        return Check()
 
     def _step(self, event: RunEvent) -> bool:
         """Apply one event; True when the prompt has ended (``executing`` null)."""
         if type(event) is Progress:  # most events (a step each): what the rest does for one
             self.heard_at = time.monotonic()
             self._progress(event.node, event.value, event.max)
+            return False
+        if type(event) is ProgressDue:
+            self.relay.written()
+            self.job = self.ledger.write_progress(self.job)
             return False
         if isinstance(event, ShutdownAsked):
             raise outcomes.Shutdown
@@ -440,29 +459,21 @@ class PromptRun:
         return None
 
     def patiently(self, call: Callable[..., T], *, finished: bool = False) -> T:
-        """``call(timeout=...)``, retried with backoff while ComfyUI refuses connections, until
-        the deadline. No try lasts past the deadline, but for ``COLLECT_GRACE`` to fetch what a
-        prompt that ended at its deadline made; the error of a try that fails then is raised.
+        """``call(timeout=...)``, tried again while ComfyUI may yet answer, until the job's
+        deadline (see ``patience``)."""
+        return patiently(
+            call,
+            deadline=self.job.deadline,
+            clock=self.clock,
+            pause=self._pause,
+            max_delay=self.settings.poll_interval,
+            finished=finished,
+            job_id=self.job.id,
+        )
 
-        A server that accepts but does not answer in time is not asked again for a prompt that
-        may still run: its read timeout has already been waited for. Once the prompt has
-        ``finished`` (its images exist), slow answers and 5xx are retried too: a blip must not
-        cost a finished render.
-        """
-        delay = 0.2
-        while True:
-            left = self.job.deadline - self.clock()
-            try:
-                return call(timeout=max(left, COLLECT_GRACE))
-            except (ComfyUIUnavailable, ComfyUIProtocolError) as exc:
-                if not _is_transient(exc, finished=finished):
-                    raise
-                if self.clock() + delay > self.job.deadline:
-                    raise
-                self._raise_if_stopped()
-                logger.info("job %s: %s; retrying in %.1f s", self.job.id, exc.message, delay)
-                self._stopped.wait(delay)
-                delay = min(delay * 2, self.settings.poll_interval)
+    def _pause(self, seconds: float) -> None:
+        self._raise_if_stopped()
+        self._stopped.wait(seconds)
 
     def _raise_if_stopped(self) -> None:
         if self._stopped.is_set():
@@ -472,26 +483,14 @@ class PromptRun:
 
     # -- state changes ---------------------------------------------------------------------
 
-    def _progress(
-        self, node: str, value: float | None = None, maximum: float | None = None
-    ) -> None:
-        node_type = (self.workflow.graph.get(node) or {}).get("class_type")
-        self.job = self.ledger.progress(
-            self.job, node=node, node_type=node_type, value=value, maximum=maximum
-        )
+    def _progress(self, node: str, value: Any = None, maximum: Any = None) -> None:
+        self.job = self.ledger.progress(self.job, **step_of(self, node, value, maximum))
 
     def _set_timing(self, name: str, seconds: float) -> None:
         """Note a timing on the job; it is written with the job's next change."""
         self.job = replace(self.job, timings={**self.job.timings, name: ms(seconds)})
 
-    def _post(self, event: RunEvent) -> None:
+    def watch_post(self, event: RunEvent) -> None:
+        """Queue an event of the run's own for its thread."""
         if self.watch is not None:
             self.watch.events.put(event)
-
-
-def _is_transient(exc: ComfyUIError, *, finished: bool) -> bool:
-    """Whether asking again may succeed: refused connections always; timeouts and 5xx only for
-    a finished prompt (asking again cannot start anything twice)."""
-    if isinstance(exc, ComfyUIUnavailable):
-        return finished or not exc.timed_out
-    return finished and isinstance(exc, ComfyUIProtocolError) and (exc.status or 0) >= 500

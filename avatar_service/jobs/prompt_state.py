@@ -12,7 +12,8 @@ entry into the job's result.
 
 The events besides ComfyUI's messages (``comfyui.client``'s typed events) come from the run's
 owner: ``Check`` (time to ask ComfyUI itself), ``CancelAsked``, ``ShutdownAsked`` and
-``FailoverAsked``.
+``FailoverAsked``; and from the run itself, once the reader thread publishes its steps:
+``ProgressDue`` (the record is due a write of the latest progress) and ``StepsHeard``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,21 @@ class FailoverAsked:
     """The server was given up: stop following the prompt here."""
 
 
-# Every event a run receives: ComfyUI's, and its owner's.
-RunEvent = PromptEvent | Check | CancelAsked | ShutdownAsked | FailoverAsked
+@dataclass(frozen=True)
+class ProgressDue:
+    """Steps published from the reader thread are due a write to the job's record."""
+
+
+@dataclass(frozen=True)
+class StepsHeard:
+    """Nothing came for the run's own thread, but the reader thread relayed steps meanwhile:
+    the prompt is alive, and ComfyUI need not be asked."""
+
+
+# Every event a run receives: ComfyUI's, its owner's, and its own.
+RunEvent = (
+    PromptEvent | Check | CancelAsked | ShutdownAsked | FailoverAsked | ProgressDue | StepsHeard
+)
 
 
 class Phase(enum.Enum):
