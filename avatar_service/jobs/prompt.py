@@ -268,8 +268,8 @@ class PromptRun:
             event = self._next_event()
             if event is None or self._step(event):
                 return
-            if not self.relay.active:
-                self.relay.start()
+            if not self.relay.active and self.relay.start():
+                self.checks.first_at = None  # heard of: no first position check
 
     def _next_event(self) -> RunEvent | None:
         """The next event: a pending check, a queued one, or a ``Check`` when none comes in time.

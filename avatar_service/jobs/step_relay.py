@@ -43,15 +43,17 @@ class StepRelay:
         """Whether the reader thread publishes the steps now."""
         return self.watch is not None
 
-    def start(self) -> None:
+    def start(self) -> bool:
         """Relay from now on if the prompt runs and its record says so, and the run has taken
-        every queued event (else nothing changes: asked again after the next event)."""
+        every queued event; True when it does (else nothing changed: asked again after the
+        next event)."""
         run = self.run
         if run.state.phase is not Phase.RUNNING or run.job.status != JobStatus.RUNNING:
-            return
+            return False
         assert run.watch is not None
         if run.watch.relay_on(self._on_event, RELAYED):
             self.watch = run.watch
+        return self.watch is not None
 
     def stop(self) -> None:
         """Queue every event again; when this returns, no relayed event is being handled."""
