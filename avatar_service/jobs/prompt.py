@@ -272,7 +272,8 @@ class PromptRun:
                 self.checks.first_at = None  # heard of: no first position check
 
     def _next_event(self) -> RunEvent | None:
-        """The next event: a pending check, a queued one, or a ``Check`` when none comes in time.
+        """The next event: a pending check, a queued one, or a ``Check`` when none comes in time
+        (``StepsHeard`` instead when the reader thread relayed steps within the poll interval).
 
         Once the prompt has ENDED, only the events already received are applied (None after).
         """
