@@ -32,7 +32,8 @@ class PromptWatch:
     """
 
     prompt_id: str
-    # SimpleQueue: put and get in C (about 80 events per job go through it).
+    # SimpleQueue: put and get in C (every event a job hears before its prompt runs, and what
+    # is not relayed after).
     events: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     preview: Preview | None = None
     hears_all: bool = False
