@@ -238,15 +238,22 @@ def progress_values(world: World, job: Job) -> list[Any]:
     return [e.data["value"] for e in world.events.read(job.id, 0, 0)[0] if e.event == "progress"]
 
 
-def test_once_running_its_steps_are_published_by_the_thread_that_hears_them(world: World):
-    """Once the record says running, each step is published before the delivering thread
-    (the client's reader) goes on: the run's own thread is not woken for it. Order is kept."""
+def relaying(world: World) -> tuple[Job, PromptRun, Running, str]:
+    """A run followed in its thread, its prompt begun, once its steps are relayed: the job,
+    the run, its thread and the prompt_id."""
     job = world.job()
     run = world.run(job, poll_interval=5.0)
     running = Running(run)
     prompt_id = queued_prompt(world.fake)
     world.fake.begin(prompt_id)
     wait_for(lambda: run.relay.active, message="the steps relayed")
+    return job, run, running, prompt_id
+
+
+def test_once_running_its_steps_are_published_by_the_thread_that_hears_them(world: World):
+    """Once the record says running, each step is published before the delivering thread
+    (the client's reader) goes on: the run's own thread is not woken for it. Order is kept."""
+    job, run, running, prompt_id = relaying(world)
     assert world.record(job)["status"] == "running"
     for step in range(1, 6):
         world.fake.progress(prompt_id, step, 5)
@@ -263,12 +270,7 @@ def test_once_running_its_steps_are_published_by_the_thread_that_hears_them(worl
 def test_relayed_steps_reach_the_record_through_the_run_s_thread(world: World, monkeypatch):
     """The record is written by the run's thread only, when the relay says a write is due."""
     monkeypatch.setattr("avatar_service.jobs.ledger.PROGRESS_WRITE_INTERVAL", 0.0)
-    job = world.job()
-    run = world.run(job, poll_interval=5.0)
-    running = Running(run)
-    prompt_id = queued_prompt(world.fake)
-    world.fake.begin(prompt_id)
-    wait_for(lambda: run.relay.active, message="the steps relayed")
+    job, run, running, prompt_id = relaying(world)
     world.fake.progress(prompt_id, 3, 5)
     wait_for(
         lambda: (world.record(job)["progress"] or {}).get("value") == 3,
@@ -282,12 +284,7 @@ def test_relayed_steps_reach_the_record_through_the_run_s_thread(world: World, m
 def test_a_run_that_ended_publishes_no_step_heard_after(world: World):
     """A run stopped while its prompt still runs: later steps are neither published nor
     written (the job's end may already be)."""
-    job = world.job()
-    run = world.run(job, poll_interval=5.0)
-    running = Running(run)
-    prompt_id = queued_prompt(world.fake)
-    world.fake.begin(prompt_id)
-    wait_for(lambda: run.relay.active, message="the steps relayed")
+    job, run, running, prompt_id = relaying(world)
     world.fake.progress(prompt_id, 1, 5)
     run.stop(ShutdownAsked())
     with pytest.raises(outcomes.Shutdown):

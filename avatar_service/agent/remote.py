@@ -252,25 +252,30 @@ class RemoteLedger(JobLedger):
         self.clock = time.time
         self.on_end = []
         self._preview_sent: dict[str, float] = {}
-        self._progress: dict[str, JobProgress] = {}
+        self._live_progress: dict[str, JobProgress] = {}
 
     def pack_ended(self) -> None:
         """Nothing to pack: the service keeps the events of an agent's jobs."""
 
     def known(self) -> set[str]:
         """The jobs something is kept for here."""
-        return {*self.remote.kept(), *self._progress, *self._preview_sent, *self.uploads.jobs()}
+        return {
+            *self.remote.kept(),
+            *self._live_progress,
+            *self._preview_sent,
+            *self.uploads.jobs(),
+        }
 
     def forget(self, job_id: str) -> None:
         """A job no longer followed here: nothing is kept for it any more."""
-        self._progress.pop(job_id, None)
+        self._live_progress.pop(job_id, None)
         self._preview_sent.pop(job_id, None)
         self.uploads.take(job_id)
         self.remote.forget(job_id)
 
     def requeued(self, job: Job) -> None:
         """A lost prompt is queued again here (a job given back is the service's to publish)."""
-        self._progress.pop(job.id, None)
+        self._live_progress.pop(job.id, None)
         if job.owner is not None:
             self.sender.send(job.id, "requeued", {})
 
@@ -294,23 +299,10 @@ class RemoteLedger(JobLedger):
         self.sender.send(job.id, "running", {"timings": job.timings})
         return job
 
-    def note_progress(
-        self,
-        job: Job,
-        *,
-        node: str,
-        node_type: str | None,
-        value: float | None = None,
-        maximum: float | None = None,
-    ) -> bool:
+    def _announce_progress(self, job_id: str, progress: JobProgress) -> bool:
         """A node started, or a sampler made a step: sent to the service (which writes the
         record), so never due a write here."""
-        progress = JobProgress(node, node_type, value, maximum)
-        latest = self._progress.get(job.id)
-        if progress.repeats(latest):
-            return False
-        self._progress[job.id] = progress
-        self.sender.send(job.id, "progress", progress.to_dict())
+        self.sender.send(job_id, "progress", progress.to_dict())
         return False
 
     def write_progress(self, job: Job) -> Job:
@@ -340,7 +332,7 @@ class RemoteLedger(JobLedger):
             result: dict[str, Any] = {"status": str(status), "timings": job.timings}
             if error is not None:
                 result["error"] = {"status": error.status, **error.to_dict()}
-            progress = self._progress.get(job.id)
+            progress = self._live_progress.get(job.id)
             if progress is not None:
                 result["progress"] = progress.to_dict()
             files = self.uploads.take(job.id) if status == JobStatus.SUCCEEDED else {}

@@ -300,14 +300,7 @@ class AgentDesk:
         if kind == "running":
             return self.ledger.running(current)
         if kind == "progress":
-            progress = reports.progress(data)
-            return self.ledger.progress(
-                current,
-                node=progress.node,
-                node_type=progress.node_type,
-                value=progress.value,
-                maximum=progress.maximum,
-            )
+            return self.ledger.progress(current, reports.progress(data))
         if kind == "position":
             position = data.get("position")
             if not isinstance(position, int) or isinstance(position, bool) or position < 1:

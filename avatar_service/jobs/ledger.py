@@ -93,39 +93,26 @@ class JobLedger:
         self.events.publish(job.id, JobStatus.RUNNING, job.to_dict())
         return job
 
-    def progress(
-        self,
-        job: Job,
-        *,
-        node: str,
-        node_type: str | None,
-        value: float | None = None,
-        maximum: float | None = None,
-    ) -> Job:
+    def progress(self, job: Job, progress: JobProgress) -> Job:
         """A node started (``value`` None) or a sampler made a step: published, and written to
         the record when one is due."""
-        if self.note_progress(job, node=node, node_type=node_type, value=value, maximum=maximum):
+        if self.note_progress(job, progress):
             job = self.write_progress(job)
         return job
 
-    def note_progress(
-        self,
-        job: Job,
-        *,
-        node: str,
-        node_type: str | None,
-        value: float | None = None,
-        maximum: float | None = None,
-    ) -> bool:
-        """Publish a node start or a step at once, from any thread; True when the record is
-        due a write of it (``write_progress``, by the thread that holds the job's record)."""
-        progress = JobProgress(node, node_type, value, maximum)
-        latest = self._live_progress.get(job.id) or job.progress
-        if progress.repeats(latest):
+    def note_progress(self, job: Job, progress: JobProgress) -> bool:
+        """Publish a node start or a step at once, from any thread (nothing when it repeats the
+        latest); True when the record is due a write of it (``write_progress``, by the thread
+        that holds the job's record)."""
+        if progress.repeats(self._live_progress.get(job.id) or job.progress):
             return False
         self._live_progress[job.id] = progress
-        self.events.publish(job.id, "progress", progress.to_dict())
-        written = self._progress_written.get(job.id, 0.0)
+        return self._announce_progress(job.id, progress)
+
+    def _announce_progress(self, job_id: str, progress: JobProgress) -> bool:
+        """Publish a new progress; True when the record is due a write of it."""
+        self.events.publish(job_id, "progress", progress.to_dict())
+        written = self._progress_written.get(job_id, 0.0)
         return time.monotonic() - written >= PROGRESS_WRITE_INTERVAL
 
     def write_progress(self, job: Job) -> Job:

@@ -485,7 +485,7 @@ class PromptRun:
     # -- state changes ---------------------------------------------------------------------
 
     def _progress(self, node: str, value: Any = None, maximum: Any = None) -> None:
-        self.job = self.ledger.progress(self.job, **step_of(self, node, value, maximum))
+        self.job = self.ledger.progress(self.job, step_of(self, node, value, maximum))
 
     def _set_timing(self, name: str, seconds: float) -> None:
         """Note a timing on the job; it is written with the job's next change."""

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..comfyui import NodeStarted, Progress, PromptWatch, QueueChanged
-from .job import JobStatus
+from .job import JobProgress, JobStatus
 from .prompt_state import Phase, ProgressDue, RunEvent
 
 if TYPE_CHECKING:
@@ -74,12 +74,12 @@ class StepRelay:
             step = step_of(run, event.node, None, None)
         else:
             return  # a queue change: nothing to do for a running prompt
-        if run.ledger.note_progress(run.job, **step) and not self.write_due:
+        if run.ledger.note_progress(run.job, step) and not self.write_due:
             self.write_due = True
             run.watch_post(ProgressDue())
 
 
-def step_of(run: PromptRun, node: str, value: Any, maximum: Any) -> dict[str, Any]:
-    """A node start (``value`` None) or a step, as the ledger takes it."""
+def step_of(run: PromptRun, node: str, value: Any, maximum: Any) -> JobProgress:
+    """A node start (``value`` None) or a step of the run's prompt, with the node's type."""
     node_type = (run.workflow.graph.get(node) or {}).get("class_type")
-    return {"node": node, "node_type": node_type, "value": value, "maximum": maximum}
+    return JobProgress(node, node_type, value, maximum)
