@@ -239,8 +239,14 @@ def test_style_a_server_lacks_runs_on_another(
             name = service.upload(photo)
             job_id = start_job(service, name)
             wait_for(lambda: len(lacking.prompts) == 1, message="the lacking server tried")
-            ready = service.http.get("/readyz").json()
-            assert ready["servers"][lacking.url]["withheldStyles"] == ["avatar"]
+
+            def withheld() -> list[str] | None:
+                # The server has the prompt before the service has its refusal: read /readyz
+                # until the refusal is taken in.
+                servers = service.http.get("/readyz").json()["servers"]
+                return servers[lacking.url].get("withheldStyles")
+
+            assert wait_for(withheld, message="the style withheld") == ["avatar"]
             assert service.http.get(f"/jobs/{job_id}").json()["status"] == "queued"
             second_standin.set_faults(refuse_connections=False)
             assert service.wait_job(job_id)["status"] == "succeeded"
